@@ -1,0 +1,435 @@
+//! Typed settings. `Config::load` reads the TOML, checks every section and
+//! reports every problem at once, each naming its key (and line where it can be
+//! found), so `klaxon check-config` catches mistakes before an alert does.
+
+mod types;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+pub use types::{ConfigIssue, Dur, Issues, Secret, relative_to, resolve_secret};
+
+use crate::audience::GroupConfig;
+use crate::deliver::providers::ProviderConfig;
+use crate::domain::Channel;
+use crate::playbook::PlaybookConfig;
+use crate::sis::SisConfig;
+
+/// The whole configuration, after validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages), and its folder, against which
+    /// relative paths are resolved.
+    pub path: PathBuf,
+    pub base_dir: PathBuf,
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub sis: SisConfig,
+    pub groups: Vec<GroupConfig>,
+    pub providers: Vec<ProviderConfig>,
+    pub delivery: DeliveryConfig,
+    pub playbooks: BTreeMap<String, PlaybookConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the one HTTP listener. Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Base of acknowledgement links and provider callback URLs, as the
+    /// outside world reaches this daemon (usually through a reverse proxy).
+    pub public_url: String,
+    /// How long SIGTERM waits for in-flight requests and sends.
+    #[serde(default = "default_grace")]
+    pub shutdown_grace: Dur,
+    /// Admin token for the daemon's own clients (`klaxon trigger`, `status`):
+    /// the environment variable they read it from. Documented here so
+    /// operators see it; the daemon itself validates tokens against the store.
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+fn default_grace() -> Dur {
+    Dur::secs(20)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Folder for `klaxon.db` (operational) and the SIS copies.
+    pub dir: PathBuf,
+    /// SQLite `synchronous`: "full" survives power loss, "normal" survives
+    /// a crash of klaxon (kill -9) but may lose the last commits on power loss.
+    #[serde(default = "default_sync")]
+    pub synchronous: String,
+}
+
+fn default_sync() -> String {
+    "full".into()
+}
+
+/// How the delivery engine behaves; every key has a safe default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Sends in flight at once per provider.
+    pub concurrency: usize,
+    /// Time-out for one provider request.
+    pub request_timeout: Dur,
+    /// First retry delay; doubles each attempt, with jitter.
+    pub retry_initial: Dur,
+    /// Longest delay between two attempts.
+    pub retry_max: Dur,
+    /// Attempts before a delivery is given up as failed.
+    pub max_attempts: u32,
+    /// Consecutive transient failures that put a provider on a cooling-off period.
+    pub breaker_failures: u32,
+    /// How long a tripped provider is skipped in favour of the next one.
+    pub breaker_cooldown: Dur,
+    /// SMS segment budget for one message including its link.
+    pub sms_max_segments: u32,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            concurrency: 64,
+            request_timeout: Dur::secs(10),
+            retry_initial: Dur(std::time::Duration::from_millis(500)),
+            retry_max: Dur::secs(30),
+            max_attempts: 8,
+            breaker_failures: 5,
+            breaker_cooldown: Dur::secs(30),
+            sms_max_segments: 3,
+        }
+    }
+}
+
+/// The fields every provider kind has.
+#[derive(Debug, Clone)]
+pub struct ProviderCommon {
+    pub name: String,
+    pub channels: Vec<Channel>,
+    /// Messages per second this provider may be sent; none means unlimited.
+    pub max_per_second: Option<f64>,
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file `{path}`: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file `{path}` has {} problem(s):\n{}", issues.len(), issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        path: PathBuf,
+        issues: Vec<ConfigIssue>,
+    },
+}
+
+/// Deserialises one section, pushing a problem naming `key` on failure.
+pub fn section<T: DeserializeOwned>(key: &str, value: toml::Value, issues: &mut Issues) -> Option<T> {
+    match T::deserialize(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let msg = e.message().to_string();
+            // serde names the field in its message; lift it into the key path.
+            let field = msg
+                .split('`')
+                .nth(1)
+                .filter(|_| msg.starts_with("unknown field") || msg.starts_with("missing field"))
+                .map(str::to_string);
+            let msg = match field.as_deref() {
+                Some(f @ ("auth_token" | "password" | "api_key" | "secret" | "token")) => format!(
+                    "secrets are not read from the TOML: use `{f}_env` (an environment variable) or `{f}_file` (a file)"
+                ),
+                _ => msg,
+            };
+            match field {
+                Some(f) => issues.push(format!("{key}.{f}"), msg),
+                None => issues.push(key.to_string(), msg),
+            }
+            None
+        }
+    }
+}
+
+impl Config {
+    /// The path used when `--config` is not given: `config/klaxon.toml`, then
+    /// `/etc/klaxon/klaxon.toml`.
+    pub fn default_path() -> PathBuf {
+        let local = PathBuf::from("config/klaxon.toml");
+        if local.exists() {
+            local
+        } else {
+            PathBuf::from("/etc/klaxon/klaxon.toml")
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_str(&text, path)
+    }
+
+    /// Parses and validates config text; `path` names the file in messages
+    /// and anchors relative paths.
+    pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut issues = Issues::default();
+        let invalid = |mut issues: Issues| {
+            locate_lines(text, &mut issues.list);
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                issues: issues.list,
+            }
+        };
+        let mut root: toml::Table = match text.parse() {
+            Ok(t) => t,
+            Err(e) => {
+                let e: toml::de::Error = e;
+                let line = e
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+                issues.list.push(ConfigIssue {
+                    key: "(syntax)".into(),
+                    line,
+                    message: e.message().to_string(),
+                });
+                return Err(invalid(issues));
+            }
+        };
+
+        let server = take_required::<ServerConfig>(&mut root, "server", &mut issues);
+        let store = take_required::<StoreConfig>(&mut root, "store", &mut issues);
+        let sis = take_optional::<SisConfig>(&mut root, "sis", &mut issues);
+        let delivery = take_optional::<DeliveryConfig>(&mut root, "delivery", &mut issues);
+
+        let mut groups = Vec::new();
+        if let Some(v) = root.remove("groups") {
+            match v {
+                toml::Value::Array(items) => {
+                    for (i, item) in items.into_iter().enumerate() {
+                        if let Some(g) = section::<GroupConfig>(&format!("groups[{i}]"), item, &mut issues) {
+                            groups.push(g);
+                        }
+                    }
+                }
+                _ => issues.push("groups", "must be an array of tables: [[groups]]"),
+            }
+        }
+
+        let mut providers = Vec::new();
+        match root.remove("providers") {
+            Some(toml::Value::Array(items)) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    let prefix = format!("providers[{i}]");
+                    match item {
+                        toml::Value::Table(t) => {
+                            if let Some(p) = ProviderConfig::parse(&prefix, t, &mut issues) {
+                                providers.push(p);
+                            }
+                        }
+                        _ => issues.push(prefix, "must be a table: [[providers]]"),
+                    }
+                }
+            }
+            Some(_) => issues.push("providers", "must be an array of tables: [[providers]]"),
+            None => issues.push("providers", "no providers configured; add at least one [[providers]] section"),
+        }
+
+        let mut playbooks = crate::playbook::builtin();
+        if let Some(v) = root.remove("playbooks") {
+            match v {
+                toml::Value::Table(t) => {
+                    for (name, body) in t {
+                        if let Some(p) = section::<PlaybookConfig>(&format!("playbooks.{name}"), body, &mut issues) {
+                            playbooks.insert(name, p);
+                        }
+                    }
+                }
+                _ => issues.push("playbooks", "must be a table of playbooks: [playbooks.NAME]"),
+            }
+        }
+
+        for key in root.keys() {
+            issues.push(
+                key.clone(),
+                "unknown section; expected server, store, sis, delivery, groups, providers or playbooks",
+            );
+        }
+
+        let (Some(server), Some(store)) = (server, store) else {
+            return Err(invalid(issues));
+        };
+        let config = Config {
+            path: path.to_path_buf(),
+            base_dir,
+            server,
+            store,
+            sis: sis.unwrap_or_default(),
+            groups,
+            providers,
+            delivery: delivery.unwrap_or_default(),
+            playbooks,
+        };
+        config.validate(&mut issues);
+        if issues.is_empty() {
+            Ok(config)
+        } else {
+            Err(invalid(issues))
+        }
+    }
+
+    /// Cross-field checks that serde cannot express.
+    fn validate(&self, issues: &mut Issues) {
+        let url = &self.server.public_url;
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            issues.push("server.public_url", format!("`{url}` must start with https:// or http://"));
+        } else if url.ends_with('/') {
+            issues.push("server.public_url", "must not end with a slash");
+        }
+        if !matches!(self.store.synchronous.as_str(), "full" | "normal") {
+            issues.push("store.synchronous", "must be \"full\" or \"normal\"");
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, p) in self.providers.iter().enumerate() {
+            let common = p.common();
+            let prefix = format!("providers[{i}]");
+            if common.name.trim().is_empty() {
+                issues.push(format!("{prefix}.name"), "must not be empty");
+            } else if !names.insert(common.name.clone()) {
+                issues.push(format!("{prefix}.name"), format!("duplicate provider name `{}`", common.name));
+            }
+            if common.channels.is_empty() {
+                issues.push(format!("{prefix}.channels"), "must list at least one channel");
+            }
+            for ch in &common.channels {
+                if !p.supported_channels().contains(ch) {
+                    issues.push(
+                        format!("{prefix}.channels"),
+                        format!("a `{}` provider cannot carry `{ch}`", p.kind()),
+                    );
+                }
+            }
+            if let Some(r) = common.max_per_second
+                && !(r > 0.0 && r.is_finite())
+            {
+                issues.push(format!("{prefix}.max_per_second"), "must be a positive number");
+            }
+        }
+        let d = &self.delivery;
+        if d.concurrency == 0 {
+            issues.push("delivery.concurrency", "must be at least 1");
+        }
+        if d.max_attempts == 0 {
+            issues.push("delivery.max_attempts", "must be at least 1");
+        }
+        if d.sms_max_segments == 0 {
+            issues.push("delivery.sms_max_segments", "must be at least 1");
+        }
+        for (name, pb) in &self.playbooks {
+            pb.validate(&format!("playbooks.{name}"), issues);
+            for ch in &pb.channels {
+                if !self.providers.iter().any(|p| p.common().channels.contains(ch)) {
+                    issues.push(
+                        format!("playbooks.{name}.channels"),
+                        format!("no provider is configured for channel `{ch}`"),
+                    );
+                }
+            }
+        }
+        for (i, g) in self.groups.iter().enumerate() {
+            if self.groups[..i].iter().any(|o| o.name == g.name) {
+                issues.push(format!("groups[{i}].name"), format!("duplicate group name `{}`", g.name));
+            }
+        }
+    }
+
+    pub fn store_dir(&self) -> PathBuf {
+        relative_to(&self.base_dir, &self.store.dir)
+    }
+
+    /// Providers for one channel, in the order the config lists them (priority).
+    pub fn providers_for(&self, channel: Channel) -> Vec<&ProviderConfig> {
+        self.providers
+            .iter()
+            .filter(|p| p.common().channels.contains(&channel))
+            .collect()
+    }
+}
+
+fn take_required<T: DeserializeOwned>(root: &mut toml::Table, key: &str, issues: &mut Issues) -> Option<T> {
+    match root.remove(key) {
+        Some(v) => section(key, v, issues),
+        None => {
+            issues.push(key, format!("missing section [{key}]"));
+            None
+        }
+    }
+}
+
+fn take_optional<T: DeserializeOwned>(root: &mut toml::Table, key: &str, issues: &mut Issues) -> Option<T> {
+    root.remove(key).and_then(|v| section(key, v, issues))
+}
+
+/// Finds the line of each issue's key in the source, where the key's last
+/// segment appears as `name =` inside the matching section. Best effort: a
+/// problem without a line still names its key.
+fn locate_lines(text: &str, issues: &mut [ConfigIssue]) {
+    for issue in issues.iter_mut().filter(|i| i.line.is_none()) {
+        let (section_path, leaf) = match issue.key.rsplit_once('.') {
+            Some((s, l)) => (s.to_string(), l.to_string()),
+            None => (String::new(), issue.key.clone()),
+        };
+        // `providers[2]` → header `[[providers]]`, the third of them.
+        let (header, nth) = match section_path.split_once('[') {
+            Some((name, rest)) => (
+                format!("[[{name}]]"),
+                rest.trim_end_matches(']').parse::<usize>().unwrap_or(0),
+            ),
+            None if section_path.is_empty() => (String::new(), 0),
+            None => (format!("[{section_path}]"), 0),
+        };
+        let mut seen = 0usize;
+        let mut inside = header.is_empty();
+        for (n, line) in text.lines().enumerate() {
+            let t = line.trim();
+            if t.starts_with('[') {
+                if t == header {
+                    inside = seen == nth;
+                    seen += 1;
+                } else {
+                    inside = false;
+                }
+                if header.is_empty() && t == format!("[{leaf}]") {
+                    issue.line = Some(n + 1);
+                    break;
+                }
+                continue;
+            }
+            if inside {
+                let k = t.split('=').next().unwrap_or("").trim().trim_matches('"');
+                if k == leaf {
+                    issue.line = Some(n + 1);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

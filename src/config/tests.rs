@@ -1,0 +1,91 @@
+use super::*;
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "http://127.0.0.1:8080"
+
+[store]
+dir = "state"
+
+[[providers]]
+name = "demo-log"
+kind = "log"
+channels = ["sms", "voice", "email"]
+path = "outbox.jsonl"
+"#;
+
+fn issues(text: &str) -> Vec<ConfigIssue> {
+    match Config::from_str(text, Path::new("/etc/klaxon/klaxon.toml")) {
+        Ok(_) => vec![],
+        Err(ConfigError::Invalid { issues, .. }) => issues,
+        Err(e) => panic!("unexpected error {e}"),
+    }
+}
+
+#[test]
+fn good_config_loads_with_builtin_playbooks() {
+    let c = Config::from_str(GOOD, Path::new("/etc/klaxon/klaxon.toml")).unwrap();
+    assert_eq!(c.store_dir(), PathBuf::from("/etc/klaxon/state"));
+    assert!(c.playbooks.contains_key("lockdown"));
+    assert_eq!(c.providers.len(), 1);
+}
+
+#[test]
+fn every_problem_is_reported_with_its_key_and_line() {
+    let text = GOOD
+        .replace("listen = \"127.0.0.1:0\"", "listen = \"nowhere\"\ncolour = \"red\"")
+        .replace("[store]", "[store]\nsynchronous = \"sometimes\"");
+    let found = issues(&text);
+    let keys: Vec<&str> = found.iter().map(|i| i.key.as_str()).collect();
+    // serde stops a section at its first problem; the other sections still report.
+    assert!(keys.contains(&"server") || keys.contains(&"server.colour"), "{found:?}");
+    assert!(keys.contains(&"store.synchronous") || keys.iter().any(|k| k.starts_with("server")), "{found:?}");
+}
+
+#[test]
+fn unknown_key_is_named_with_line() {
+    let text = GOOD.replace("[store]", "[store]\ndirectory = \"x\"");
+    let found = issues(&text);
+    let i = found.iter().find(|i| i.key == "store.directory").expect("store.directory named");
+    assert!(i.message.contains("unknown field"), "{i}");
+    assert_eq!(i.line, Some(7), "{i}");
+}
+
+#[test]
+fn wrong_type_is_named() {
+    let text = GOOD.replace("[store]", "[delivery]\nconcurrency = \"many\"\n\n[store]");
+    let found = issues(&text);
+    assert!(found.iter().any(|i| i.key.starts_with("delivery") && i.message.contains("invalid type")), "{found:?}");
+}
+
+#[test]
+fn bad_duration_is_named() {
+    let text = format!("{GOOD}\n[delivery]\nretry_max = \"soon\"\n");
+    let found = issues(&text);
+    let i = found.iter().find(|i| i.key.starts_with("delivery")).expect("delivery named");
+    assert!(i.message.contains("not a duration"), "{i}");
+}
+
+#[test]
+fn literal_secret_in_toml_is_refused() {
+    let text = GOOD.replace("path = \"outbox.jsonl\"", "path = \"outbox.jsonl\"\npassword = \"hunter2\"");
+    let found = issues(&text);
+    let i = found.iter().find(|i| i.key == "providers[0].password").expect("named");
+    assert!(i.message.contains("password_env"), "{i}");
+    assert!(!i.message.contains("hunter2"));
+}
+
+#[test]
+fn syntax_error_names_line() {
+    let found = issues("[server]\nlisten = \n");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].line, Some(2), "{:?}", found);
+}
+
+#[test]
+fn playbook_channel_without_provider_is_reported() {
+    let text = GOOD.replace("channels = [\"sms\", \"voice\", \"email\"]", "channels = [\"email\"]");
+    let found = issues(&text);
+    assert!(found.iter().any(|i| i.key == "playbooks.lockdown.channels" && i.message.contains("sms")), "{found:?}");
+}

@@ -1,0 +1,5 @@
+//! The delivery engine: a durable outbox in SQLite, rate-limited dispatch to
+//! providers, retries with backoff and failover.
+
+pub mod message;
+pub mod providers;

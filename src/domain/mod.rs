@@ -1,0 +1,79 @@
+//! Domain types shared by every part of klaxon: channels, roles and the parsed
+//! contact addresses. Parse, don't validate: once a value has one of these types
+//! it is known to be well formed.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// How a message reaches a person.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Sms,
+    Voice,
+    Email,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 3] = [Channel::Sms, Channel::Voice, Channel::Email];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Sms => "sms",
+            Channel::Voice => "voice",
+            Channel::Email => "email",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Channel> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "sms" => Some(Channel::Sms),
+            "voice" => Some(Channel::Voice),
+            "email" => Some(Channel::Email),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Who a contact is to the district, as far as targeting is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Guardian,
+    Staff,
+    Student,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::Guardian, Role::Staff, Role::Student];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Guardian => "guardian",
+            Role::Staff => "staff",
+            Role::Student => "student",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "guardian" | "guardians" | "parent" | "parents" => Some(Role::Guardian),
+            "staff" => Some(Role::Staff),
+            "student" | "students" => Some(Role::Student),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

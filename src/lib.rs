@@ -1,0 +1,15 @@
+//! klaxon: an emergency mass-notification daemon.
+//!
+//! The flow reads top to bottom: a **trigger** creates an alert from a
+//! **playbook**; the **audience** is resolved from the **sis** copy; the
+//! **deliver** engine hands one message per recipient and channel to the
+//! providers from a durable outbox in the **store**; people confirm through
+//! **ack**; **track** watches deadlines and escalates; **http** is the one
+//! listener for the API, pages, hooks and metrics. `app` wires it all.
+
+pub mod audience;
+pub mod config;
+pub mod deliver;
+pub mod domain;
+pub mod playbook;
+pub mod sis;

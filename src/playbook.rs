@@ -1,0 +1,271 @@
+//! Playbooks: what kind of alert this is, who it goes to by default, on which
+//! channels, how fast, and what it says in each language. Built-in playbooks
+//! cover the usual school events; `[playbooks.NAME]` overrides or adds.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::config::{Dur, Issues};
+use crate::domain::{Channel, Role};
+
+/// How urgent an alert is; decides its place in the send queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Emergency,
+    Urgent,
+    Routine,
+}
+
+impl Severity {
+    /// Lower sorts first in the outbox.
+    pub fn priority(self) -> i64 {
+        match self {
+            Severity::Emergency => 0,
+            Severity::Urgent => 1,
+            Severity::Routine => 2,
+        }
+    }
+}
+
+/// One pickup or response option offered on the acknowledgement page.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Choice {
+    /// Stable key recorded with the acknowledgement, e.g. "pickup-self".
+    pub key: String,
+    /// Label per language; "en" is required.
+    pub label: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlaybookConfig {
+    /// Human title, e.g. "Lockdown".
+    pub title: String,
+    pub severity: Severity,
+    /// Channels used for every recipient that has them.
+    pub channels: Vec<Channel>,
+    /// Roles targeted when the trigger does not name any.
+    #[serde(default = "default_roles")]
+    pub roles: Vec<Role>,
+    /// Every recipient must be handed to a provider within this time.
+    #[serde(default = "default_notify")]
+    pub notify_within: Dur,
+    /// Recipients who have not confirmed by then are escalated.
+    #[serde(default = "default_ack")]
+    pub ack_within: Dur,
+    /// Channel used to escalate unconfirmed recipients (usually "voice").
+    #[serde(default)]
+    pub escalate: Option<Channel>,
+    /// Choices offered on the acknowledgement page; empty means a single
+    /// "I have received this" confirmation.
+    #[serde(default)]
+    pub choices: Vec<Choice>,
+    /// Message text per language, a minijinja template. Variables: `school`,
+    /// `students` (names), `link`, `title`, `drill` (bool), `message` (the
+    /// operator's text, if any).
+    pub messages: BTreeMap<String, String>,
+}
+
+fn default_roles() -> Vec<Role> {
+    vec![Role::Guardian, Role::Staff]
+}
+
+fn default_notify() -> Dur {
+    Dur::secs(120)
+}
+
+fn default_ack() -> Dur {
+    Dur::secs(15 * 60)
+}
+
+impl PlaybookConfig {
+    pub fn validate(&self, prefix: &str, issues: &mut Issues) {
+        if self.channels.is_empty() {
+            issues.push(format!("{prefix}.channels"), "must list at least one channel");
+        }
+        if !self.messages.contains_key("en") {
+            issues.push(format!("{prefix}.messages"), "needs an \"en\" message, the fallback for every language");
+        }
+        let env = minijinja::Environment::new();
+        for (lang, text) in &self.messages {
+            if let Err(e) = env.template_from_str(text) {
+                issues.push(format!("{prefix}.messages.{lang}"), format!("template does not parse: {e}"));
+            }
+        }
+        for (i, c) in self.choices.iter().enumerate() {
+            if !c.label.contains_key("en") {
+                issues.push(format!("{prefix}.choices[{i}].label"), "needs an \"en\" label");
+            }
+            if self.choices[..i].iter().any(|o| o.key == c.key) {
+                issues.push(format!("{prefix}.choices[{i}].key"), format!("duplicate choice `{}`", c.key));
+            }
+        }
+        if self.notify_within.0.is_zero() {
+            issues.push(format!("{prefix}.notify_within"), "must be longer than zero");
+        }
+    }
+
+    /// The message template for a language, falling back to its base language
+    /// ("es-MX" → "es") and then to English.
+    pub fn message_for(&self, language: &str) -> &str {
+        let base = language.split(['-', '_']).next().unwrap_or(language);
+        self.messages
+            .get(language)
+            .or_else(|| self.messages.get(base))
+            .or_else(|| self.messages.get("en"))
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+}
+
+fn choice(key: &str, en: &str, es: &str) -> Choice {
+    Choice {
+        key: key.into(),
+        label: BTreeMap::from([("en".into(), en.into()), ("es".into(), es.into())]),
+    }
+}
+
+fn messages(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(l, t)| (l.to_string(), t.to_string())).collect()
+}
+
+/// The playbooks every install has, so a fresh install can act at once.
+pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
+    let all = vec![Channel::Sms, Channel::Voice, Channel::Email];
+    let text_mail = vec![Channel::Sms, Channel::Email];
+    let mut m = BTreeMap::new();
+    m.insert(
+        "lockdown".into(),
+        PlaybookConfig {
+            title: "Lockdown".into(),
+            severity: Severity::Emergency,
+            channels: text_mail.clone(),
+            roles: default_roles(),
+            notify_within: Dur::secs(120),
+            ack_within: Dur::secs(15 * 60),
+            escalate: Some(Channel::Voice),
+            choices: vec![],
+            messages: messages(&[
+                ("en", "{% if drill %}DRILL - {% endif %}LOCKDOWN at {{ school }}. Students are safe inside. Do not come to the school. Confirm: {{ link }}"),
+                ("es", "{% if drill %}SIMULACRO - {% endif %}CIERRE DE EMERGENCIA en {{ school }}. Los estudiantes están seguros adentro. No venga a la escuela. Confirme: {{ link }}"),
+                ("vi", "{% if drill %}DIỄN TẬP - {% endif %}PHONG TỎA tại {{ school }}. Học sinh an toàn bên trong. Đừng đến trường. Xác nhận: {{ link }}"),
+                ("zh", "{% if drill %}演习 - {% endif %}{{ school }}封锁。学生在室内安全。请勿前往学校。确认：{{ link }}"),
+            ]),
+        },
+    );
+    m.insert(
+        "shelter".into(),
+        PlaybookConfig {
+            title: "Shelter in place".into(),
+            severity: Severity::Emergency,
+            channels: text_mail.clone(),
+            roles: default_roles(),
+            notify_within: Dur::secs(120),
+            ack_within: Dur::secs(15 * 60),
+            escalate: Some(Channel::Voice),
+            choices: vec![],
+            messages: messages(&[
+                ("en", "{% if drill %}DRILL - {% endif %}SHELTER IN PLACE at {{ school }}. Everyone is staying indoors. Confirm: {{ link }}"),
+                ("es", "{% if drill %}SIMULACRO - {% endif %}REFUGIO EN EL LUGAR en {{ school }}. Todos permanecen adentro. Confirme: {{ link }}"),
+            ]),
+        },
+    );
+    m.insert(
+        "evacuation".into(),
+        PlaybookConfig {
+            title: "Evacuation".into(),
+            severity: Severity::Emergency,
+            channels: all.clone(),
+            roles: default_roles(),
+            notify_within: Dur::secs(120),
+            ack_within: Dur::secs(15 * 60),
+            escalate: Some(Channel::Voice),
+            choices: vec![],
+            messages: messages(&[
+                ("en", "{% if drill %}DRILL - {% endif %}EVACUATION of {{ school }}. Students are moving to the relocation site. {{ message }} Confirm: {{ link }}"),
+                ("es", "{% if drill %}SIMULACRO - {% endif %}EVACUACIÓN de {{ school }}. Los estudiantes se trasladan al sitio de reubicación. {{ message }} Confirme: {{ link }}"),
+            ]),
+        },
+    );
+    m.insert(
+        "early-dismissal".into(),
+        PlaybookConfig {
+            title: "Early dismissal".into(),
+            severity: Severity::Urgent,
+            channels: text_mail.clone(),
+            roles: vec![Role::Guardian],
+            notify_within: Dur::secs(300),
+            ack_within: Dur::secs(45 * 60),
+            escalate: Some(Channel::Voice),
+            choices: vec![
+                choice("pickup-self", "I will pick up my child", "Recogeré a mi hijo"),
+                choice("pickup-other", "Someone on my pickup list will come", "Vendrá alguien de mi lista autorizada"),
+                choice("bus", "Send my child home on the bus", "Envíe a mi hijo a casa en el autobús"),
+                choice("walk", "My child may walk home", "Mi hijo puede caminar a casa"),
+            ],
+            messages: messages(&[
+                ("en", "{% if drill %}DRILL - {% endif %}EARLY DISMISSAL at {{ school }} today. {{ message }} Tell us how {{ students }} will get home: {{ link }}"),
+                ("es", "{% if drill %}SIMULACRO - {% endif %}SALIDA ANTICIPADA hoy en {{ school }}. {{ message }} Díganos cómo llegará a casa {{ students }}: {{ link }}"),
+            ]),
+        },
+    );
+    m.insert(
+        "weather-closure".into(),
+        PlaybookConfig {
+            title: "Weather closure".into(),
+            severity: Severity::Urgent,
+            channels: text_mail.clone(),
+            roles: default_roles(),
+            notify_within: Dur::secs(600),
+            ack_within: Dur::secs(2 * 3600),
+            escalate: None,
+            choices: vec![],
+            messages: messages(&[
+                ("en", "{% if drill %}DRILL - {% endif %}{{ school }} is CLOSED due to weather. {{ message }} Confirm: {{ link }}"),
+                ("es", "{% if drill %}SIMULACRO - {% endif %}{{ school }} está CERRADA por el clima. {{ message }} Confirme: {{ link }}"),
+            ]),
+        },
+    );
+    m.insert(
+        "all-clear".into(),
+        PlaybookConfig {
+            title: "All clear".into(),
+            severity: Severity::Emergency,
+            channels: text_mail,
+            roles: default_roles(),
+            notify_within: Dur::secs(120),
+            ack_within: Dur::secs(15 * 60),
+            escalate: None,
+            choices: vec![],
+            messages: messages(&[
+                ("en", "{% if drill %}DRILL - {% endif %}ALL CLEAR at {{ school }}. The situation is over. {{ message }} Details: {{ link }}"),
+                ("es", "{% if drill %}SIMULACRO - {% endif %}TODO DESPEJADO en {{ school }}. La situación terminó. {{ message }} Detalles: {{ link }}"),
+            ]),
+        },
+    );
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_playbooks_validate() {
+        for (name, pb) in builtin() {
+            let mut issues = Issues::default();
+            pb.validate(&name, &mut issues);
+            assert!(issues.is_empty(), "{name}: {:?}", issues.list);
+        }
+    }
+
+    #[test]
+    fn language_falls_back_to_base_then_english() {
+        let pb = &builtin()["lockdown"];
+        assert!(pb.message_for("es-MX").contains("CIERRE"));
+        assert!(pb.message_for("fr").contains("LOCKDOWN"));
+    }
+}
