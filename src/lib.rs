@@ -7,9 +7,17 @@
 //! **ack**; **track** watches deadlines and escalates; **http** is the one
 //! listener for the API, pages, hooks and metrics. `app` wires it all.
 
+pub mod ack;
+pub mod app;
 pub mod audience;
 pub mod config;
 pub mod deliver;
 pub mod domain;
+pub mod http;
+pub mod metrics;
 pub mod playbook;
 pub mod sis;
+pub mod store;
+pub mod systemd;
+pub mod track;
+pub mod trigger;

@@ -1,5 +1,7 @@
 //! The delivery engine: a durable outbox in SQLite, rate-limited dispatch to
 //! providers, retries with backoff and failover.
 
+pub mod engine;
 pub mod message;
 pub mod providers;
+pub mod render;

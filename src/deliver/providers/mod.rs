@@ -108,7 +108,24 @@ impl Provider {
         issues: &mut Issues,
     ) -> Option<Provider> {
         match cfg {
-            ProviderConfig::Log(c) => log::LogProvider::build(prefix, c, ctx, issues).map(Provider::Log),
+            ProviderConfig::Log(c) => {
+                log::LogProvider::build(prefix, c, ctx, issues).map(Provider::Log)
+            }
+        }
+    }
+
+    /// Messages per second this provider may be sent, all limits considered
+    /// (for Twilio also the number of senders); `None` means unlimited.
+    pub fn effective_rate(&self) -> Option<f64> {
+        match self {
+            Provider::Log(p) => p.max_per_second(),
+        }
+    }
+
+    /// Secrets that sign this provider's callbacks (Twilio's auth tokens).
+    pub fn callback_tokens(&self) -> Vec<String> {
+        match self {
+            Provider::Log(_) => Vec::new(),
         }
     }
 

@@ -1,0 +1,233 @@
+//! Build and run: wires config, store, providers, engine, tracker, SIS watch
+//! folder and the HTTP listener, and owns the shutdown order.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{Notify, watch};
+
+use crate::config::{Config, ConfigIssue, Issues};
+use crate::deliver::engine::{Engine, Slot};
+use crate::deliver::providers::{Provider, ProviderContext};
+use crate::deliver::render::Renderer;
+use crate::metrics::Metrics;
+use crate::store::{Store, deliveries, now_ms};
+
+/// What every request handler and background task shares.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Store,
+    pub engine: Arc<Engine>,
+    pub metrics: Arc<Metrics>,
+    /// Wakes the deadline tracker when an alert with a sooner deadline arrives.
+    pub tracker: Arc<Notify>,
+    /// Auth tokens of the Twilio providers, for checking callback signatures.
+    pub twilio_tokens: Vec<String>,
+    pub started_at: i64,
+}
+
+/// Builds every provider in the config, resolving secrets. Used by the daemon
+/// and by `check-config`, so a missing secret is found before it matters.
+pub fn build_providers(config: &Config) -> Result<(Vec<Slot>, Vec<String>), Vec<ConfigIssue>> {
+    let mut issues = Issues::default();
+    let http = reqwest::Client::builder()
+        .timeout(config.delivery.request_timeout.0)
+        .pool_max_idle_per_host(config.delivery.concurrency)
+        .build()
+        .map_err(|e| {
+            vec![ConfigIssue {
+                key: "providers".into(),
+                line: None,
+                message: format!("cannot build the HTTP client: {e}"),
+            }]
+        })?;
+    let ctx = ProviderContext {
+        public_url: config.server.public_url.clone(),
+        base_dir: config.base_dir.clone(),
+        http,
+    };
+    let mut slots = Vec::new();
+    let mut tokens = Vec::new();
+    for (i, p) in config.providers.iter().enumerate() {
+        let common = p.common();
+        if let Some(provider) = Provider::build(&format!("providers[{i}]"), p, &ctx, &mut issues) {
+            tokens.extend(provider.callback_tokens());
+            let rate = provider.effective_rate();
+            slots.push(Slot::new(
+                common.name,
+                common.channels,
+                provider,
+                rate,
+                &config.delivery,
+            ));
+        }
+    }
+    if issues.is_empty() {
+        Ok((slots, tokens))
+    } else {
+        Err(issues.list)
+    }
+}
+
+/// A built daemon, listener bound, not yet running.
+pub struct App {
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+}
+
+impl App {
+    /// Opens the store, re-queues deliveries a crash left in flight, builds
+    /// the providers and binds the listener (port 0 picks a free one).
+    pub async fn build(config: Config) -> anyhow::Result<App> {
+        let store_dir = config.store_dir();
+        let store = Store::open(&store_dir, config.store.synchronous == "full")
+            .with_context(|| format!("opening the store in {}", store_dir.display()))?;
+        let now = now_ms();
+        let requeued = store.write(move |c| deliveries::recover(c, now)).await?;
+        if requeued > 0 {
+            tracing::warn!(
+                requeued,
+                "Deliveries left in flight by a previous run were put back in the queue."
+            );
+        }
+        let (slots, twilio_tokens) = build_providers(&config).map_err(|issues| {
+            anyhow::anyhow!(
+                "provider configuration:\n{}",
+                issues
+                    .iter()
+                    .map(|i| format!("  - {i}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
+        let metrics = Arc::new(Metrics::default());
+        let renderer = Renderer::new(&config.playbooks, &config.server.public_url);
+        let engine = Arc::new(Engine::new(
+            store.clone(),
+            slots,
+            renderer,
+            config.delivery.clone(),
+            metrics.clone(),
+        ));
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .with_context(|| format!("binding the HTTP listener to {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(AppState {
+            config: Arc::new(config),
+            store,
+            engine,
+            metrics,
+            tracker: Arc::new(Notify::new()),
+            twilio_tokens,
+            started_at: now,
+        });
+        Ok(App {
+            state,
+            listener,
+            addr,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    /// Serves until `shutdown` completes, then stops in this order:
+    /// 1. the listener stops accepting; requests in flight (acknowledgements
+    ///    above all) finish and commit;
+    /// 2. the engine stops claiming; sends in flight finish and their
+    ///    outcomes are committed, so they are not sent again after restart;
+    /// 3. the tracker and the watch folder stop;
+    /// 4. the store's writer drains and closes.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let App {
+            state,
+            listener,
+            addr,
+        } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let engine_tasks = state.engine.spawn(stop_rx.clone());
+        let tracker = tokio::spawn(crate::track::run(state.clone(), stop_rx.clone()));
+        let watcher = crate::sis::watch::spawn(state.clone(), stop_rx.clone());
+        let router = crate::http::router(state.clone());
+        tracing::info!(%addr, "Listening.");
+        crate::systemd::notify_ready();
+        let watchdog = crate::systemd::spawn_watchdog(stop_rx.clone());
+
+        let mut http_stop = stop_rx.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = http_stop.wait_for(|s| *s).await;
+            })
+            .await
+        });
+        shutdown.await;
+        tracing::info!("Shutting down: no new requests.");
+        crate::systemd::notify_stopping();
+        let _ = stop_tx.send(true);
+        let grace = state.config.server.shutdown_grace.0;
+        if tokio::time::timeout(grace, server).await.is_err() {
+            tracing::warn!("HTTP requests still open after the grace period; closing them.");
+        }
+        tracing::info!("Finishing sends in flight.");
+        for t in engine_tasks {
+            if tokio::time::timeout(grace, t).await.is_err() {
+                tracing::warn!(
+                    "Sends still in flight after the grace period; they will be re-sent after restart."
+                );
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), tracker).await;
+        if let Some(w) = watcher {
+            let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+        }
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        let store = state.store.clone();
+        drop(state);
+        store.close();
+        tracing::info!("Stopped.");
+        Ok(())
+    }
+}
+
+/// Completes on SIGTERM or SIGINT: the production shutdown signal.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

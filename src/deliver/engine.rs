@@ -1,0 +1,539 @@
+//! The dispatcher. One lane per channel claims due deliveries from the outbox
+//! (most urgent first), picks a healthy provider, waits for that provider's
+//! rate limiter, sends, and hands the outcome to the recorder, which commits
+//! outcomes in batches.
+//!
+//! Invariant: the engine keeps no state that matters after a crash. Claims and
+//! outcomes are rows; breakers and limiters are rebuilt at start-up.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use governor::clock::DefaultClock;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::DeliveryConfig;
+use crate::deliver::message::SendError;
+use crate::deliver::providers::Provider;
+use crate::deliver::render::Renderer;
+use crate::domain::Channel;
+use crate::metrics::Metrics;
+use crate::store::deliveries::{self, Claimed, Outcome};
+use crate::store::{Store, now_ms};
+
+type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
+
+/// Pace a little under the configured rate, so that network jitter between
+/// us and the provider never puts R+1 requests into one of its 1 s windows.
+const PACING_MARGIN: f64 = 0.985;
+
+/// Assumed throughput of a provider without a configured rate, for the
+/// capacity estimate only (requests in flight / typical latency).
+const UNLIMITED_ESTIMATE_PER_SEC: f64 = 500.0;
+
+/// A provider with its limiter and breaker.
+pub struct Slot {
+    pub name: String,
+    pub channels: Vec<Channel>,
+    pub provider: Provider,
+    /// Messages per second actually allowed (after senders and margin); None = unlimited.
+    pub rate: Option<f64>,
+    limiter: Option<Limiter>,
+    breaker: Mutex<Breaker>,
+}
+
+impl Slot {
+    pub fn new(
+        name: String,
+        channels: Vec<Channel>,
+        provider: Provider,
+        rate: Option<f64>,
+        cfg: &DeliveryConfig,
+    ) -> Slot {
+        let limiter = rate.map(|r| {
+            let period = Duration::from_secs_f64(1.0 / (r * PACING_MARGIN));
+            let quota = Quota::with_period(period)
+                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                .allow_burst(NonZeroU32::MIN);
+            RateLimiter::direct(quota)
+        });
+        Slot {
+            name,
+            channels,
+            provider,
+            rate,
+            limiter,
+            breaker: Mutex::new(Breaker::new(
+                cfg.breaker_failures,
+                cfg.breaker_cooldown.0.as_millis() as i64,
+            )),
+        }
+    }
+}
+
+/// Skips a provider that keeps failing, for a cooling-off period that doubles
+/// while it keeps failing (hysteresis: after the pause one failure re-opens it,
+/// one success closes it).
+#[derive(Debug)]
+pub struct Breaker {
+    threshold: u32,
+    base_ms: i64,
+    cooldown_ms: i64,
+    failures: u32,
+    open_until: Option<i64>,
+}
+
+impl Breaker {
+    pub fn new(threshold: u32, base_ms: i64) -> Breaker {
+        Breaker {
+            threshold: threshold.max(1),
+            base_ms,
+            cooldown_ms: base_ms,
+            failures: 0,
+            open_until: None,
+        }
+    }
+
+    pub fn allows(&self, now: i64) -> bool {
+        self.open_until.is_none_or(|t| now >= t)
+    }
+
+    pub fn success(&mut self) {
+        self.failures = 0;
+        self.open_until = None;
+        self.cooldown_ms = self.base_ms;
+    }
+
+    pub fn failure(&mut self, now: i64) {
+        let half_open = self.open_until.is_some_and(|t| now >= t);
+        self.failures += 1;
+        if half_open || self.failures >= self.threshold {
+            self.open_until = Some(now + self.cooldown_ms);
+            self.cooldown_ms = (self.cooldown_ms * 2).min(5 * 60 * 1000);
+            self.failures = 0;
+        }
+    }
+
+    fn reopens_at(&self) -> i64 {
+        self.open_until.unwrap_or(0)
+    }
+}
+
+pub struct Engine {
+    store: Store,
+    slots: Vec<Arc<Slot>>,
+    renderer: Renderer,
+    cfg: DeliveryConfig,
+    metrics: Arc<Metrics>,
+    wake: HashMap<Channel, Arc<Notify>>,
+}
+
+impl Engine {
+    pub fn new(
+        store: Store,
+        slots: Vec<Slot>,
+        renderer: Renderer,
+        cfg: DeliveryConfig,
+        metrics: Arc<Metrics>,
+    ) -> Engine {
+        let slots: Vec<Arc<Slot>> = slots.into_iter().map(Arc::new).collect();
+        let wake = Channel::ALL
+            .iter()
+            .filter(|c| slots.iter().any(|s| s.channels.contains(c)))
+            .map(|c| (*c, Arc::new(Notify::new())))
+            .collect();
+        Engine {
+            store,
+            slots,
+            renderer,
+            cfg,
+            metrics,
+            wake,
+        }
+    }
+
+    /// Tells every lane that new work may be due.
+    pub fn kick(&self) {
+        for n in self.wake.values() {
+            n.notify_one();
+        }
+    }
+
+    pub fn renderer(&self) -> &Renderer {
+        &self.renderer
+    }
+
+    fn slots_for(&self, channel: Channel) -> Vec<Arc<Slot>> {
+        self.slots
+            .iter()
+            .filter(|s| s.channels.contains(&channel))
+            .cloned()
+            .collect()
+    }
+
+    /// Messages per second one channel can carry (sum over its providers).
+    pub fn channel_rate(&self, channel: Channel) -> f64 {
+        self.slots_for(channel)
+            .iter()
+            .map(|s| s.rate.unwrap_or(UNLIMITED_ESTIMATE_PER_SEC))
+            .sum()
+    }
+
+    /// How long handing over `counts` deliveries per channel takes at the
+    /// configured rates (channels run in parallel).
+    pub fn estimate(&self, counts: &HashMap<Channel, i64>) -> Duration {
+        counts
+            .iter()
+            .map(|(ch, n)| {
+                let rate = self.channel_rate(*ch);
+                if rate <= 0.0 {
+                    Duration::MAX
+                } else {
+                    Duration::from_secs_f64(*n as f64 / rate)
+                }
+            })
+            .max()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// Starts the lanes and the recorder. They stop when `shutdown` turns
+    /// true: lanes stop claiming, sends in flight finish, the recorder
+    /// commits what it has, then the handles complete.
+    pub fn spawn(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let (tx, rx) = mpsc::unbounded_channel::<(i64, Outcome)>();
+        let mut handles = Vec::new();
+        for (channel, wake) in &self.wake {
+            let engine = self.clone();
+            let tx = tx.clone();
+            let shutdown = shutdown.clone();
+            let wake = wake.clone();
+            let channel = *channel;
+            handles.push(tokio::spawn(async move {
+                engine.lane(channel, wake, tx, shutdown).await
+            }));
+        }
+        drop(tx);
+        let engine = self.clone();
+        handles.push(tokio::spawn(async move { engine.recorder(rx).await }));
+        handles
+    }
+
+    async fn lane(
+        self: Arc<Self>,
+        channel: Channel,
+        wake: Arc<Notify>,
+        results: mpsc::UnboundedSender<(i64, Outcome)>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let slots = self.slots_for(channel);
+        let concurrency = self.cfg.concurrency * slots.len().max(1);
+        let permits = Arc::new(Semaphore::new(concurrency));
+        // Claim no more than about half a second of work at the channel's
+        // rate, so an emergency queued later is not stuck behind a long batch.
+        let rate = self.channel_rate(channel);
+        let all_limited = slots.iter().all(|s| s.rate.is_some());
+        let max_claim = if all_limited {
+            ((rate * 0.5).ceil() as i64).clamp(1, 500)
+        } else {
+            500
+        };
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            while tasks.try_join_next().is_some() {}
+            let first = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.changed() => continue,
+            };
+            let limit = (permits.available_permits() as i64 + 1).min(max_claim);
+            let now = now_ms();
+            let claimed = match self
+                .store
+                .write(move |c| deliveries::claim(c, channel, now, limit))
+                .await
+            {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, %channel, "Cannot claim deliveries; retrying in 1 s.");
+                    drop(first);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if claimed.is_empty() {
+                drop(first);
+                let next = self
+                    .store
+                    .read(move |c| deliveries::next_due(c, channel))
+                    .await
+                    .ok()
+                    .flatten();
+                let wait = next
+                    .map(|t| Duration::from_millis((t - now_ms()).clamp(0, 1000) as u64))
+                    .unwrap_or(Duration::from_secs(1));
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            let mut first = Some(first);
+            for c in claimed {
+                let permit = match first.take() {
+                    Some(p) => p,
+                    None => match permits.clone().acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let engine = self.clone();
+                let slots = slots.clone();
+                let results = results.clone();
+                tasks.spawn(async move {
+                    let outcome = engine.send_one(&slots, &c).await;
+                    let _ = results.send((c.id, outcome));
+                    drop(permit);
+                });
+            }
+        }
+        // Finish what is in flight so its outcome is recorded, not re-sent.
+        while tasks.join_next().await.is_some() {}
+    }
+
+    fn choose(&self, slots: &[Arc<Slot>], avoid: Option<&str>, now: i64) -> Option<Arc<Slot>> {
+        let healthy: Vec<&Arc<Slot>> = slots
+            .iter()
+            .filter(|s| s.breaker.lock().map(|b| b.allows(now)).unwrap_or(true))
+            .collect();
+        healthy
+            .iter()
+            .find(|s| Some(s.name.as_str()) != avoid)
+            .or(healthy.first())
+            .map(|s| (*s).clone())
+            .or_else(|| {
+                // Every provider is cooling off: use the one that recovers first.
+                slots
+                    .iter()
+                    .min_by_key(|s| s.breaker.lock().map(|b| b.reopens_at()).unwrap_or(0))
+                    .cloned()
+            })
+    }
+
+    async fn send_one(&self, slots: &[Arc<Slot>], c: &Claimed) -> Outcome {
+        let now = now_ms();
+        let Some(slot) = self.choose(slots, c.last_provider.as_deref(), now) else {
+            return Outcome::GaveUp {
+                provider: String::new(),
+                error: format!("no provider configured for {}", c.channel),
+            };
+        };
+        let msg = match self.renderer.render(c) {
+            Ok(m) => m,
+            Err(e) => {
+                return Outcome::GaveUp {
+                    provider: slot.name.clone(),
+                    error: format!("cannot render message: {e}"),
+                };
+            }
+        };
+        if let Some(l) = &slot.limiter {
+            l.until_ready().await;
+        }
+        let result = match tokio::time::timeout(
+            self.cfg.request_timeout.0,
+            slot.provider.send(&msg),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(SendError::Transient {
+                reason: format!("no answer within {}", self.cfg.request_timeout),
+                retry_after: None,
+            }),
+        };
+        let now = now_ms();
+        match result {
+            Ok(accepted) => {
+                if let Ok(mut b) = slot.breaker.lock() {
+                    b.success();
+                }
+                self.metrics.inc(
+                    "klaxon_provider_requests_total",
+                    &[("provider", &slot.name), ("outcome", "accepted")],
+                );
+                Outcome::Sent {
+                    provider: slot.name.clone(),
+                    message_id: accepted.provider_message_id,
+                }
+            }
+            Err(SendError::Permanent { code, reason }) => {
+                // The provider works; the address does not.
+                if let Ok(mut b) = slot.breaker.lock() {
+                    b.success();
+                }
+                self.metrics.inc(
+                    "klaxon_provider_requests_total",
+                    &[("provider", &slot.name), ("outcome", "permanent")],
+                );
+                tracing::info!(delivery = c.id, provider = %slot.name, code = %code, "Address refused permanently.");
+                Outcome::Undeliverable {
+                    provider: slot.name.clone(),
+                    code,
+                    error: reason,
+                }
+            }
+            Err(SendError::Transient {
+                reason,
+                retry_after,
+            }) => {
+                if let Ok(mut b) = slot.breaker.lock() {
+                    b.failure(now);
+                }
+                self.metrics.inc(
+                    "klaxon_provider_requests_total",
+                    &[("provider", &slot.name), ("outcome", "transient")],
+                );
+                tracing::warn!(delivery = c.id, provider = %slot.name, error = %reason, "Send failed; will retry.");
+                self.retry_outcome(slots, c, &slot, reason, retry_after, now)
+            }
+        }
+    }
+
+    /// Decides when (and whether) a transiently failed delivery is tried again.
+    fn retry_outcome(
+        &self,
+        slots: &[Arc<Slot>],
+        c: &Claimed,
+        slot: &Slot,
+        reason: String,
+        retry_after: Option<Duration>,
+        now: i64,
+    ) -> Outcome {
+        let attempts = c.attempts as u32 + 1;
+        if attempts >= self.cfg.max_attempts {
+            return Outcome::GaveUp {
+                provider: slot.name.clone(),
+                error: format!("{reason} (gave up after {attempts} attempts)"),
+            };
+        }
+        // Another healthy provider for this channel: fail over at once.
+        let other = slots.iter().any(|s| {
+            s.name != slot.name && s.breaker.lock().map(|b| b.allows(now)).unwrap_or(false)
+        });
+        let delay = if other && retry_after.is_none() {
+            Duration::ZERO
+        } else {
+            let backoff = backon::ExponentialBuilder::default()
+                .with_min_delay(self.cfg.retry_initial.0)
+                .with_max_delay(self.cfg.retry_max.0)
+                .with_jitter()
+                .with_max_times(usize::MAX)
+                .build()
+                .nth(attempts.saturating_sub(1) as usize)
+                .unwrap_or(self.cfg.retry_max.0);
+            backoff.max(retry_after.unwrap_or(Duration::ZERO))
+        };
+        let next_at = now + delay.as_millis() as i64;
+        // Past the ack deadline the message has lost its purpose; the person
+        // is escalated or listed as not reached instead.
+        if c.ack_deadline.is_some_and(|d| next_at > d) {
+            return Outcome::GaveUp {
+                provider: slot.name.clone(),
+                error: format!("{reason} (the alert's window closed)"),
+            };
+        }
+        Outcome::Retry {
+            provider: slot.name.clone(),
+            error: reason,
+            next_at,
+        }
+    }
+
+    /// Commits outcomes in batches: whatever arrived within a few ms, one
+    /// transaction. Retries wake the lanes so they are picked up when due.
+    async fn recorder(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(i64, Outcome)>) {
+        let mut batch = Vec::with_capacity(2048);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            let until = tokio::time::Instant::now() + Duration::from_millis(5);
+            while batch.len() < 2048 {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(o)) => batch.push(o),
+                    _ => break,
+                }
+            }
+            let retry = batch
+                .iter()
+                .any(|(_, o)| matches!(o, Outcome::Retry { .. } | Outcome::Undeliverable { .. }));
+            let items = std::mem::take(&mut batch);
+            let n = items.len();
+            // A commit that fails is retried: these outcomes are the only
+            // record that the messages went out.
+            let items = Arc::new(items);
+            loop {
+                let items = items.clone();
+                match self
+                    .store
+                    .write(move |c| deliveries::record(c, now_ms(), &items))
+                    .await
+                {
+                    Ok(settled) => {
+                        for alert in settled {
+                            tracing::info!(
+                                alert,
+                                "Every delivery of the alert has left the queue."
+                            );
+                        }
+                        break;
+                    }
+                    Err(crate::store::StoreError::Closed) => {
+                        tracing::error!(
+                            outcomes = n,
+                            "Store closed before outcomes were recorded; they will be re-sent after restart."
+                        );
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, outcomes = n, "Cannot record outcomes; retrying.");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            if retry {
+                self.kick();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn breaker_opens_after_threshold_and_reopens_on_first_failure_after_pause() {
+        let mut b = Breaker::new(3, 1000);
+        b.failure(0);
+        b.failure(1);
+        assert!(b.allows(2));
+        b.failure(2);
+        assert!(!b.allows(3), "opens at the threshold");
+        assert!(b.allows(1002), "half-open after the cooling-off period");
+        b.failure(1002);
+        assert!(!b.allows(1003), "one failure when half-open re-opens it");
+        assert!(!b.allows(2500), "and the pause doubled");
+        assert!(b.allows(3002));
+        b.success();
+        b.failure(3003);
+        assert!(b.allows(3004), "closed again after a success");
+    }
+}

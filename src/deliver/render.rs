@@ -1,0 +1,193 @@
+//! Turns a claimed delivery into the message a provider sends: the playbook's
+//! template in the recipient's language, with their children's names and
+//! their own acknowledgement link.
+
+use std::collections::BTreeMap;
+
+use minijinja::{Environment, context};
+
+use crate::audience::StudentRef;
+use crate::deliver::message::OutboundMessage;
+use crate::playbook::PlaybookConfig;
+use crate::store::deliveries::Claimed;
+
+pub struct Renderer {
+    env: Environment<'static>,
+    playbooks: BTreeMap<String, PlaybookConfig>,
+    public_url: String,
+}
+
+impl Renderer {
+    pub fn new(playbooks: &BTreeMap<String, PlaybookConfig>, public_url: &str) -> Renderer {
+        let mut env = Environment::new();
+        // Message templates are plain text: no HTML escaping, and a missing
+        // variable renders empty rather than failing an alert.
+        env.set_auto_escape_callback(|_| minijinja::AutoEscape::None);
+        for (name, pb) in playbooks {
+            for (lang, text) in &pb.messages {
+                // Validated at start-up by `PlaybookConfig::validate`; a
+                // template that still fails is skipped and falls back to English.
+                let _ = env.add_template_owned(format!("{name}:{lang}"), text.clone());
+            }
+        }
+        Renderer {
+            env,
+            playbooks: playbooks.clone(),
+            public_url: public_url.to_string(),
+        }
+    }
+
+    pub fn ack_url(&self, token: &str) -> String {
+        format!("{}/a/{token}", self.public_url)
+    }
+
+    /// The template key for a playbook and language, with the same fallback as
+    /// `PlaybookConfig::message_for`.
+    fn template_name(&self, playbook: &str, language: &str) -> String {
+        let Some(pb) = self.playbooks.get(playbook) else {
+            return format!("{playbook}:en");
+        };
+        let base = language.split(['-', '_']).next().unwrap_or(language);
+        for lang in [language, base] {
+            if pb.messages.contains_key(lang) {
+                return format!("{playbook}:{lang}");
+            }
+        }
+        format!("{playbook}:en")
+    }
+
+    pub fn render(&self, c: &Claimed) -> Result<OutboundMessage, String> {
+        let students: Vec<StudentRef> = serde_json::from_str(&c.students_json).unwrap_or_default();
+        let names = join_names(students.iter().map(|s| s.name.as_str()).collect());
+        let link = self.ack_url(&c.token);
+        let tmpl = self
+            .env
+            .get_template(&self.template_name(&c.playbook, &c.language))
+            .map_err(|e| format!("no template for playbook `{}`: {e}", c.playbook))?;
+        let vars = |link: &str| {
+            context! {
+                school => c.place,
+                students => names,
+                link => link,
+                title => c.title,
+                drill => c.drill,
+                message => c.message.clone().unwrap_or_default(),
+            }
+        };
+        let body = squeeze(&tmpl.render(vars(&link)).map_err(|e| e.to_string())?);
+        let speech = speech_text(&squeeze(&tmpl.render(vars("")).map_err(|e| e.to_string())?));
+        let subject = format!(
+            "{}{}: {}",
+            if c.drill { "[DRILL] " } else { "" },
+            c.title,
+            c.place
+        );
+        let html = Some(email_html(&subject, &body, &link));
+        Ok(OutboundMessage {
+            delivery_id: c.id,
+            alert_id: c.alert_id,
+            channel: c.channel,
+            to: c.address.clone(),
+            language: c.language.clone(),
+            subject,
+            body,
+            html,
+            ack_url: link,
+            speech,
+        })
+    }
+}
+
+/// "Ana", "Ana and Ben", "Ana, Ben and Cy".
+fn join_names(names: Vec<&str>) -> String {
+    match names.as_slice() {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// Collapses the runs of spaces an empty template variable leaves behind.
+fn squeeze(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A voice call cannot follow a link: drop the trailing "Confirm:" that
+/// introduced it; the call asks to press 1 instead.
+fn speech_text(s: &str) -> String {
+    let t = s.trim_end();
+    if t.ends_with(':')
+        && let Some(cut) = t.rfind(['.', '!', '。'])
+    {
+        return t[..=cut].to_string();
+    }
+    t.to_string()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn email_html(subject: &str, body: &str, link: &str) -> String {
+    format!(
+        "<!doctype html><html><body style=\"font-family:sans-serif;font-size:16px;line-height:1.5\">\
+<h1 style=\"font-size:20px\">{}</h1><p>{}</p>\
+<p><a href=\"{}\" style=\"display:inline-block;padding:12px 20px;background:#0b4f9c;color:#fff;text-decoration:none;border-radius:6px\">Confirm</a></p>\
+</body></html>",
+        escape(subject),
+        escape(body),
+        escape(link)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Channel;
+
+    fn claimed(lang: &str, students: &str) -> Claimed {
+        Claimed {
+            id: 7,
+            alert_id: 1,
+            recipient_id: 3,
+            channel: Channel::Sms,
+            address: "+15555550123".into(),
+            attempts: 0,
+            last_provider: None,
+            playbook: "lockdown".into(),
+            title: "Lockdown".into(),
+            place: "Lincoln Elementary".into(),
+            message: None,
+            drill: true,
+            ack_deadline: None,
+            language: lang.into(),
+            students_json: students.into(),
+            token: "tok123".into(),
+            escalation: false,
+        }
+    }
+
+    #[test]
+    fn renders_language_link_and_drill_marker() {
+        let r = Renderer::new(&crate::playbook::builtin(), "https://alerts.example.org");
+        let m = r.render(&claimed("es-MX", "[]")).unwrap();
+        assert!(m.body.starts_with("SIMULACRO"), "{}", m.body);
+        assert!(m.body.contains("Lincoln Elementary"));
+        assert!(
+            m.body.ends_with("https://alerts.example.org/a/tok123"),
+            "{}",
+            m.body
+        );
+        assert!(!m.speech.contains("http"), "{}", m.speech);
+        assert!(m.subject.starts_with("[DRILL] Lockdown"));
+    }
+
+    #[test]
+    fn names_children_in_order() {
+        assert_eq!(join_names(vec!["Ana", "Ben", "Cy"]), "Ana, Ben and Cy");
+        assert_eq!(join_names(vec!["Ana"]), "Ana");
+    }
+}

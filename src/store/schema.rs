@@ -1,0 +1,121 @@
+//! Versioned migrations of `klaxon.db`, applied in order at start-up. A
+//! migration is never edited once released; changes come as a new one.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Times are milliseconds since the Unix epoch (UTC) everywhere.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE alerts (
+        id               INTEGER PRIMARY KEY,
+        playbook         TEXT NOT NULL,
+        title            TEXT NOT NULL,
+        place            TEXT NOT NULL,          -- the schools it concerns, as people read them
+        priority         INTEGER NOT NULL,
+        audience         TEXT NOT NULL,          -- the AudienceSpec, JSON
+        message          TEXT,                   -- operator's text, if any
+        drill            INTEGER NOT NULL DEFAULT 0,
+        state            TEXT NOT NULL,          -- held | sending | cancelled
+        source           TEXT NOT NULL,          -- api | demo | cap:<id> | all-clear:<id>
+        created_by       TEXT NOT NULL,
+        created_at       INTEGER NOT NULL,
+        released_at      INTEGER,                -- when sending started (after approval if held)
+        notify_deadline  INTEGER,                -- everyone handed over by then
+        ack_deadline     INTEGER,                -- unconfirmed escalated after
+        settled_at       INTEGER,                -- when the last delivery left the queue
+        escalated_at     INTEGER,
+        cancelled_at     INTEGER,
+        parent_id        INTEGER REFERENCES alerts(id),
+        recipients       INTEGER NOT NULL DEFAULT 0,
+        unreachable      INTEGER NOT NULL DEFAULT 0,
+        estimate_ms      INTEGER,                -- capacity estimate for the hand-over
+        warning          TEXT                    -- capacity or other warning shown to the operator
+    );
+    CREATE TABLE recipients (
+        id          INTEGER PRIMARY KEY,
+        alert_id    INTEGER NOT NULL REFERENCES alerts(id),
+        person_id   TEXT NOT NULL,
+        role        TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        language    TEXT NOT NULL,
+        students    TEXT NOT NULL,               -- JSON array of StudentRef
+        addresses   TEXT NOT NULL,               -- JSON array of [channel, address]
+        token       TEXT NOT NULL UNIQUE,        -- acknowledgement capability, 160 random bits
+        acked_at    INTEGER,
+        ack_choice  TEXT,
+        ack_via     TEXT,                        -- web | sms | voice
+        ack_changed_at INTEGER,
+        UNIQUE (alert_id, person_id)
+    );
+    CREATE TABLE deliveries (
+        id              INTEGER PRIMARY KEY,
+        alert_id        INTEGER NOT NULL REFERENCES alerts(id),
+        recipient_id    INTEGER NOT NULL REFERENCES recipients(id),
+        channel         TEXT NOT NULL,
+        address         TEXT NOT NULL,
+        state           TEXT NOT NULL,           -- queued | sending | sent | delivered | failed | undeliverable | cancelled
+        priority        INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        provider        TEXT,                    -- last provider tried
+        provider_msg_id TEXT,
+        error_code      TEXT,
+        error           TEXT,
+        escalation      INTEGER NOT NULL DEFAULT 0,
+        created_at      INTEGER NOT NULL,
+        sent_at         INTEGER,
+        delivered_at    INTEGER,
+        updated_at      INTEGER NOT NULL
+    );
+    CREATE INDEX deliveries_queue ON deliveries (channel, priority, next_attempt_at) WHERE state = 'queued';
+    CREATE INDEX deliveries_alert ON deliveries (alert_id, state);
+    CREATE INDEX deliveries_recipient ON deliveries (recipient_id);
+    CREATE INDEX deliveries_address ON deliveries (address, state);
+    CREATE INDEX deliveries_provider_msg ON deliveries (provider_msg_id) WHERE provider_msg_id IS NOT NULL;
+    CREATE INDEX recipients_alert ON recipients (alert_id, acked_at);
+    CREATE TABLE ack_events (
+        id           INTEGER PRIMARY KEY,
+        recipient_id INTEGER NOT NULL REFERENCES recipients(id),
+        alert_id     INTEGER NOT NULL,
+        at           INTEGER NOT NULL,
+        choice       TEXT,
+        via          TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id       INTEGER PRIMARY KEY,
+        at       INTEGER NOT NULL,
+        actor    TEXT NOT NULL,
+        action   TEXT NOT NULL,
+        alert_id INTEGER,
+        detail   TEXT NOT NULL
+    );
+    CREATE TABLE api_tokens (
+        id           INTEGER PRIMARY KEY,
+        name         TEXT NOT NULL,
+        role         TEXT NOT NULL,              -- admin | operator | viewer
+        hash         TEXT NOT NULL UNIQUE,       -- SHA-256 of the token, hex
+        created_at   INTEGER NOT NULL,
+        revoked_at   INTEGER
+    );
+    "#,
+];
+
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current as usize > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "the database is at schema version {current}, newer than this klaxon knows ({}); upgrade klaxon",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let txn = conn.transaction()?;
+        txn.execute_batch(sql)?;
+        txn.pragma_update(None, "user_version", (i + 1) as i64)?;
+        txn.commit()?;
+    }
+    Ok(())
+}
