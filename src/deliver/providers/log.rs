@@ -26,6 +26,7 @@ pub struct LogConfig {
 
 pub struct LogProvider {
     name: String,
+    max_per_second: Option<f64>,
     file: Mutex<std::io::BufWriter<std::fs::File>>,
 }
 
@@ -44,6 +45,7 @@ impl LogProvider {
         {
             Ok(f) => Some(LogProvider {
                 name: cfg.name.clone(),
+                max_per_second: cfg.max_per_second,
                 file: Mutex::new(std::io::BufWriter::new(f)),
             }),
             Err(e) => {
@@ -54,6 +56,11 @@ impl LogProvider {
                 None
             }
         }
+    }
+
+    /// The configured `max_per_second`; `None` means unlimited.
+    pub fn max_per_second(&self) -> Option<f64> {
+        self.max_per_second
     }
 
     pub async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, SendError> {
