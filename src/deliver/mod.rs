@@ -5,3 +5,4 @@ pub mod engine;
 pub mod message;
 pub mod providers;
 pub mod render;
+pub mod sms;

@@ -58,6 +58,7 @@ impl LogProvider {
         }
     }
 
+    /// The configured `max_per_second`; `None` means unlimited.
     pub fn max_per_second(&self) -> Option<f64> {
         self.max_per_second
     }

@@ -6,8 +6,12 @@
 //! permanent. Retrying, failover and recording belong to the engine.
 
 pub mod log;
+pub mod sendgrid;
+pub mod smtp;
+pub mod twilio;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::config::{Issues, ProviderCommon};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
@@ -29,6 +33,9 @@ pub struct ProviderContext {
 #[derive(Debug, Clone)]
 pub enum ProviderConfig {
     Log(log::LogConfig),
+    Twilio(twilio::TwilioConfig),
+    Smtp(smtp::SmtpConfig),
+    SendGrid(sendgrid::SendGridConfig),
 }
 
 impl ProviderConfig {
@@ -52,6 +59,15 @@ impl ProviderConfig {
         let value = toml::Value::Table(table);
         match kind.as_str() {
             "log" => crate::config::section(prefix, value, issues).map(ProviderConfig::Log),
+            "twilio" => crate::config::section::<twilio::TwilioConfig>(prefix, value, issues)
+                .inspect(|c| c.validate(prefix, issues))
+                .map(ProviderConfig::Twilio),
+            "smtp" => crate::config::section::<smtp::SmtpConfig>(prefix, value, issues)
+                .inspect(|c| c.validate(prefix, issues))
+                .map(ProviderConfig::Smtp),
+            "sendgrid" => crate::config::section::<sendgrid::SendGridConfig>(prefix, value, issues)
+                .inspect(|c| c.validate(prefix, issues))
+                .map(ProviderConfig::SendGrid),
             other => {
                 issues.push(
                     format!("{prefix}.kind"),
@@ -77,12 +93,18 @@ impl ProviderConfig {
         }
         match self {
             ProviderConfig::Log(c) => common!(c),
+            ProviderConfig::Twilio(c) => common!(c),
+            ProviderConfig::Smtp(c) => common!(c),
+            ProviderConfig::SendGrid(c) => common!(c),
         }
     }
 
     pub fn kind(&self) -> &'static str {
         match self {
             ProviderConfig::Log(_) => "log",
+            ProviderConfig::Twilio(_) => "twilio",
+            ProviderConfig::Smtp(_) => "smtp",
+            ProviderConfig::SendGrid(_) => "sendgrid",
         }
     }
 
@@ -90,6 +112,8 @@ impl ProviderConfig {
     pub fn supported_channels(&self) -> &'static [Channel] {
         match self {
             ProviderConfig::Log(_) => &Channel::ALL,
+            ProviderConfig::Twilio(_) => &[Channel::Sms, Channel::Voice],
+            ProviderConfig::Smtp(_) | ProviderConfig::SendGrid(_) => &[Channel::Email],
         }
     }
 }
@@ -97,6 +121,9 @@ impl ProviderConfig {
 /// A ready-to-use provider.
 pub enum Provider {
     Log(log::LogProvider),
+    Twilio(twilio::TwilioProvider),
+    Smtp(smtp::SmtpProvider),
+    SendGrid(sendgrid::SendGridProvider),
 }
 
 impl Provider {
@@ -111,21 +138,15 @@ impl Provider {
             ProviderConfig::Log(c) => {
                 log::LogProvider::build(prefix, c, ctx, issues).map(Provider::Log)
             }
-        }
-    }
-
-    /// Messages per second this provider may be sent, all limits considered
-    /// (for Twilio also the number of senders); `None` means unlimited.
-    pub fn effective_rate(&self) -> Option<f64> {
-        match self {
-            Provider::Log(p) => p.max_per_second(),
-        }
-    }
-
-    /// Secrets that sign this provider's callbacks (Twilio's auth tokens).
-    pub fn callback_tokens(&self) -> Vec<String> {
-        match self {
-            Provider::Log(_) => Vec::new(),
+            ProviderConfig::Twilio(c) => {
+                twilio::TwilioProvider::build(prefix, c, ctx, issues).map(Provider::Twilio)
+            }
+            ProviderConfig::Smtp(c) => {
+                smtp::SmtpProvider::build(prefix, c, ctx, issues).map(Provider::Smtp)
+            }
+            ProviderConfig::SendGrid(c) => {
+                sendgrid::SendGridProvider::build(prefix, c, ctx, issues).map(Provider::SendGrid)
+            }
         }
     }
 
@@ -133,6 +154,78 @@ impl Provider {
     pub async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, SendError> {
         match self {
             Provider::Log(p) => p.send(msg).await,
+            Provider::Twilio(p) => p.send(msg).await,
+            Provider::Smtp(p) => p.send(msg).await,
+            Provider::SendGrid(p) => p.send(msg).await,
         }
+    }
+
+    /// Messages per second the engine may hand this provider; `None` means no
+    /// limit. For Twilio it also honours the sender pool (senders ×
+    /// `per_sender_per_second`).
+    pub fn effective_rate(&self) -> Option<f64> {
+        match self {
+            Provider::Log(p) => p.max_per_second(),
+            Provider::Twilio(p) => p.effective_rate(),
+            Provider::Smtp(p) => p.max_per_second(),
+            Provider::SendGrid(p) => p.max_per_second(),
+        }
+    }
+
+    /// Auth tokens that may sign this provider's callbacks (Twilio only; empty
+    /// for the others). The HTTP layer collects them over all providers.
+    pub fn callback_tokens(&self) -> Vec<&str> {
+        match self {
+            Provider::Twilio(p) => p.callback_tokens(),
+            Provider::Log(_) | Provider::Smtp(_) | Provider::SendGrid(_) => Vec::new(),
+        }
+    }
+}
+
+/// Every token that may sign a Twilio callback, over all configured providers.
+pub fn twilio_callback_tokens(providers: &[Provider]) -> Vec<&str> {
+    providers
+        .iter()
+        .flat_map(Provider::callback_tokens)
+        .collect()
+}
+
+/// Reads `Retry-After` (seconds, or an HTTP date) from an HTTP answer.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    // An HTTP date is RFC 2822 shaped ("Wed, 21 Oct 2015 07:28:00 GMT").
+    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let secs = at.as_second() - jiff::Timestamp::now().as_second();
+    Some(Duration::from_secs(secs.max(0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut h = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&h), None);
+        h.insert(reqwest::header::RETRY_AFTER, "17".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(17)));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            retry_after(&h),
+            Some(Duration::ZERO),
+            "a past date means now"
+        );
+        h.insert(reqwest::header::RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
     }
 }

@@ -1,0 +1,375 @@
+//! The `smtp` provider: email through the district's own relay with lettre's
+//! pooled async transport (plain, STARTTLS or implicit TLS, optional AUTH).
+//!
+//! Each message is multipart/alternative (text and HTML) with one recipient,
+//! so an SMTP reply is always about that recipient: a 5xx refusal of the
+//! address is permanent, anything the relay may get over (4xx, network,
+//! time-out, refused credentials) is transient.
+
+use std::path::PathBuf;
+
+use lettre::message::header::ContentType;
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::transport::smtp::PoolConfig;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::Tls;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use serde::Deserialize;
+
+use crate::config::{Dur, Issues, relative_to, resolve_secret};
+use crate::deliver::message::{Accepted, OutboundMessage, SendError};
+use crate::deliver::providers::ProviderContext;
+use crate::domain::Channel;
+
+/// Connections kept open to the relay; sends beyond this wait for one.
+const POOL_SIZE: u32 = 8;
+
+/// SMTP replies that mean our credentials were refused: a provider problem,
+/// not an address problem.
+const AUTH_CODES: &[&str] = &["530", "534", "535", "538"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// Plain text; only for a relay on the same host or a test server.
+    None,
+    /// Upgrade with STARTTLS, and refuse to continue without it.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    pub name: String,
+    pub channels: Vec<Channel>,
+    #[serde(default)]
+    pub max_per_second: Option<f64>,
+    pub host: String,
+    /// Defaults by `tls`: 25 for none, 587 for starttls, 465 for tls.
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub tls: TlsMode,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// The `From:` mailbox, e.g. `"Example ISD Alerts <alerts@example-isd.org>"`.
+    pub from: String,
+    /// Time-out for connecting and for each SMTP command.
+    #[serde(default = "default_timeout")]
+    pub timeout: Dur,
+}
+
+fn default_timeout() -> Dur {
+    Dur::secs(20)
+}
+
+impl SmtpConfig {
+    pub fn validate(&self, prefix: &str, issues: &mut Issues) {
+        if self.host.trim().is_empty() {
+            issues.push(format!("{prefix}.host"), "empty host name");
+        }
+        if let Err(e) = self.from.parse::<Mailbox>() {
+            issues.push(
+                format!("{prefix}.from"),
+                format!(
+                    "`{}` is not a mailbox like \"Alerts <alerts@example.org>\": {e}",
+                    self.from
+                ),
+            );
+        }
+        if self.port == Some(0) {
+            issues.push(format!("{prefix}.port"), "port 0 is not a port");
+        }
+        let has_password = self.password_env.is_some() || self.password_file.is_some();
+        if has_password && self.username.is_none() {
+            issues.push(
+                format!("{prefix}.username"),
+                "a password is set but no username",
+            );
+        }
+        if self.timeout.0.is_zero() {
+            issues.push(format!("{prefix}.timeout"), "must be longer than 0s");
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.port.unwrap_or(match self.tls {
+            TlsMode::None => 25,
+            TlsMode::Starttls => 587,
+            TlsMode::Tls => 465,
+        })
+    }
+}
+
+pub struct SmtpProvider {
+    name: String,
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    max_per_second: Option<f64>,
+}
+
+impl SmtpProvider {
+    pub fn build(
+        prefix: &str,
+        cfg: &SmtpConfig,
+        ctx: &ProviderContext,
+        issues: &mut Issues,
+    ) -> Option<SmtpProvider> {
+        let before = issues.list.len();
+        cfg.validate(prefix, issues);
+        let password_file = cfg
+            .password_file
+            .as_ref()
+            .map(|p| relative_to(&ctx.base_dir, p));
+        let password = resolve_secret(
+            prefix,
+            "password",
+            cfg.password_env.as_deref(),
+            password_file.as_deref(),
+            cfg.username.is_some(),
+            issues,
+        );
+        let builder = match cfg.tls {
+            TlsMode::None => Ok(
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host).tls(Tls::None),
+            ),
+            TlsMode::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host),
+            TlsMode::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host),
+        };
+        let builder = match builder {
+            Ok(b) => b,
+            Err(e) => {
+                issues.push(format!("{prefix}.tls"), format!("cannot set up TLS: {e}"));
+                return None;
+            }
+        };
+        let from = cfg.from.parse::<Mailbox>().ok();
+        if issues.list.len() > before {
+            return None;
+        }
+        let mut builder = builder
+            .port(cfg.port())
+            .timeout(Some(cfg.timeout.0))
+            .pool_config(PoolConfig::new().max_size(POOL_SIZE));
+        if let (Some(user), Some(password)) = (&cfg.username, password) {
+            builder = builder.credentials(Credentials::new(
+                user.clone(),
+                password.expose().to_string(),
+            ));
+        }
+        Some(SmtpProvider {
+            name: cfg.name.clone(),
+            transport: builder.build(),
+            from: from?,
+            max_per_second: cfg.max_per_second,
+        })
+    }
+
+    pub fn max_per_second(&self) -> Option<f64> {
+        self.max_per_second
+    }
+
+    pub async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, SendError> {
+        if msg.channel != Channel::Email {
+            return Err(SendError::Permanent {
+                code: "unsupported-channel".into(),
+                reason: format!("provider `{}` only sends email", self.name),
+            });
+        }
+        let to: Mailbox = msg.to.parse().map_err(|e| SendError::Permanent {
+            code: "invalid-address".into(),
+            reason: format!("not an email address: {e}"),
+        })?;
+        let message_id = message_id(msg, &self.from);
+        let html = msg.html.clone().unwrap_or_else(|| render_html(msg));
+        let email = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(msg.subject.clone())
+            .message_id(Some(message_id.clone()))
+            .multipart(
+                MultiPart::alternative()
+                    .singlepart(
+                        SinglePart::builder()
+                            .header(ContentType::TEXT_PLAIN)
+                            .body(msg.body.clone()),
+                    )
+                    .singlepart(
+                        SinglePart::builder()
+                            .header(ContentType::TEXT_HTML)
+                            .body(html),
+                    ),
+            )
+            .map_err(|e| SendError::Permanent {
+                code: "invalid-message".into(),
+                reason: format!("cannot build the email: {e}"),
+            })?;
+        tracing::debug!(provider = %self.name, delivery_id = msg.delivery_id, to = %msg.to, "Sending email over SMTP.");
+        match self.transport.send(email).await {
+            Ok(_) => Ok(Accepted {
+                provider_message_id: Some(message_id),
+            }),
+            Err(e) => Err(classify(&e)),
+        }
+    }
+}
+
+/// Our own Message-ID: stable per delivery, so a retried send that did reach
+/// the mailbox can be recognised as a duplicate by mail software.
+fn message_id(msg: &OutboundMessage, from: &Mailbox) -> String {
+    format!(
+        "<klaxon.{}.{}@{}>",
+        msg.alert_id,
+        msg.delivery_id,
+        from.email.domain()
+    )
+}
+
+/// Sorts a lettre error into the engine's two kinds.
+fn classify(e: &lettre::transport::smtp::Error) -> SendError {
+    let code = e.status().map(|c| c.to_string());
+    if e.is_permanent() && !code.as_deref().is_some_and(|c| AUTH_CODES.contains(&c)) {
+        return SendError::Permanent {
+            code: "smtp-5xx".into(),
+            reason: format!("smtp: {e}"),
+        };
+    }
+    let what = if e.is_timeout() {
+        "time-out: "
+    } else if e.is_transient() {
+        "temporary failure: "
+    } else {
+        ""
+    };
+    SendError::Transient {
+        reason: format!("smtp: {what}{e}"),
+        retry_after: None,
+    }
+}
+
+/// Escapes text for HTML content and attribute values.
+pub fn html_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Label of the confirmation button.
+fn confirm_label(language: &str) -> &'static str {
+    match language.split(['-', '_']).next().unwrap_or("") {
+        "es" => "Confirmar recibido",
+        "fr" => "Confirmer la réception",
+        "pt" => "Confirmar recebimento",
+        "vi" => "Xác nhận đã nhận",
+        "zh" => "确认收到",
+        _ => "Confirm you received this",
+    }
+}
+
+/// A plain HTML version of the text body, used when the template gave none:
+/// paragraphs from blank lines and a big, obvious confirmation link.
+pub fn render_html(msg: &OutboundMessage) -> String {
+    let paragraphs: String = msg
+        .body
+        .split("\n\n")
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| format!("<p>{}</p>\n", html_escape(p.trim()).replace('\n', "<br>\n")))
+        .collect();
+    let button = if msg.ack_url.is_empty() {
+        String::new()
+    } else {
+        format!(
+            concat!(
+                r#"<p><a href="{url}" style="display:inline-block;padding:14px 24px;"#,
+                r#"background:#b00020;color:#ffffff;font-weight:bold;text-decoration:none;"#,
+                r#"border-radius:6px;font-size:18px">{label}</a></p>"#,
+                "\n"
+            ),
+            url = html_escape(&msg.ack_url),
+            label = html_escape(confirm_label(&msg.language)),
+        )
+    };
+    format!(
+        concat!(
+            "<!DOCTYPE html>\n<html lang=\"{lang}\"><head><meta charset=\"utf-8\">",
+            "<title>{title}</title></head>\n",
+            "<body style=\"font-family:sans-serif;font-size:16px;line-height:1.5\">\n",
+            "{paragraphs}{button}</body></html>\n"
+        ),
+        lang = html_escape(&msg.language),
+        title = html_escape(&msg.subject),
+        paragraphs = paragraphs,
+        button = button,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_rendering_escapes_and_links() {
+        let msg = OutboundMessage {
+            delivery_id: 3,
+            alert_id: 2,
+            channel: Channel::Email,
+            to: "a@example.org".into(),
+            language: "es".into(),
+            subject: "Cierre <hoy>".into(),
+            body: "Línea 1 & más\nLínea 2\n\nOtro párrafo".into(),
+            html: None,
+            ack_url: "https://alerts.example.org/a/tok?x=1&y=2".into(),
+            speech: String::new(),
+        };
+        let h = render_html(&msg);
+        assert!(h.contains("<p>Línea 1 &amp; más<br>\nLínea 2</p>"), "{h}");
+        assert!(h.contains("<p>Otro párrafo</p>"));
+        assert!(h.contains(r#"href="https://alerts.example.org/a/tok?x=1&amp;y=2""#));
+        assert!(h.contains("Confirmar recibido"));
+        assert!(h.contains("<title>Cierre &lt;hoy&gt;</title>"));
+    }
+
+    #[test]
+    fn config_problems_name_keys() {
+        let cfg: SmtpConfig = toml::from_str(
+            r#"
+            name = "relay"
+            channels = ["email"]
+            host = ""
+            password_env = "X"
+            from = "not a mailbox"
+            timeout = "0s"
+            "#,
+        )
+        .unwrap();
+        let mut issues = Issues::default();
+        cfg.validate("providers[1]", &mut issues);
+        let keys: Vec<_> = issues.list.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "providers[1].host",
+                "providers[1].from",
+                "providers[1].username",
+                "providers[1].timeout"
+            ]
+        );
+        assert_eq!(cfg.port(), 587);
+    }
+}
