@@ -54,7 +54,7 @@ pub fn build_providers(config: &Config) -> Result<(Vec<Slot>, Vec<String>), Vec<
     for (i, p) in config.providers.iter().enumerate() {
         let common = p.common();
         if let Some(provider) = Provider::build(&format!("providers[{i}]"), p, &ctx, &mut issues) {
-            tokens.extend(provider.callback_tokens());
+            tokens.extend(provider.callback_tokens().into_iter().map(str::to_string));
             let rate = provider.effective_rate();
             slots.push(Slot::new(
                 common.name,

@@ -10,8 +10,10 @@
 pub mod ack;
 pub mod app;
 pub mod audience;
+pub mod cli;
 pub mod config;
 pub mod deliver;
+pub mod demo;
 pub mod domain;
 pub mod http;
 pub mod metrics;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `klaxon` binary: all logic lives in the library.
+
+fn main() -> std::process::ExitCode {
+    klaxon::cli::main()
+}

@@ -1,0 +1,170 @@
+//! Commands that talk to the running daemon over its HTTP API, with the token
+//! from `KLAXON_TOKEN` and the address from the config.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::de::DeserializeOwned;
+
+use super::output;
+use crate::config::Config;
+use crate::trigger::{TriggerRequest, TriggerResponse};
+
+/// The daemon's base URL: its listen address, with a wildcard address
+/// replaced by loopback.
+pub fn base_url(config: &Config) -> String {
+    let mut addr = config.server.listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    format!("http://{addr}")
+}
+
+fn token() -> anyhow::Result<String> {
+    match std::env::var("KLAXON_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => Ok(t.trim().to_string()),
+        _ => bail!(
+            "KLAXON_TOKEN is not set; create a token with `klaxon token create --role operator --name NAME` and export it"
+        ),
+    }
+}
+
+async fn call<T: DeserializeOwned>(
+    config: &Config,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> anyhow::Result<T> {
+    let base = base_url(config);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let mut req = client
+        .request(method, format!("{base}{path}"))
+        .bearer_auth(token()?);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.map_err(|e| {
+        if e.is_connect() {
+            anyhow::anyhow!("cannot reach the klaxon daemon at {base}: is `klaxon run` running with this config?")
+        } else if e.is_timeout() {
+            anyhow::anyhow!("the klaxon daemon at {base} did not answer in time")
+        } else {
+            anyhow::anyhow!("request to the klaxon daemon at {base} failed: {e}")
+        }
+    })?;
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        let msg = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_string))
+            .unwrap_or(text);
+        match status.as_u16() {
+            401 => bail!("the daemon refused the token in KLAXON_TOKEN (401): {msg}"),
+            403 => bail!("the token in KLAXON_TOKEN may not do this (403): {msg}"),
+            _ => bail!("the daemon answered {status}: {msg}"),
+        }
+    }
+    serde_json::from_str(&text)
+        .with_context(|| format!("unexpected answer from the daemon: {text}"))
+}
+
+pub async fn trigger(
+    config: &Config,
+    req: &TriggerRequest,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let body = serde_json::to_value(req)?;
+    let created: TriggerResponse =
+        call(config, reqwest::Method::POST, "/api/v1/alerts", Some(body)).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&created)?);
+    } else {
+        output::created(&created);
+        // The id alone on the last line, for scripts that read it.
+        println!("{}", created.id);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn status(
+    config: &Config,
+    id: Option<i64>,
+    watch: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let Some(id) = id else {
+        let list: serde_json::Value =
+            call(config, reqwest::Method::GET, "/api/v1/alerts", None).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        } else {
+            output::alert_list(&list, &config.server.timezone);
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    loop {
+        let s: serde_json::Value = call(
+            config,
+            reqwest::Method::GET,
+            &format!("/api/v1/alerts/{id}"),
+            None,
+        )
+        .await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        } else {
+            output::alert_status(&s, &config.server.timezone);
+        }
+        let settled = !s["settled_at"].is_null() || s["state"] != "sending";
+        if !watch || settled {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        println!();
+    }
+}
+
+pub async fn action(
+    config: &Config,
+    id: i64,
+    what: &str,
+    message: Option<String>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let body = match &message {
+        Some(m) => serde_json::json!({ "message": m }),
+        None => serde_json::json!({}),
+    };
+    let v: serde_json::Value = call(
+        config,
+        reqwest::Method::POST,
+        &format!("/api/v1/alerts/{id}/{what}"),
+        Some(body),
+    )
+    .await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    match what {
+        "all-clear" => {
+            let created: TriggerResponse = serde_json::from_value(v)?;
+            println!("All-clear for alert {id} created.");
+            output::created(&created);
+            println!("{}", created.id);
+        }
+        "cancel" => println!(
+            "Alert {id} cancelled; {} unsent message(s) will not go out.",
+            v["unsent"]
+        ),
+        _ => {
+            println!("Alert {id} approved and sending.");
+            output::alert_status(&v, &config.server.timezone);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

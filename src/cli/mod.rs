@@ -1,0 +1,499 @@
+//! The `klaxon` command line. Every command reads the config (`--config`),
+//! prints readable sentences and tables for people and `--json` for scripts,
+//! and exits non-zero with one clear line when something is wrong.
+
+mod client;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use crate::audience::AudienceSpec;
+use crate::config::{Config, ConfigError};
+use crate::domain::Role;
+use crate::store::Store;
+use crate::store::tokens::{self, ApiRole};
+
+#[derive(Parser)]
+#[command(
+    name = "klaxon",
+    version,
+    about = "Emergency mass notification for school districts: SMS, voice and email, with confirmations.",
+    after_help = "Examples:\n  klaxon check-config --config /etc/klaxon/klaxon.toml\n  klaxon run\n  klaxon trigger lockdown --school 0042\n  klaxon status\n  klaxon demo"
+)]
+pub struct Cli {
+    /// Config file [default: config/klaxon.toml, then /etc/klaxon/klaxon.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log format on stderr: "text" or "json"
+    #[arg(long, global = true, default_value = "text", value_name = "FORMAT")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (HTTP listener, delivery engine, deadline tracker, SIS watch folder).
+    #[command(
+        after_help = "Example:\n  KLAXON_TWILIO_TOKEN=... klaxon run --config /etc/klaxon/klaxon.toml"
+    )]
+    Run,
+    /// Validate the config: every problem is listed with its key and line.
+    #[command(after_help = "Example:\n  klaxon check-config --config /etc/klaxon/klaxon.toml")]
+    CheckConfig {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Import or generate OneRoster exports (the SIS copy).
+    #[command(subcommand)]
+    Sis(SisCommand),
+    /// Preview an audience without sending anything.
+    #[command(
+        after_help = "Examples:\n  klaxon audience --school 0042\n  klaxon audience --school 0042 --grade 5 --role guardian\n  klaxon audience --group bus-12 --json"
+    )]
+    Audience {
+        #[command(flatten)]
+        audience: AudienceArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running daemon to start an alert; prints the alert id.
+    #[command(
+        after_help = "Examples:\n  klaxon trigger lockdown --school 0042\n  klaxon trigger early-dismissal --school 0042 --message \"Water main break\"\n  klaxon trigger evacuation --school 0042 --drill\n\nReads the API token from KLAXON_TOKEN."
+    )]
+    Trigger {
+        /// Playbook name, e.g. lockdown, shelter, evacuation, early-dismissal, weather-closure
+        playbook: String,
+        #[command(flatten)]
+        audience: AudienceArgs,
+        /// Extra text added to the playbook's message
+        #[arg(long, value_name = "TEXT")]
+        message: Option<String>,
+        /// Mark as a drill: measured like a real alert, every message says DRILL
+        #[arg(long)]
+        drill: bool,
+        /// Create the alert but hold it until `klaxon approve`
+        #[arg(long)]
+        hold: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Progress of one alert, or the list of recent alerts.
+    #[command(
+        after_help = "Examples:\n  klaxon status\n  klaxon status 42\n  klaxon status 42 --watch\n  klaxon status 42 --json"
+    )]
+    Status {
+        alert_id: Option<i64>,
+        /// Refresh every 2 seconds until the alert has settled
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release an alert held for approval.
+    #[command(after_help = "Example:\n  klaxon approve 42")]
+    Approve {
+        alert_id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send the all-clear for an alert to the same people.
+    #[command(
+        name = "all-clear",
+        after_help = "Example:\n  klaxon all-clear 42 --message \"Dismissal as normal\""
+    )]
+    AllClear {
+        alert_id: i64,
+        #[arg(long, value_name = "TEXT")]
+        message: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel an alert: nothing more is sent.
+    #[command(after_help = "Example:\n  klaxon cancel 42")]
+    Cancel {
+        alert_id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reports for district staff.
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// A self-contained run on the bundled demo district: no credentials, no network.
+    #[command(after_help = "Example:\n  cargo run --release -- demo")]
+    Demo {
+        /// Share of guardians who confirm, 0 to 1
+        #[arg(long, default_value_t = 0.6)]
+        confirm_share: f64,
+        /// Keep the demo's files here instead of a temporary folder
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum SisCommand {
+    /// Import a OneRoster 1.1 or 1.2 CSV export (folder or .zip).
+    #[command(
+        after_help = "Examples:\n  klaxon sis import /srv/exports/oneroster-2026-11-22.zip\n  klaxon sis import ./export --force"
+    )]
+    Import {
+        path: PathBuf,
+        /// Accept an export that drops more students or contacts than `sis.max_shrink`
+        #[arg(long)]
+        force: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a synthetic OneRoster export of N students.
+    #[command(after_help = "Example:\n  klaxon sis generate --students 100000 /tmp/district")]
+    Generate {
+        #[arg(long)]
+        students: usize,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// Contacts whose addresses failed permanently, and why.
+    #[command(after_help = "Example:\n  klaxon report contactability --json > contactability.json")]
+    Contactability {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create an API token; it is printed once (last line) and only its hash is stored.
+    #[command(
+        after_help = "Example:\n  klaxon token create --role operator --name \"front office\""
+    )]
+    Create {
+        #[arg(long, value_parser = ["admin", "operator", "viewer"])]
+        role: String,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+/// Who an audience is, from repeated flags. Empty flags do not narrow.
+#[derive(Args, Clone, Default)]
+pub struct AudienceArgs {
+    /// School sourcedId (repeatable)
+    #[arg(long = "school", value_name = "ID")]
+    schools: Vec<String>,
+    /// Grade, e.g. 05 or KG (repeatable)
+    #[arg(long = "grade", value_name = "G")]
+    grades: Vec<String>,
+    /// guardian, staff or student (repeatable)
+    #[arg(long = "role", value_name = "R")]
+    roles: Vec<String>,
+    /// Named group from the config (repeatable)
+    #[arg(long = "group", value_name = "NAME")]
+    groups: Vec<String>,
+    /// Class sourcedId (repeatable)
+    #[arg(long = "class", value_name = "ID")]
+    classes: Vec<String>,
+}
+
+impl AudienceArgs {
+    fn spec(&self) -> anyhow::Result<AudienceSpec> {
+        let mut roles = Vec::new();
+        for r in &self.roles {
+            roles.push(
+                Role::parse(r).with_context(|| {
+                    format!("unknown role `{r}`; use guardian, staff or student")
+                })?,
+            );
+        }
+        Ok(AudienceSpec {
+            schools: self.schools.clone(),
+            grades: self.grades.clone(),
+            roles,
+            groups: self.groups.clone(),
+            classes: self.classes.clone(),
+        })
+    }
+}
+
+fn init_logging(format: &str, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KLAXON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
+    let path = path.clone().unwrap_or_else(Config::default_path);
+    Ok(Config::load(&path)?)
+}
+
+/// Entry point for `main`: runs the command, prints an error in one
+/// readable paragraph (never a backtrace) and maps it to an exit code.
+pub fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!(
+            "klaxon: internal error: {info}\nThis is a bug; please report it with the command you ran."
+        );
+    }));
+    let cli = Cli::parse();
+    let daemon = matches!(cli.command, Command::Run | Command::Demo { .. });
+    init_logging(&cli.log_format, if daemon { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run => {
+            let config = load_config(&cli.config)?;
+            let app = crate::app::App::build(config).await?;
+            app.run(crate::app::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { json } => check_config(&cli.config, json),
+        Command::Sis(cmd) => sis(&cli.config, cmd).await,
+        Command::Audience { audience, json } => {
+            let config = load_config(&cli.config)?;
+            let spec = audience.spec()?;
+            let store_dir = config.store_dir();
+            let groups = config.groups.clone();
+            let preview = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                let conn = crate::sis::open_current(&store_dir)?;
+                Ok(crate::audience::preview(&conn, &spec, &groups)?)
+            })
+            .await??;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&preview)?);
+            } else {
+                print!("{preview}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Trigger {
+            playbook,
+            audience,
+            message,
+            drill,
+            hold,
+            json,
+        } => {
+            let config = load_config(&cli.config)?;
+            let req = crate::trigger::TriggerRequest {
+                playbook,
+                audience: audience.spec()?,
+                message,
+                drill,
+                hold,
+            };
+            client::trigger(&config, &req, json).await
+        }
+        Command::Status {
+            alert_id,
+            watch,
+            json,
+        } => {
+            let config = load_config(&cli.config)?;
+            client::status(&config, alert_id, watch, json).await
+        }
+        Command::Approve { alert_id, json } => {
+            let config = load_config(&cli.config)?;
+            client::action(&config, alert_id, "approve", None, json).await
+        }
+        Command::AllClear {
+            alert_id,
+            message,
+            json,
+        } => {
+            let config = load_config(&cli.config)?;
+            client::action(&config, alert_id, "all-clear", message, json).await
+        }
+        Command::Cancel { alert_id, json } => {
+            let config = load_config(&cli.config)?;
+            client::action(&config, alert_id, "cancel", None, json).await
+        }
+        Command::Report(ReportCommand::Contactability { json }) => {
+            let config = load_config(&cli.config)?;
+            let store = Store::open(&config.store_dir(), true)?;
+            let rows = store.read(crate::store::deliveries::contactability).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                output::contactability(&rows, &config.server.timezone);
+            }
+            store.close();
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            confirm_share,
+            keep,
+            json,
+        } => {
+            if !(0.0..=1.0).contains(&confirm_share) {
+                bail!("--confirm-share must be between 0 and 1");
+            }
+            crate::demo::run(confirm_share, keep, json).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Token(TokenCommand::Create { role, name }) => {
+            let config = load_config(&cli.config)?;
+            let role = ApiRole::parse(&role).context("role must be admin, operator or viewer")?;
+            let store = Store::open(&config.store_dir(), true)?;
+            let token = tokens::generate();
+            let t = token.clone();
+            let now = crate::store::now_ms();
+            let n = name.clone();
+            store
+                .write(move |c| {
+                    tokens::insert(c, &n, role, &t, now)?;
+                    crate::store::audit::record(
+                        c,
+                        now,
+                        "cli",
+                        "token.create",
+                        None,
+                        &serde_json::json!({"name": n, "role": role.as_str()}).to_string(),
+                    )
+                })
+                .await?;
+            store.close();
+            println!(
+                "Created a {} token named \"{name}\". It is shown only this once; store it now:",
+                role.as_str()
+            );
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check_config(path: &Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
+    let path = path.clone().unwrap_or_else(Config::default_path);
+    let mut issues = match Config::load(&path) {
+        Ok(config) => match crate::app::build_providers(&config) {
+            Ok(_) => Vec::new(),
+            Err(issues) => issues,
+        },
+        Err(ConfigError::Invalid { issues, .. }) => issues,
+        Err(e) => bail!(e),
+    };
+    issues.sort_by_key(|i| i.line.unwrap_or(usize::MAX));
+    if json {
+        let list: Vec<_> = issues
+            .iter()
+            .map(|i| serde_json::json!({"key": i.key, "line": i.line, "message": i.message}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"file": path, "ok": issues.is_empty(), "problems": list})
+        );
+    } else if issues.is_empty() {
+        println!("{}: the configuration is valid.", path.display());
+    } else {
+        println!("{}: {} problem(s):", path.display(), issues.len());
+        for i in &issues {
+            println!("  - {i}");
+        }
+    }
+    Ok(if issues.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+async fn sis(config: &Option<PathBuf>, cmd: SisCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SisCommand::Import { path, force, json } => {
+            let config = load_config(config)?;
+            let store_dir = config.store_dir();
+            std::fs::create_dir_all(&store_dir)
+                .with_context(|| format!("creating {}", store_dir.display()))?;
+            let sis_cfg = config.sis.clone();
+            eprintln!("Importing {} …", path.display());
+            let report = tokio::task::spawn_blocking(move || {
+                crate::sis::import(
+                    &path,
+                    &store_dir,
+                    &sis_cfg,
+                    &crate::sis::ImportOptions { force },
+                )
+            })
+            .await?;
+            match report {
+                Ok(r) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&r)?);
+                    } else {
+                        print!("{r}");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"ok": false, "error": e.to_string()})
+                        );
+                    }
+                    eprintln!(
+                        "error: the export was rejected; the previous SIS copy stays in use.\n{e}"
+                    );
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        SisCommand::Generate {
+            students,
+            seed,
+            out,
+        } => {
+            if students == 0 {
+                bail!("--students must be at least 1");
+            }
+            let opts = crate::sis::GenerateOptions {
+                students,
+                seed,
+                ..Default::default()
+            };
+            let summary =
+                tokio::task::spawn_blocking(move || crate::sis::generate(&out, &opts)).await??;
+            print!("{summary}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! Readable terminal output: short sentences and aligned tables.
+
+use crate::store::deliveries::ContactProblem;
+use crate::trigger::TriggerResponse;
+
+fn local(ms: Option<i64>, tz: &str) -> String {
+    let Some(ms) = ms else { return "—".into() };
+    let zone = jiff::tz::TimeZone::get(tz).unwrap_or(jiff::tz::TimeZone::UTC);
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| {
+            t.to_zoned(zone)
+                .strftime("%Y-%m-%d %H:%M:%S %Z")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Prints rows as a table with a header, columns padded to fit.
+pub fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    line(widths.iter().map(|w| "-".repeat(*w)).collect());
+    for r in rows {
+        line(r.clone());
+    }
+}
+
+pub fn created(c: &TriggerResponse) {
+    let what = if c.held {
+        "created and held for approval"
+    } else {
+        "created and sending"
+    };
+    println!(
+        "Alert {} {what}{}: {} recipient(s), {} message(s), {} with no usable address.",
+        c.id,
+        if c.drill { " (DRILL)" } else { "" },
+        c.recipients,
+        c.deliveries,
+        c.unreachable
+    );
+    if let Some(d) = &c.deadline {
+        println!(
+            "Everyone is to be handed over by {d} (estimate: {:.0} s).",
+            c.estimate_seconds
+        );
+    }
+    if let Some(w) = &c.warning {
+        println!("WARNING: {w}");
+    }
+}
+
+pub fn alert_list(list: &serde_json::Value, tz: &str) {
+    let Some(items) = list.as_array() else { return };
+    if items.is_empty() {
+        println!("No alerts yet.");
+        return;
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|a| {
+            vec![
+                a["id"].to_string(),
+                format!(
+                    "{}{}",
+                    if a["drill"] == true { "DRILL " } else { "" },
+                    a["title"].as_str().unwrap_or("")
+                ),
+                a["place"].as_str().unwrap_or("").to_string(),
+                a["state"].as_str().unwrap_or("").to_string(),
+                local(a["created_at"].as_i64(), tz),
+                a["recipients"].to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "ALERT", "WHERE", "STATE", "CREATED", "RECIPIENTS"],
+        &rows,
+    );
+}
+
+pub fn alert_status(s: &serde_json::Value, tz: &str) {
+    println!(
+        "Alert {} — {}{} — {}",
+        s["id"],
+        if s["drill"] == true { "DRILL " } else { "" },
+        s["title"].as_str().unwrap_or(""),
+        s["place"].as_str().unwrap_or("")
+    );
+    println!("State:        {}", s["state"].as_str().unwrap_or(""));
+    let verdict = match s["deadline_met"].as_bool() {
+        Some(true) => "met".to_string(),
+        Some(false) => "MISSED".to_string(),
+        None => match s["eta_seconds"].as_f64() {
+            Some(e) => format!("pending, about {e:.0} s to go"),
+            None => "pending".into(),
+        },
+    };
+    println!(
+        "Deadline:     {} ({verdict})",
+        local(s["notify_deadline"].as_i64(), tz)
+    );
+    if let Some(h) = s["handover_seconds"].as_f64() {
+        println!("Handed over:  everything in {h:.1} s");
+    }
+    println!(
+        "Recipients:   {} ({} with no usable address); reached {}; confirmed {}",
+        s["recipients"], s["unreachable"], s["reached"], s["acknowledged"]
+    );
+    if let Some(w) = s["warning"].as_str() {
+        println!("WARNING:      {w}");
+    }
+    let states = [
+        "queued",
+        "sending",
+        "sent",
+        "delivered",
+        "failed",
+        "undeliverable",
+        "cancelled",
+    ];
+    let mut rows = Vec::new();
+    if let Some(chs) = s["channels"].as_object() {
+        for (ch, counts) in chs {
+            let mut r = vec![ch.clone()];
+            for st in states {
+                r.push(counts[st].as_i64().unwrap_or(0).to_string());
+            }
+            rows.push(r);
+        }
+    }
+    if !rows.is_empty() {
+        println!();
+        let mut header = vec!["CHANNEL"];
+        header.extend(states);
+        table(&header, &rows);
+    }
+    if let Some(ch) = s["choices"].as_object()
+        && !ch.is_empty()
+    {
+        println!();
+        let rows: Vec<Vec<String>> = ch
+            .iter()
+            .map(|(k, v)| vec![k.clone(), v.to_string()])
+            .collect();
+        table(&["ANSWER", "COUNT"], &rows);
+    }
+}
+
+pub fn contactability(rows: &[ContactProblem], tz: &str) {
+    if rows.is_empty() {
+        println!("No contact has failed permanently.");
+        return;
+    }
+    println!(
+        "{} address(es) failed permanently; fix them in the SIS:",
+        rows.len()
+    );
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|p| {
+            vec![
+                p.person_id.clone(),
+                p.name.clone(),
+                p.channel.clone(),
+                p.address.clone(),
+                p.code.clone().unwrap_or_default(),
+                p.reason.clone().unwrap_or_default(),
+                local(Some(p.last_attempt_at), tz),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "PERSON",
+            "NAME",
+            "CHANNEL",
+            "ADDRESS",
+            "CODE",
+            "REASON",
+            "LAST ATTEMPT",
+        ],
+        &rows,
+    );
+}
