@@ -84,27 +84,45 @@ fn default_ack() -> Dur {
 impl PlaybookConfig {
     pub fn validate(&self, prefix: &str, issues: &mut Issues) {
         if self.channels.is_empty() {
-            issues.push(format!("{prefix}.channels"), "must list at least one channel");
+            issues.push(
+                format!("{prefix}.channels"),
+                "must list at least one channel",
+            );
         }
         if !self.messages.contains_key("en") {
-            issues.push(format!("{prefix}.messages"), "needs an \"en\" message, the fallback for every language");
+            issues.push(
+                format!("{prefix}.messages"),
+                "needs an \"en\" message, the fallback for every language",
+            );
         }
         let env = minijinja::Environment::new();
         for (lang, text) in &self.messages {
             if let Err(e) = env.template_from_str(text) {
-                issues.push(format!("{prefix}.messages.{lang}"), format!("template does not parse: {e}"));
+                issues.push(
+                    format!("{prefix}.messages.{lang}"),
+                    format!("template does not parse: {e}"),
+                );
             }
         }
         for (i, c) in self.choices.iter().enumerate() {
             if !c.label.contains_key("en") {
-                issues.push(format!("{prefix}.choices[{i}].label"), "needs an \"en\" label");
+                issues.push(
+                    format!("{prefix}.choices[{i}].label"),
+                    "needs an \"en\" label",
+                );
             }
             if self.choices[..i].iter().any(|o| o.key == c.key) {
-                issues.push(format!("{prefix}.choices[{i}].key"), format!("duplicate choice `{}`", c.key));
+                issues.push(
+                    format!("{prefix}.choices[{i}].key"),
+                    format!("duplicate choice `{}`", c.key),
+                );
             }
         }
         if self.notify_within.0.is_zero() {
-            issues.push(format!("{prefix}.notify_within"), "must be longer than zero");
+            issues.push(
+                format!("{prefix}.notify_within"),
+                "must be longer than zero",
+            );
         }
     }
 
@@ -129,7 +147,10 @@ fn choice(key: &str, en: &str, es: &str) -> Choice {
 }
 
 fn messages(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-    pairs.iter().map(|(l, t)| (l.to_string(), t.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(l, t)| (l.to_string(), t.to_string()))
+        .collect()
 }
 
 /// The playbooks every install has, so a fresh install can act at once.

@@ -134,7 +134,11 @@ pub enum ConfigError {
 }
 
 /// Deserialises one section, pushing a problem naming `key` on failure.
-pub fn section<T: DeserializeOwned>(key: &str, value: toml::Value, issues: &mut Issues) -> Option<T> {
+pub fn section<T: DeserializeOwned>(
+    key: &str,
+    value: toml::Value,
+    issues: &mut Issues,
+) -> Option<T> {
     match T::deserialize(value) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -222,7 +226,9 @@ impl Config {
             match v {
                 toml::Value::Array(items) => {
                     for (i, item) in items.into_iter().enumerate() {
-                        if let Some(g) = section::<GroupConfig>(&format!("groups[{i}]"), item, &mut issues) {
+                        if let Some(g) =
+                            section::<GroupConfig>(&format!("groups[{i}]"), item, &mut issues)
+                        {
                             groups.push(g);
                         }
                     }
@@ -247,7 +253,10 @@ impl Config {
                 }
             }
             Some(_) => issues.push("providers", "must be an array of tables: [[providers]]"),
-            None => issues.push("providers", "no providers configured; add at least one [[providers]] section"),
+            None => issues.push(
+                "providers",
+                "no providers configured; add at least one [[providers]] section",
+            ),
         }
 
         let mut playbooks = crate::playbook::builtin();
@@ -255,12 +264,19 @@ impl Config {
             match v {
                 toml::Value::Table(t) => {
                     for (name, body) in t {
-                        if let Some(p) = section::<PlaybookConfig>(&format!("playbooks.{name}"), body, &mut issues) {
+                        if let Some(p) = section::<PlaybookConfig>(
+                            &format!("playbooks.{name}"),
+                            body,
+                            &mut issues,
+                        ) {
                             playbooks.insert(name, p);
                         }
                     }
                 }
-                _ => issues.push("playbooks", "must be a table of playbooks: [playbooks.NAME]"),
+                _ => issues.push(
+                    "playbooks",
+                    "must be a table of playbooks: [playbooks.NAME]",
+                ),
             }
         }
 
@@ -297,7 +313,10 @@ impl Config {
     fn validate(&self, issues: &mut Issues) {
         let url = &self.server.public_url;
         if !(url.starts_with("https://") || url.starts_with("http://")) {
-            issues.push("server.public_url", format!("`{url}` must start with https:// or http://"));
+            issues.push(
+                "server.public_url",
+                format!("`{url}` must start with https:// or http://"),
+            );
         } else if url.ends_with('/') {
             issues.push("server.public_url", "must not end with a slash");
         }
@@ -311,10 +330,16 @@ impl Config {
             if common.name.trim().is_empty() {
                 issues.push(format!("{prefix}.name"), "must not be empty");
             } else if !names.insert(common.name.clone()) {
-                issues.push(format!("{prefix}.name"), format!("duplicate provider name `{}`", common.name));
+                issues.push(
+                    format!("{prefix}.name"),
+                    format!("duplicate provider name `{}`", common.name),
+                );
             }
             if common.channels.is_empty() {
-                issues.push(format!("{prefix}.channels"), "must list at least one channel");
+                issues.push(
+                    format!("{prefix}.channels"),
+                    "must list at least one channel",
+                );
             }
             for ch in &common.channels {
                 if !p.supported_channels().contains(ch) {
@@ -327,7 +352,10 @@ impl Config {
             if let Some(r) = common.max_per_second
                 && !(r > 0.0 && r.is_finite())
             {
-                issues.push(format!("{prefix}.max_per_second"), "must be a positive number");
+                issues.push(
+                    format!("{prefix}.max_per_second"),
+                    "must be a positive number",
+                );
             }
         }
         let d = &self.delivery;
@@ -343,7 +371,11 @@ impl Config {
         for (name, pb) in &self.playbooks {
             pb.validate(&format!("playbooks.{name}"), issues);
             for ch in &pb.channels {
-                if !self.providers.iter().any(|p| p.common().channels.contains(ch)) {
+                if !self
+                    .providers
+                    .iter()
+                    .any(|p| p.common().channels.contains(ch))
+                {
                     issues.push(
                         format!("playbooks.{name}.channels"),
                         format!("no provider is configured for channel `{ch}`"),
@@ -353,7 +385,10 @@ impl Config {
         }
         for (i, g) in self.groups.iter().enumerate() {
             if self.groups[..i].iter().any(|o| o.name == g.name) {
-                issues.push(format!("groups[{i}].name"), format!("duplicate group name `{}`", g.name));
+                issues.push(
+                    format!("groups[{i}].name"),
+                    format!("duplicate group name `{}`", g.name),
+                );
             }
         }
     }
@@ -371,7 +406,11 @@ impl Config {
     }
 }
 
-fn take_required<T: DeserializeOwned>(root: &mut toml::Table, key: &str, issues: &mut Issues) -> Option<T> {
+fn take_required<T: DeserializeOwned>(
+    root: &mut toml::Table,
+    key: &str,
+    issues: &mut Issues,
+) -> Option<T> {
     match root.remove(key) {
         Some(v) => section(key, v, issues),
         None => {
@@ -381,7 +420,11 @@ fn take_required<T: DeserializeOwned>(root: &mut toml::Table, key: &str, issues:
     }
 }
 
-fn take_optional<T: DeserializeOwned>(root: &mut toml::Table, key: &str, issues: &mut Issues) -> Option<T> {
+fn take_optional<T: DeserializeOwned>(
+    root: &mut toml::Table,
+    key: &str,
+    issues: &mut Issues,
+) -> Option<T> {
     root.remove(key).and_then(|v| section(key, v, issues))
 }
 

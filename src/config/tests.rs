@@ -34,20 +34,32 @@ fn good_config_loads_with_builtin_playbooks() {
 #[test]
 fn every_problem_is_reported_with_its_key_and_line() {
     let text = GOOD
-        .replace("listen = \"127.0.0.1:0\"", "listen = \"nowhere\"\ncolour = \"red\"")
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"nowhere\"\ncolour = \"red\"",
+        )
         .replace("[store]", "[store]\nsynchronous = \"sometimes\"");
     let found = issues(&text);
     let keys: Vec<&str> = found.iter().map(|i| i.key.as_str()).collect();
     // serde stops a section at its first problem; the other sections still report.
-    assert!(keys.contains(&"server") || keys.contains(&"server.colour"), "{found:?}");
-    assert!(keys.contains(&"store.synchronous") || keys.iter().any(|k| k.starts_with("server")), "{found:?}");
+    assert!(
+        keys.contains(&"server") || keys.contains(&"server.colour"),
+        "{found:?}"
+    );
+    assert!(
+        keys.contains(&"store.synchronous") || keys.iter().any(|k| k.starts_with("server")),
+        "{found:?}"
+    );
 }
 
 #[test]
 fn unknown_key_is_named_with_line() {
     let text = GOOD.replace("[store]", "[store]\ndirectory = \"x\"");
     let found = issues(&text);
-    let i = found.iter().find(|i| i.key == "store.directory").expect("store.directory named");
+    let i = found
+        .iter()
+        .find(|i| i.key == "store.directory")
+        .expect("store.directory named");
     assert!(i.message.contains("unknown field"), "{i}");
     assert_eq!(i.line, Some(7), "{i}");
 }
@@ -56,22 +68,36 @@ fn unknown_key_is_named_with_line() {
 fn wrong_type_is_named() {
     let text = GOOD.replace("[store]", "[delivery]\nconcurrency = \"many\"\n\n[store]");
     let found = issues(&text);
-    assert!(found.iter().any(|i| i.key.starts_with("delivery") && i.message.contains("invalid type")), "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|i| i.key.starts_with("delivery") && i.message.contains("invalid type")),
+        "{found:?}"
+    );
 }
 
 #[test]
 fn bad_duration_is_named() {
     let text = format!("{GOOD}\n[delivery]\nretry_max = \"soon\"\n");
     let found = issues(&text);
-    let i = found.iter().find(|i| i.key.starts_with("delivery")).expect("delivery named");
+    let i = found
+        .iter()
+        .find(|i| i.key.starts_with("delivery"))
+        .expect("delivery named");
     assert!(i.message.contains("not a duration"), "{i}");
 }
 
 #[test]
 fn literal_secret_in_toml_is_refused() {
-    let text = GOOD.replace("path = \"outbox.jsonl\"", "path = \"outbox.jsonl\"\npassword = \"hunter2\"");
+    let text = GOOD.replace(
+        "path = \"outbox.jsonl\"",
+        "path = \"outbox.jsonl\"\npassword = \"hunter2\"",
+    );
     let found = issues(&text);
-    let i = found.iter().find(|i| i.key == "providers[0].password").expect("named");
+    let i = found
+        .iter()
+        .find(|i| i.key == "providers[0].password")
+        .expect("named");
     assert!(i.message.contains("password_env"), "{i}");
     assert!(!i.message.contains("hunter2"));
 }
@@ -85,7 +111,15 @@ fn syntax_error_names_line() {
 
 #[test]
 fn playbook_channel_without_provider_is_reported() {
-    let text = GOOD.replace("channels = [\"sms\", \"voice\", \"email\"]", "channels = [\"email\"]");
+    let text = GOOD.replace(
+        "channels = [\"sms\", \"voice\", \"email\"]",
+        "channels = [\"email\"]",
+    );
     let found = issues(&text);
-    assert!(found.iter().any(|i| i.key == "playbooks.lockdown.channels" && i.message.contains("sms")), "{found:?}");
+    assert!(
+        found
+            .iter()
+            .any(|i| i.key == "playbooks.lockdown.channels" && i.message.contains("sms")),
+        "{found:?}"
+    );
 }

@@ -70,10 +70,7 @@ impl Dur {
                 .parse()
                 .map_err(|_| format!("`{text}`: number too large"))?;
             rest = rest[digits..].trim_start();
-            let unit_len = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphabetic())
-                .count();
+            let unit_len = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
             let unit = &rest[..unit_len];
             rest = rest[unit_len..].trim_start();
             let d = match unit {
@@ -233,7 +230,11 @@ mod tests {
         assert_eq!(Dur::parse("1h30m").unwrap().0, Duration::from_secs(5400));
         assert_eq!(Dur::parse("250ms").unwrap().0, Duration::from_millis(250));
         assert!(Dur::parse("5").unwrap_err().contains("no unit"));
-        assert!(Dur::parse("5 parsecs").unwrap_err().contains("unknown unit"));
+        assert!(
+            Dur::parse("5 parsecs")
+                .unwrap_err()
+                .contains("unknown unit")
+        );
         assert!(Dur::parse("soon").is_err());
         assert_eq!(Dur::secs(120).to_string(), "2m");
     }

@@ -108,7 +108,9 @@ impl Provider {
         issues: &mut Issues,
     ) -> Option<Provider> {
         match cfg {
-            ProviderConfig::Log(c) => log::LogProvider::build(prefix, c, ctx, issues).map(Provider::Log),
+            ProviderConfig::Log(c) => {
+                log::LogProvider::build(prefix, c, ctx, issues).map(Provider::Log)
+            }
         }
     }
 
