@@ -2,9 +2,14 @@
 //! against the SIS copy gives the recipients, each with their channels and, for
 //! guardians, the children the alert concerns.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Channel, Role};
+use crate::sis::normalize_grade;
 
 /// A named distribution list from `[[groups]]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -58,8 +63,581 @@ pub struct Recipient {
     pub addresses: Vec<(Channel, String)>,
 }
 
+impl Recipient {
+    /// The distinct names of the schools this recipient's children are named under.
+    pub fn school_names(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .students
+            .iter()
+            .map(|s| s.school_name.as_str())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+}
+
 /// The resolved audience.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Audience {
     pub recipients: Vec<Recipient>,
+}
+
+/// Why an audience could not be resolved. Unknown names are errors, not empty
+/// results: a typo in `--school` must not silently reach nobody.
+#[derive(Debug, thiserror::Error)]
+pub enum AudienceError {
+    #[error("unknown group {0:?} (not in [[groups]])")]
+    UnknownGroup(String),
+    #[error("unknown school {0:?} (not in the SIS copy)")]
+    UnknownSchool(String),
+    #[error("unknown class {0:?} (not in the SIS copy)")]
+    UnknownClass(String),
+    #[error("group {group:?} names person {id:?}, who is not in the SIS copy")]
+    UnknownPerson { group: String, id: String },
+    #[error("reading the SIS copy: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// The narrowing dimensions of a spec or a group, with ids resolved to keys.
+struct Dims {
+    schools: Vec<u32>,
+    grades: Vec<String>,
+    classes: Vec<u32>,
+    roles: Vec<Role>,
+}
+
+impl Dims {
+    fn narrows(&self) -> bool {
+        !(self.schools.is_empty()
+            && self.grades.is_empty()
+            && self.classes.is_empty()
+            && self.roles.is_empty())
+    }
+    fn wants(&self, role: Role) -> bool {
+        self.roles.is_empty() || self.roles.contains(&role)
+    }
+}
+
+/// Who has been picked so far, by person key. Merging the parts of a spec is
+/// a union of these sets.
+#[derive(Default)]
+struct Picked {
+    /// Students in scope → the school the alert names them under.
+    in_scope: HashMap<u32, Option<u32>>,
+    students: HashSet<u32>,
+    staff: HashSet<u32>,
+    /// Guardian → their children in scope.
+    guardians: HashMap<u32, Vec<u32>>,
+}
+
+/// Resolves an audience spec against the SIS copy.
+///
+/// Rules, in the order a user reads a spec:
+/// - **Within a dimension, union**: `schools = [A, B]` is A or B; the same for
+///   grades, classes and roles.
+/// - **Across dimensions, intersection**: `schools = [A], grades = ["5"]` is
+///   grade-5 students at A. Grades compare after [`normalize_grade`] (`05` = `5`).
+/// - **An empty list never narrows**: `AudienceSpec::default()` is every
+///   student, guardian and staff member of the district.
+/// - The dimensions pick a set of **students in scope**. Role `student` sends
+///   to them; role `guardian` sends to their guardians (a guardian of a
+///   grade-5 student at A is in "school A, grade 5, guardian"); role `staff`
+///   sends to staff attached to a listed school, member of a listed class and
+///   teaching a class of a listed grade (each condition only when its list is
+///   non-empty).
+/// - **Groups are added**: the result is the union of the spec's own
+///   dimensions and each named group, where a group is resolved the same way
+///   from its own lists plus its individual `people`. A spec that names only
+///   groups (every other list empty) is just the union of those groups.
+/// - **One recipient per person**: someone picked several ways appears once;
+///   picked as a guardian anywhere, they are a guardian whose `students` are
+///   all their children in scope (with the school they are named under);
+///   otherwise staff, otherwise student. A guardian named individually in a
+///   group's `people` has all their children listed.
+/// - Everyone picked is returned, even with no usable address (`addresses`
+///   empty): they are reported as unreachable, not dropped.
+///
+/// Recipients come sorted by role (guardian, staff, student) then person id.
+pub fn resolve(
+    sis: &Connection,
+    spec: &AudienceSpec,
+    groups: &[GroupConfig],
+) -> Result<Audience, AudienceError> {
+    let schools = load_schools(sis)?;
+    let mut picked = Picked::default();
+    let own = dims(
+        sis,
+        &schools,
+        &spec.schools,
+        &spec.grades,
+        &spec.classes,
+        &spec.roles,
+    )?;
+    if own.narrows() || spec.groups.is_empty() {
+        pick(sis, &own, &mut picked)?;
+    }
+    for name in &spec.groups {
+        let group = groups
+            .iter()
+            .find(|g| g.name == *name)
+            .ok_or_else(|| AudienceError::UnknownGroup(name.clone()))?;
+        let d = dims(
+            sis,
+            &schools,
+            &group.schools,
+            &group.grades,
+            &group.classes,
+            &group.roles,
+        )?;
+        if d.narrows() || group.people.is_empty() {
+            pick(sis, &d, &mut picked)?;
+        }
+        pick_people(sis, group, &mut picked)?;
+    }
+    materialize(sis, &schools, picked)
+}
+
+type Schools = HashMap<u32, (String, String)>;
+
+fn load_schools(sis: &Connection) -> Result<Schools, AudienceError> {
+    let mut st = sis.prepare("SELECT pk, id, name FROM schools")?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            r.get::<_, u32>(0)?,
+            (r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+        ))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+fn dims(
+    sis: &Connection,
+    schools: &Schools,
+    school_ids: &[String],
+    grades: &[String],
+    class_ids: &[String],
+    roles: &[Role],
+) -> Result<Dims, AudienceError> {
+    let mut d = Dims {
+        schools: Vec::new(),
+        grades: Vec::new(),
+        classes: Vec::new(),
+        roles: roles.to_vec(),
+    };
+    for id in school_ids {
+        let pk = schools
+            .iter()
+            .find(|(_, (sid, _))| sid == id)
+            .map(|(pk, _)| *pk);
+        d.schools
+            .push(pk.ok_or_else(|| AudienceError::UnknownSchool(id.clone()))?);
+    }
+    for g in grades {
+        d.grades.push(normalize_grade(g));
+    }
+    let mut st = sis.prepare_cached("SELECT pk FROM classes WHERE id = ?1")?;
+    for id in class_ids {
+        let pk: Option<u32> = st.query_row([id], |r| r.get(0)).ok();
+        d.classes
+            .push(pk.ok_or_else(|| AudienceError::UnknownClass(id.clone()))?);
+    }
+    Ok(d)
+}
+
+fn int_list(v: &[u32]) -> String {
+    v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Above this many students in scope a full scan of the relation beats one
+/// index lookup per student.
+const SCAN_THRESHOLD: usize = 2_000;
+
+fn pick(sis: &Connection, d: &Dims, picked: &mut Picked) -> Result<(), AudienceError> {
+    let grade_params: Vec<&dyn rusqlite::ToSql> =
+        d.grades.iter().map(|g| g as &dyn rusqlite::ToSql).collect();
+    let grade_marks = vec!["?"; d.grades.len()].join(",");
+    // Keys are our own integers, so they are written into the SQL; grades,
+    // which come from the user, are bound.
+    if d.wants(Role::Student) || d.wants(Role::Guardian) {
+        let mut q = String::from("SELECT p.pk, ");
+        if d.schools.is_empty() {
+            q += "(SELECT MIN(ps.school) FROM person_schools ps WHERE ps.person = p.pk)";
+        } else {
+            q += &format!(
+                "(SELECT MIN(ps.school) FROM person_schools ps WHERE ps.person = p.pk AND ps.school IN ({}))",
+                int_list(&d.schools)
+            );
+        }
+        q += " FROM people p WHERE p.is_student = 1";
+        if !d.grades.is_empty() {
+            q += &format!(" AND p.grade IN ({grade_marks})");
+        }
+        if !d.schools.is_empty() {
+            q += &format!(
+                " AND EXISTS (SELECT 1 FROM person_schools ps WHERE ps.person = p.pk AND ps.school IN ({}))",
+                int_list(&d.schools)
+            );
+        }
+        if !d.classes.is_empty() {
+            q += &format!(
+                " AND EXISTS (SELECT 1 FROM class_members cm WHERE cm.person = p.pk AND cm.class IN ({}))",
+                int_list(&d.classes)
+            );
+        }
+        let mut st = sis.prepare(&q)?;
+        let mut rows = st.query(grade_params.as_slice())?;
+        let mut scope = Vec::new();
+        while let Some(r) = rows.next()? {
+            let pk: u32 = r.get(0)?;
+            let school: Option<u32> = r.get(1)?;
+            scope.push(pk);
+            picked.in_scope.entry(pk).or_insert(school);
+        }
+        if d.wants(Role::Student) {
+            picked.students.extend(scope.iter().copied());
+        }
+        if d.wants(Role::Guardian) {
+            pick_guardians(sis, &scope, picked)?;
+        }
+    }
+    if d.wants(Role::Staff) {
+        let mut q = String::from("SELECT p.pk FROM people p WHERE p.is_staff = 1");
+        if !d.schools.is_empty() {
+            q += &format!(
+                " AND EXISTS (SELECT 1 FROM person_schools ps WHERE ps.person = p.pk AND ps.school IN ({}))",
+                int_list(&d.schools)
+            );
+        }
+        if !d.classes.is_empty() {
+            q += &format!(
+                " AND EXISTS (SELECT 1 FROM class_members cm WHERE cm.person = p.pk AND cm.class IN ({}))",
+                int_list(&d.classes)
+            );
+        }
+        if !d.grades.is_empty() {
+            q += &format!(
+                " AND EXISTS (SELECT 1 FROM class_members cm JOIN class_grades cg ON cg.class = cm.class WHERE cm.person = p.pk AND cg.grade IN ({grade_marks}))"
+            );
+        }
+        let mut st = sis.prepare(&q)?;
+        let mut rows = st.query(grade_params.as_slice())?;
+        while let Some(r) = rows.next()? {
+            picked.staff.insert(r.get(0)?);
+        }
+    }
+    Ok(())
+}
+
+fn pick_guardians(
+    sis: &Connection,
+    scope: &[u32],
+    picked: &mut Picked,
+) -> Result<(), AudienceError> {
+    let mut add = |g: u32, s: u32| {
+        let kids = picked.guardians.entry(g).or_default();
+        if !kids.contains(&s) {
+            kids.push(s);
+        }
+    };
+    if scope.len() > SCAN_THRESHOLD {
+        let wanted: HashSet<u32> = scope.iter().copied().collect();
+        let mut st = sis.prepare("SELECT guardian, student FROM guardianship")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let (g, s): (u32, u32) = (r.get(0)?, r.get(1)?);
+            if wanted.contains(&s) {
+                add(g, s);
+            }
+        }
+    } else {
+        let mut st = sis.prepare_cached("SELECT guardian FROM guardianship WHERE student = ?1")?;
+        for &s in scope {
+            let mut rows = st.query([s])?;
+            while let Some(r) = rows.next()? {
+                add(r.get(0)?, s);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pick_people(
+    sis: &Connection,
+    group: &GroupConfig,
+    picked: &mut Picked,
+) -> Result<(), AudienceError> {
+    let mut st = sis
+        .prepare_cached("SELECT pk, is_student, is_staff, is_guardian FROM people WHERE id = ?1")?;
+    let mut kids = sis.prepare_cached(
+        "SELECT g.student, (SELECT MIN(ps.school) FROM person_schools ps WHERE ps.person = g.student)
+         FROM guardianship g WHERE g.guardian = ?1",
+    )?;
+    for id in &group.people {
+        let row: Option<(u32, bool, bool, bool)> = st
+            .query_row([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .ok();
+        let Some((pk, student, staff, guardian)) = row else {
+            return Err(AudienceError::UnknownPerson {
+                group: group.name.clone(),
+                id: id.clone(),
+            });
+        };
+        if guardian {
+            let mut rows = kids.query([pk])?;
+            let mut list = Vec::new();
+            while let Some(r) = rows.next()? {
+                let (s, school): (u32, Option<u32>) = (r.get(0)?, r.get(1)?);
+                picked.in_scope.entry(s).or_insert(school);
+                list.push(s);
+            }
+            let entry = picked.guardians.entry(pk).or_default();
+            for s in list {
+                if !entry.contains(&s) {
+                    entry.push(s);
+                }
+            }
+        } else if staff {
+            picked.staff.insert(pk);
+        } else if student {
+            picked.students.insert(pk);
+            picked.in_scope.entry(pk).or_insert(None);
+        }
+    }
+    Ok(())
+}
+
+struct PersonRow {
+    id: String,
+    name: String,
+    language: String,
+    grade: String,
+}
+
+fn materialize(
+    sis: &Connection,
+    schools: &Schools,
+    picked: Picked,
+) -> Result<Audience, AudienceError> {
+    // Everyone whose details we need: recipients and the children they are told about.
+    let mut who: HashMap<u32, Option<Role>> = HashMap::new();
+    for &pk in &picked.students {
+        who.insert(pk, Some(Role::Student));
+    }
+    for &pk in &picked.staff {
+        who.insert(pk, Some(Role::Staff));
+    }
+    for (&g, kids) in &picked.guardians {
+        who.insert(g, Some(Role::Guardian));
+        for &k in kids {
+            who.entry(k).or_insert(None);
+        }
+    }
+
+    let mut people: HashMap<u32, PersonRow> = HashMap::with_capacity(who.len());
+    let mut read = |r: &rusqlite::Row| -> rusqlite::Result<()> {
+        let pk: u32 = r.get(0)?;
+        if who.contains_key(&pk) {
+            let given: String = r.get(2)?;
+            let family: String = r.get(3)?;
+            let name = format!("{given} {family}").trim().to_string();
+            people.insert(
+                pk,
+                PersonRow {
+                    id: r.get(1)?,
+                    name,
+                    language: r.get(4)?,
+                    grade: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                },
+            );
+        }
+        Ok(())
+    };
+    const PEOPLE: &str = "SELECT pk, id, given, family, language, grade FROM people";
+    if who.len() > SCAN_THRESHOLD {
+        let mut st = sis.prepare(PEOPLE)?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            read(r)?;
+        }
+    } else {
+        let mut st = sis.prepare(&format!("{PEOPLE} WHERE pk = ?1"))?;
+        for &pk in who.keys() {
+            let mut rows = st.query([pk])?;
+            while let Some(r) = rows.next()? {
+                read(r)?;
+            }
+        }
+    }
+
+    let recipients_n = who.values().filter(|r| r.is_some()).count();
+    let mut addresses: HashMap<u32, Vec<(Channel, String)>> = HashMap::with_capacity(recipients_n);
+    let mut read = |r: &rusqlite::Row| -> rusqlite::Result<()> {
+        let pk: u32 = r.get(0)?;
+        if matches!(who.get(&pk), Some(Some(_))) {
+            let ch: String = r.get(1)?;
+            if let Some(ch) = Channel::parse(&ch) {
+                addresses.entry(pk).or_default().push((ch, r.get(2)?));
+            }
+        }
+        Ok(())
+    };
+    const CONTACTS: &str = "SELECT person, channel, address FROM contacts";
+    if recipients_n > SCAN_THRESHOLD {
+        let mut st = sis.prepare(CONTACTS)?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            read(r)?;
+        }
+    } else {
+        let mut st = sis.prepare(&format!("{CONTACTS} WHERE person = ?1"))?;
+        for (&pk, role) in &who {
+            if role.is_some() {
+                let mut rows = st.query([pk])?;
+                while let Some(r) = rows.next()? {
+                    read(r)?;
+                }
+            }
+        }
+    }
+
+    let student_ref = |pk: u32| -> Option<StudentRef> {
+        let p = people.get(&pk)?;
+        let school = picked.in_scope.get(&pk).copied().flatten();
+        let (school_id, school_name) = school
+            .and_then(|s| schools.get(&s).cloned())
+            .unwrap_or_default();
+        Some(StudentRef {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            school_id,
+            school_name,
+            grade: p.grade.clone(),
+        })
+    };
+    let mut recipients = Vec::with_capacity(recipients_n);
+    for (&pk, role) in &who {
+        let Some(role) = *role else { continue };
+        let Some(p) = people.get(&pk) else { continue };
+        let students = match role {
+            Role::Guardian => {
+                let mut list: Vec<StudentRef> = picked
+                    .guardians
+                    .get(&pk)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|&s| student_ref(s))
+                    .collect();
+                list.sort_by(|a, b| a.id.cmp(&b.id));
+                list
+            }
+            _ => Vec::new(),
+        };
+        let mut addrs = addresses.remove(&pk).unwrap_or_default();
+        addrs.sort();
+        recipients.push(Recipient {
+            person_id: p.id.clone(),
+            role,
+            name: p.name.clone(),
+            language: p.language.clone(),
+            students,
+            addresses: addrs,
+        });
+    }
+    recipients.sort_by(|a, b| {
+        a.role
+            .cmp(&b.role)
+            .then_with(|| a.person_id.cmp(&b.person_id))
+    });
+    Ok(Audience { recipients })
+}
+
+/// Someone in the audience with no usable address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unreachable {
+    pub person_id: String,
+    pub name: String,
+    pub role: Role,
+}
+
+/// A summary of an audience, for `klaxon audience` (table or JSON).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AudiencePreview {
+    pub recipients: usize,
+    pub per_role: BTreeMap<Role, usize>,
+    /// Recipients reachable on each channel.
+    pub per_channel: BTreeMap<Channel, usize>,
+    /// Messages one send would hand to providers (one per address).
+    pub addresses: usize,
+    pub unreachable: Vec<Unreachable>,
+}
+
+impl Audience {
+    pub fn preview(&self) -> AudiencePreview {
+        let mut p = AudiencePreview {
+            recipients: self.recipients.len(),
+            ..Default::default()
+        };
+        for r in &self.recipients {
+            *p.per_role.entry(r.role).or_default() += 1;
+            let mut seen = Vec::with_capacity(3);
+            for (ch, _) in &r.addresses {
+                if !seen.contains(ch) {
+                    seen.push(*ch);
+                    *p.per_channel.entry(*ch).or_default() += 1;
+                }
+            }
+            p.addresses += r.addresses.len();
+            if r.addresses.is_empty() {
+                p.unreachable.push(Unreachable {
+                    person_id: r.person_id.clone(),
+                    name: r.name.clone(),
+                    role: r.role,
+                });
+            }
+        }
+        p
+    }
+}
+
+impl fmt::Display for AudiencePreview {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:<12} {:>9}", "role", "people")?;
+        for role in Role::ALL {
+            writeln!(
+                f,
+                "{:<12} {:>9}",
+                role.as_str(),
+                self.per_role.get(&role).copied().unwrap_or(0)
+            )?;
+        }
+        writeln!(f, "{:<12} {:>9}", "total", self.recipients)?;
+        writeln!(f)?;
+        writeln!(f, "{:<12} {:>9}", "channel", "reachable")?;
+        for ch in Channel::ALL {
+            writeln!(
+                f,
+                "{:<12} {:>9}",
+                ch.as_str(),
+                self.per_channel.get(&ch).copied().unwrap_or(0)
+            )?;
+        }
+        writeln!(f, "{:<12} {:>9}", "messages", self.addresses)?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "unreachable (no usable address): {}",
+            self.unreachable.len()
+        )?;
+        for u in &self.unreachable {
+            writeln!(
+                f,
+                "  {:<10} {:<20} {}",
+                u.role.as_str(),
+                u.person_id,
+                u.name
+            )?;
+        }
+        Ok(())
+    }
 }

@@ -294,7 +294,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let groups = config.groups.clone();
             let preview = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let conn = crate::sis::open_current(&store_dir)?;
-                Ok(crate::audience::preview(&conn, &spec, &groups)?)
+                Ok(crate::audience::resolve(&conn, &spec, &groups)?.preview())
             })
             .await??;
             if json {

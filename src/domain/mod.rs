@@ -2,6 +2,9 @@
 //! contact addresses. Parse, don't validate: once a value has one of these types
 //! it is known to be well formed.
 
+pub mod email;
+pub mod phone;
+
 use std::fmt;
 
 use serde::{Deserialize, Serialize};

@@ -2,12 +2,30 @@
 //! swapped in atomically. Readers open `sis.db` fresh for each resolution, so a
 //! new import is picked up without a restart, and an alert that already froze
 //! its audience is not affected.
+//!
+//! - [`import()`] builds a new copy from an export (folder or zip);
+//! - [`watch()`] imports exports dropped in `sis.watch_dir`;
+//! - [`generate()`] writes synthetic exports (tests, benchmarks, the demo);
+//! - [`open_current`] opens the copy read-only for [`crate::audience::resolve`].
+//!
+//! The table layout is documented in [`schema`].
+
+mod generate;
+mod import;
+pub mod schema;
+mod source;
+mod watch;
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use rusqlite::{Connection, OpenFlags};
+use serde::{Deserialize, Serialize};
 
 use crate::config::Dur;
+
+pub use import::{
+    DANGLING_MAX_SHARE, ImportError, ImportOptions, ImportReport, ImportWarning, import,
+};
 
 /// `[sis]` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,4 +58,117 @@ impl Default for SisConfig {
 /// Where the current SIS copy lives inside the store folder.
 pub fn current_path(store_dir: &Path) -> PathBuf {
     store_dir.join("sis.db")
+}
+
+/// Errors opening or reading the SIS copy.
+#[derive(Debug, thiserror::Error)]
+pub enum SisError {
+    #[error("no SIS copy yet: run `klaxon sis import PATH` ({path} does not exist)")]
+    NoCopy { path: PathBuf },
+    #[error(
+        "{path} was written by schema version {found:?}, this klaxon reads {expected:?}; import the export again"
+    )]
+    Schema {
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+    },
+    #[error("SIS copy {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+}
+
+/// Opens the current SIS copy read-only.
+pub fn open_current(store_dir: &Path) -> Result<Connection, SisError> {
+    open_current_at(&current_path(store_dir))
+}
+
+pub(crate) fn open_current_at(path: &Path) -> Result<Connection, SisError> {
+    if !path.is_file() {
+        return Err(SisError::NoCopy {
+            path: path.to_path_buf(),
+        });
+    }
+    let err = |source| SisError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(err)?;
+    let found: String = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(err)?;
+    if found != schema::SCHEMA_VERSION {
+        return Err(SisError::Schema {
+            path: path.to_path_buf(),
+            found,
+            expected: schema::SCHEMA_VERSION,
+        });
+    }
+    Ok(conn)
+}
+
+/// What the current copy says about itself (for `/readyz`, status pages).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SisMeta {
+    pub imported_at: String,
+    pub source: String,
+    pub oneroster_version: String,
+    pub students: u64,
+    pub guardians: u64,
+    pub staff: u64,
+    pub schools: u64,
+    pub contact_points: u64,
+}
+
+/// Reads the `meta` table of an open copy.
+pub fn read_meta(conn: &Connection) -> Result<SisMeta, rusqlite::Error> {
+    let get = |k: &str| -> Result<String, rusqlite::Error> {
+        conn.query_row("SELECT value FROM meta WHERE key = ?1", [k], |r| r.get(0))
+    };
+    let num = |k: &str| -> Result<u64, rusqlite::Error> { Ok(get(k)?.parse().unwrap_or(0)) };
+    Ok(SisMeta {
+        imported_at: get("imported_at")?,
+        source: get("source")?,
+        oneroster_version: get("oneroster_version")?,
+        students: num("students")?,
+        guardians: num("guardians")?,
+        staff: num("staff")?,
+        schools: num("schools")?,
+        contact_points: num("contact_points")?,
+    })
+}
+
+/// Grades as stored and as matched: trimmed, upper-cased, and numbers
+/// without leading zeros, so `09`, `9` and ` 9 ` are the same grade and `kg`
+/// is `KG`.
+pub fn normalize_grade(g: &str) -> String {
+    let g = g.trim();
+    if !g.is_empty() && g.bytes().all(|b| b.is_ascii_digit()) {
+        let t = g.trim_start_matches('0');
+        return if t.is_empty() { "0".into() } else { t.into() };
+    }
+    g.to_ascii_uppercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grades_normalise() {
+        assert_eq!(normalize_grade("09"), "9");
+        assert_eq!(normalize_grade(" 9 "), "9");
+        assert_eq!(normalize_grade("00"), "0");
+        assert_eq!(normalize_grade("kg"), "KG");
+    }
 }
