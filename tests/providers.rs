@@ -833,3 +833,68 @@ async fn sendgrid_bad_key_is_transient() {
     );
     assert!(reason.contains("401"), "{reason}");
 }
+
+// ---------------------------------------------------------------- Config
+
+/// The provider sections of the brief's example config, verbatim.
+#[test]
+fn brief_example_config_parses() {
+    let text = r#"
+[server]
+listen = "127.0.0.1:8080"
+public_url = "https://alerts.example-isd.org"
+
+[store]
+dir = "/var/lib/klaxon"
+
+[[providers]]
+name = "twilio-main"
+kind = "twilio"
+channels = ["sms", "voice"]
+api_base = "https://api.twilio.com"
+account_sid = "AC0123456789abcdef0123456789abcdef"
+auth_token_env = "KLAXON_TWILIO_TOKEN"
+from = ["+15555550100"]
+max_per_second = 1
+
+[[providers]]
+name = "district-relay"
+kind = "smtp"
+channels = ["email"]
+host = "smtp.example-isd.org"
+port = 587
+tls = "starttls"
+username = "alerts@example-isd.org"
+password_env = "KLAXON_SMTP_PASSWORD"
+from = "Example ISD Alerts <alerts@example-isd.org>"
+max_per_second = 20
+
+[[providers]]
+name = "district-sendgrid"
+kind = "sendgrid"
+channels = ["email"]
+api_key_env = "KLAXON_SENDGRID_KEY"
+from = "Example ISD Alerts <alerts@example-isd.org>"
+
+[[providers]]
+name = "demo-log"
+kind = "log"
+channels = ["sms", "voice", "email"]
+path = "outbox.jsonl"
+"#;
+    let config = klaxon::config::Config::from_str(text, Path::new("/etc/klaxon/klaxon.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kinds: Vec<_> = config.providers.iter().map(|p| p.kind()).collect();
+    assert_eq!(kinds, ["twilio", "smtp", "sendgrid", "log"]);
+    let common = config.providers[0].common();
+    assert_eq!(common.max_per_second, Some(1.0));
+
+    // A kind cannot carry a channel it does not support.
+    let bad = text.replace(r#"channels = ["email"]
+host"#, r#"channels = ["sms"]
+host"#);
+    let err = klaxon::config::Config::from_str(&bad, Path::new("/etc/klaxon/klaxon.toml"))
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("providers[1]"), "{err}");
+}
