@@ -190,6 +190,26 @@ pub fn twilio_callback_tokens(providers: &[Provider]) -> Vec<&str> {
         .collect()
 }
 
+/// Runs a section's `validate` again at build time (a config may be built
+/// without having been loaded), adding only problems not already reported by
+/// `ProviderConfig::parse`, so `check-config` never lists one twice. Returns
+/// whether the section is valid.
+pub(crate) fn revalidate(issues: &mut Issues, validate: impl FnOnce(&mut Issues)) -> bool {
+    let mut found = Issues::default();
+    validate(&mut found);
+    let valid = found.is_empty();
+    for issue in found.list {
+        let known = issues
+            .list
+            .iter()
+            .any(|i| i.key == issue.key && i.message == issue.message);
+        if !known {
+            issues.list.push(issue);
+        }
+    }
+    valid
+}
+
 /// Reads `Retry-After` (seconds, or an HTTP date) from an HTTP answer.
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers

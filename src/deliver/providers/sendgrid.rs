@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::config::{Issues, Secret, relative_to, resolve_secret};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
 use crate::deliver::providers::smtp::render_html;
-use crate::deliver::providers::{ProviderContext, retry_after};
+use crate::deliver::providers::{ProviderContext, retry_after, revalidate};
 use crate::domain::Channel;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,7 +70,7 @@ impl SendGridProvider {
         issues: &mut Issues,
     ) -> Option<SendGridProvider> {
         let before = issues.list.len();
-        cfg.validate(prefix, issues);
+        let valid = revalidate(issues, |i| cfg.validate(prefix, i));
         let key_file = cfg
             .api_key_file
             .as_ref()
@@ -83,7 +83,7 @@ impl SendGridProvider {
             true,
             issues,
         );
-        if issues.list.len() > before {
+        if !valid || issues.list.len() > before {
             return None;
         }
         Some(SendGridProvider {

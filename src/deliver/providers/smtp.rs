@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::config::{Dur, Issues, relative_to, resolve_secret};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
-use crate::deliver::providers::ProviderContext;
+use crate::deliver::providers::{ProviderContext, revalidate};
 use crate::domain::Channel;
 
 /// Connections kept open to the relay; sends beyond this wait for one.
@@ -123,7 +123,7 @@ impl SmtpProvider {
         issues: &mut Issues,
     ) -> Option<SmtpProvider> {
         let before = issues.list.len();
-        cfg.validate(prefix, issues);
+        let valid = revalidate(issues, |i| cfg.validate(prefix, i));
         let password_file = cfg
             .password_file
             .as_ref()
@@ -151,7 +151,7 @@ impl SmtpProvider {
             }
         };
         let from = cfg.from.parse::<Mailbox>().ok();
-        if issues.list.len() > before {
+        if !valid || issues.list.len() > before {
             return None;
         }
         let mut builder = builder

@@ -19,7 +19,7 @@ use sha1::Sha1;
 
 use crate::config::{Issues, Secret, relative_to, resolve_secret};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
-use crate::deliver::providers::{ProviderContext, retry_after};
+use crate::deliver::providers::{ProviderContext, retry_after, revalidate};
 use crate::domain::Channel;
 
 /// Twilio error codes that say something about the sender or the account, not
@@ -135,6 +135,14 @@ impl TwilioConfig {
             issues.push(format!("{prefix}.api_base"), format!("not a URL: {e}"));
         }
         let from = self.from.as_ref().map(OneOrMany::to_vec);
+        for (i, n) in from.iter().flatten().enumerate() {
+            if !is_e164(n) {
+                issues.push(
+                    format!("{prefix}.from[{i}]"),
+                    format!("`{n}` is not an E.164 number like \"+15555550100\""),
+                );
+            }
+        }
         match (&from, &self.messaging_service_sid) {
             (Some(_), Some(_)) => issues.push(
                 format!("{prefix}.from"),
@@ -147,14 +155,6 @@ impl TwilioConfig {
             (Some(list), None) => {
                 if list.is_empty() {
                     issues.push(format!("{prefix}.from"), "the sender pool is empty");
-                }
-                for (i, n) in list.iter().enumerate() {
-                    if !is_e164(n) {
-                        issues.push(
-                            format!("{prefix}.from[{i}]"),
-                            format!("`{n}` is not an E.164 number like \"+15555550100\""),
-                        );
-                    }
                 }
             }
             (None, Some(sid)) => {
@@ -230,7 +230,7 @@ impl TwilioProvider {
         issues: &mut Issues,
     ) -> Option<TwilioProvider> {
         let before = issues.list.len();
-        cfg.validate(prefix, issues);
+        let valid = revalidate(issues, |i| cfg.validate(prefix, i));
         let file = |p: &Option<PathBuf>| p.as_ref().map(|p| relative_to(&ctx.base_dir, p));
         let token = resolve_secret(
             prefix,
@@ -248,7 +248,7 @@ impl TwilioProvider {
             false,
             issues,
         );
-        if issues.list.len() > before {
+        if !valid || issues.list.len() > before {
             return None;
         }
         let token = token?;
@@ -322,7 +322,8 @@ impl TwilioProvider {
 
     fn next_from(&self, pool: &[String]) -> String {
         let i = self.next_sender.fetch_add(1, Ordering::Relaxed);
-        pool[i % pool.len()].clone()
+        // Build refuses an empty pool; `max(1)` keeps this total anyway.
+        pool.get(i % pool.len().max(1)).cloned().unwrap_or_default()
     }
 
     pub async fn send(&self, msg: &OutboundMessage) -> Result<Accepted, SendError> {

@@ -1,0 +1,386 @@
+//! A real SMTP server on loopback (RFC 5321 without TLS): EHLO/HELO, AUTH
+//! PLAIN and LOGIN, MAIL, RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT.
+//! It can require credentials, refuse recipients with `550 5.1.1`, be
+//! temporarily unavailable (421 at greeting or 451 on MAIL), and records every
+//! message it accepts with its envelope.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// Longest command or data line accepted; RFC 5321 allows 1000 bytes per line.
+const MAX_LINE: usize = 64 * 1024;
+
+/// How the server answers, switchable while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SmtpMode {
+    #[default]
+    Normal,
+    /// Greets new connections with `421 4.3.2` and closes them.
+    Unavailable,
+    /// Answers `MAIL FROM` with `451 4.3.0` (temporary local problem).
+    TempFail,
+}
+
+/// One message the server accepted.
+#[derive(Debug, Clone)]
+pub struct ReceivedMail {
+    pub helo: String,
+    /// The user that authenticated on this connection, if any.
+    pub auth_user: Option<String>,
+    /// The AUTH mechanism used.
+    pub auth_mechanism: Option<String>,
+    pub mail_from: String,
+    pub rcpt_to: Vec<String>,
+    /// The message as sent, after dot-unstuffing, lines joined with CRLF.
+    pub data: String,
+}
+
+impl ReceivedMail {
+    /// The value of the first header named `name` (unfolded).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let head = self.data.split("\r\n\r\n").next()?;
+        let mut value: Option<String> = None;
+        for line in head.split("\r\n") {
+            if let Some(v) = value.as_mut() {
+                if line.starts_with([' ', '\t']) {
+                    v.push_str(line);
+                    continue;
+                }
+                break;
+            }
+            if let Some((n, v)) = line.split_once(':') {
+                if n.eq_ignore_ascii_case(name) {
+                    value = Some(v.trim().to_string());
+                }
+            }
+        }
+        value
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    credentials: Mutex<Option<(String, String)>>,
+    reject: Mutex<HashSet<String>>,
+    mode: Mutex<SmtpMode>,
+    received: Mutex<Vec<ReceivedMail>>,
+    /// Every line the server read, for debugging a failing test.
+    transcript: Mutex<Vec<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running SMTP server; stops accepting when dropped.
+pub struct SmtpServer {
+    pub addr: SocketAddr,
+    inner: Arc<Inner>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SmtpServer {
+    /// Starts a server on `127.0.0.1:0` that accepts mail without AUTH.
+    pub async fn start() -> SmtpServer {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let inner = Arc::new(Inner::default());
+        let shared = inner.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let inner = shared.clone();
+                tokio::spawn(async move {
+                    // A client that goes away mid-session is not the server's problem.
+                    let _ = session(stream, inner).await;
+                });
+            }
+        });
+        SmtpServer { addr, inner, task }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// From now on MAIL requires a successful AUTH with these credentials.
+    pub fn require_auth(&self, user: &str, password: &str) {
+        *lock(&self.inner.credentials) = Some((user.to_string(), password.to_string()));
+    }
+
+    /// `RCPT TO` this address gets `550 5.1.1 no such user`.
+    pub fn reject_recipient(&self, address: &str) {
+        lock(&self.inner.reject).insert(address.to_ascii_lowercase());
+    }
+
+    pub fn set_mode(&self, mode: SmtpMode) {
+        *lock(&self.inner.mode) = mode;
+    }
+
+    pub fn received(&self) -> Vec<ReceivedMail> {
+        lock(&self.inner.received).clone()
+    }
+
+    pub fn transcript(&self) -> Vec<String> {
+        lock(&self.inner.transcript).clone()
+    }
+}
+
+/// The address inside `<…>` after `MAIL FROM:` or `RCPT TO:`.
+fn path_arg(rest: &str) -> Option<String> {
+    let rest = rest.trim_start();
+    let open = rest.find('<')?;
+    let close = rest[open..].find('>')? + open;
+    Some(rest[open + 1..close].to_string())
+}
+
+struct Conn {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    inner: Arc<Inner>,
+}
+
+impl Conn {
+    async fn reply(&mut self, text: &str) -> std::io::Result<()> {
+        self.writer.write_all(text.as_bytes()).await?;
+        self.writer.write_all(b"\r\n").await?;
+        self.writer.flush().await
+    }
+
+    /// Reads one line without its CRLF; `None` at end of stream.
+    async fn line(&mut self) -> std::io::Result<Option<String>> {
+        let mut buf = Vec::new();
+        let n = (&mut self.reader)
+            .take(MAX_LINE as u64)
+            .read_until(b'\n', &mut buf)
+            .await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            buf.pop();
+        }
+        let line = String::from_utf8_lossy(&buf).into_owned();
+        lock(&self.inner.transcript).push(line.clone());
+        Ok(Some(line))
+    }
+}
+
+/// Decodes base64 to text, `None` if either step fails.
+fn b64(s: &str) -> Option<String> {
+    let bytes = base64::prelude::BASE64_STANDARD.decode(s.trim()).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+async fn session(stream: TcpStream, inner: Arc<Inner>) -> std::io::Result<()> {
+    let (read, writer) = stream.into_split();
+    let mut c = Conn {
+        reader: BufReader::new(read),
+        writer,
+        inner,
+    };
+    if *lock(&c.inner.mode) == SmtpMode::Unavailable {
+        return c
+            .reply("421 4.3.2 loopback.test Service not available, closing channel")
+            .await;
+    }
+    c.reply("220 loopback.test ESMTP klaxon test server")
+        .await?;
+
+    let mut helo = String::new();
+    let mut auth: Option<(String, String)> = None; // (user, mechanism)
+    let mut mail_from: Option<String> = None;
+    let mut rcpt: Vec<String> = Vec::new();
+
+    while let Some(line) = c.line().await? {
+        let (verb, rest) = match line.find(' ') {
+            Some(i) => (line[..i].to_ascii_uppercase(), line[i + 1..].to_string()),
+            None => (line.to_ascii_uppercase(), String::new()),
+        };
+        match verb.as_str() {
+            "EHLO" => {
+                helo = rest.trim().to_string();
+                mail_from = None;
+                rcpt.clear();
+                c.reply("250-loopback.test greets you").await?;
+                c.reply("250-8BITMIME").await?;
+                c.reply("250-SIZE 10485760").await?;
+                c.reply("250-ENHANCEDSTATUSCODES").await?;
+                c.reply("250 AUTH PLAIN LOGIN").await?;
+            }
+            "HELO" => {
+                helo = rest.trim().to_string();
+                mail_from = None;
+                rcpt.clear();
+                c.reply("250 loopback.test").await?;
+            }
+            "AUTH" => {
+                if auth.is_some() {
+                    c.reply("503 5.5.1 Already authenticated").await?;
+                    continue;
+                }
+                let mut words = rest.split_whitespace();
+                let mechanism = words.next().unwrap_or_default().to_ascii_uppercase();
+                let initial = words.next().map(str::to_string);
+                let given = match mechanism.as_str() {
+                    "PLAIN" => {
+                        let response = match initial {
+                            Some(i) => i,
+                            None => {
+                                c.reply("334 ").await?;
+                                c.line().await?.unwrap_or_default()
+                            }
+                        };
+                        // authzid NUL authcid NUL password
+                        b64(&response).and_then(|s| {
+                            let mut parts = s.split('\0');
+                            let _authzid = parts.next()?;
+                            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+                        })
+                    }
+                    "LOGIN" => {
+                        let user = match initial {
+                            Some(i) => i,
+                            None => {
+                                c.reply("334 VXNlcm5hbWU6").await?; // "Username:"
+                                c.line().await?.unwrap_or_default()
+                            }
+                        };
+                        c.reply("334 UGFzc3dvcmQ6").await?; // "Password:"
+                        let password = c.line().await?.unwrap_or_default();
+                        b64(&user).zip(b64(&password))
+                    }
+                    _ => {
+                        c.reply("504 5.5.4 Unrecognized authentication type")
+                            .await?;
+                        continue;
+                    }
+                };
+                let expected = lock(&c.inner.credentials).clone();
+                let ok = match (&given, &expected) {
+                    (Some(g), Some(e)) => g == e,
+                    (Some(_), None) => true,
+                    (None, _) => false,
+                };
+                match (ok, given) {
+                    (true, Some((user, _))) => {
+                        auth = Some((user, mechanism));
+                        c.reply("235 2.7.0 Authentication successful").await?;
+                    }
+                    _ => {
+                        c.reply("535 5.7.8 Authentication credentials invalid")
+                            .await?
+                    }
+                }
+            }
+            "MAIL" => {
+                let Some(from) = rest
+                    .get(..5)
+                    .filter(|p| p.eq_ignore_ascii_case("FROM:"))
+                    .and_then(|_| path_arg(&rest[5..]))
+                else {
+                    c.reply("501 5.5.4 Syntax: MAIL FROM:<address>").await?;
+                    continue;
+                };
+                if helo.is_empty() {
+                    c.reply("503 5.5.1 EHLO or HELO first").await?;
+                } else if lock(&c.inner.credentials).is_some() && auth.is_none() {
+                    c.reply("530 5.7.0 Authentication required").await?;
+                } else if *lock(&c.inner.mode) == SmtpMode::TempFail {
+                    c.reply("451 4.3.0 Temporary local problem, try again later")
+                        .await?;
+                } else if mail_from.is_some() {
+                    c.reply("503 5.5.1 Nested MAIL command").await?;
+                } else {
+                    mail_from = Some(from);
+                    rcpt.clear();
+                    c.reply("250 2.1.0 Ok").await?;
+                }
+            }
+            "RCPT" => {
+                let Some(to) = rest
+                    .get(..3)
+                    .filter(|p| p.eq_ignore_ascii_case("TO:"))
+                    .and_then(|_| path_arg(&rest[3..]))
+                else {
+                    c.reply("501 5.5.4 Syntax: RCPT TO:<address>").await?;
+                    continue;
+                };
+                if mail_from.is_none() {
+                    c.reply("503 5.5.1 Need MAIL before RCPT").await?;
+                } else if lock(&c.inner.reject).contains(&to.to_ascii_lowercase()) {
+                    c.reply(&format!(
+                        "550 5.1.1 <{to}>: Recipient address rejected: no such user"
+                    ))
+                    .await?;
+                } else {
+                    rcpt.push(to);
+                    c.reply("250 2.1.5 Ok").await?;
+                }
+            }
+            "DATA" => {
+                if mail_from.is_none() || rcpt.is_empty() {
+                    c.reply("503 5.5.1 Need MAIL and RCPT before DATA").await?;
+                    continue;
+                }
+                c.reply("354 End data with <CR><LF>.<CR><LF>").await?;
+                let mut lines = Vec::new();
+                loop {
+                    let Some(line) = c.line().await? else {
+                        return Ok(()); // client went away mid-message: nothing is stored
+                    };
+                    if line == "." {
+                        break;
+                    }
+                    // RFC 5321 4.5.2: a leading dot was doubled by the client.
+                    lines.push(line.strip_prefix('.').map(str::to_string).unwrap_or(line));
+                }
+                let (user, mechanism) = auth.clone().unzip();
+                let mail = ReceivedMail {
+                    helo: helo.clone(),
+                    auth_user: user,
+                    auth_mechanism: mechanism,
+                    mail_from: mail_from.take().unwrap_or_default(),
+                    rcpt_to: std::mem::take(&mut rcpt),
+                    data: lines.join("\r\n"),
+                };
+                let id = {
+                    let mut received = lock(&c.inner.received);
+                    received.push(mail);
+                    received.len()
+                };
+                c.reply(&format!("250 2.0.0 Ok: queued as Q{id:06}"))
+                    .await?;
+            }
+            "RSET" => {
+                mail_from = None;
+                rcpt.clear();
+                c.reply("250 2.0.0 Ok").await?;
+            }
+            "NOOP" => c.reply("250 2.0.0 Ok").await?,
+            "VRFY" => c.reply("252 2.0.0 Cannot VRFY user").await?,
+            "QUIT" => {
+                c.reply("221 2.0.0 Bye").await?;
+                return Ok(());
+            }
+            _ => c.reply("502 5.5.2 Command not recognized").await?,
+        }
+    }
+    Ok(())
+}
