@@ -1,0 +1,178 @@
+//! `spawn_app()`: the real daemon on a free loopback port, with a fresh
+//! store in a temporary folder, the tiny fixture district imported, and an
+//! admin and a viewer token. Tests talk to it only over HTTP.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use klaxon::app::App;
+use klaxon::config::Config;
+use klaxon::store::tokens::{self, ApiRole};
+use klaxon::store::{Store, now_ms};
+
+pub const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-district");
+
+pub struct TestApp {
+    pub base: String,
+    pub admin: String,
+    pub viewer: String,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// The config every test starts from: loopback, the log provider. `extra`
+/// is appended (more providers, playbooks, delivery settings).
+pub fn config_text(extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "http://127.0.0.1:9"
+
+[store]
+dir = "state"
+synchronous = "normal"
+
+{extra}
+"#
+    )
+}
+
+pub const LOG_PROVIDER: &str = r#"
+[[providers]]
+name = "test-log"
+kind = "log"
+channels = ["sms", "voice", "email"]
+path = "outbox.jsonl"
+"#;
+
+/// Imports `export` into the store folder of the config at `dir`.
+pub fn import(dir: &Path, export: &Path) {
+    let config = Config::load(&dir.join("klaxon.toml")).expect("config");
+    klaxon::sis::import(export, &config.store_dir(), &config.sis, &klaxon::sis::ImportOptions { force: true })
+        .expect("fixture imports");
+}
+
+/// Creates a token directly in the store, as `klaxon token create` does.
+pub async fn make_token(dir: &Path, role: ApiRole) -> String {
+    let store = Store::open(&dir.join("state"), false).expect("store");
+    let t = tokens::generate();
+    let t2 = t.clone();
+    store
+        .write(move |c| tokens::insert(c, "test", role, &t2, now_ms()).map(|_| ()))
+        .await
+        .expect("token");
+    store.close();
+    t
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(LOG_PROVIDER).await
+}
+
+pub async fn spawn_app_with(extra: &str) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("klaxon.toml"), config_text(extra)).expect("config");
+    import(dir.path(), Path::new(FIXTURE));
+    let admin = make_token(dir.path(), ApiRole::Admin).await;
+    let viewer = make_token(dir.path(), ApiRole::Viewer).await;
+    start(dir, admin, viewer).await
+}
+
+/// Starts (or restarts) the daemon on the folder's config.
+pub async fn start(dir: tempfile::TempDir, admin: String, viewer: String) -> TestApp {
+    let config = Config::load(&dir.path().join("klaxon.toml")).expect("config loads");
+    let app = App::build(config).await.expect("app builds");
+    let base = format!("http://{}", app.addr());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(app.run(async move {
+        let _ = rx.await;
+    }));
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    TestApp {
+        base,
+        admin,
+        viewer,
+        dir,
+        http,
+        stop: Some(tx),
+        handle: Some(handle),
+    }
+}
+
+impl TestApp {
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Stops the daemon the way SIGTERM does and waits for it.
+    pub async fn stop(mut self) -> (tempfile::TempDir, String, String) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("join").expect("clean shutdown");
+        }
+        (self.dir, self.admin, self.viewer)
+    }
+
+    pub async fn trigger(&self, body: serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/v1/alerts", self.base))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn status(&self, id: i64) -> serde_json::Value {
+        self.http
+            .get(format!("{}/api/v1/alerts/{id}", self.base))
+            .bearer_auth(&self.viewer)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Polls until every delivery of the alert has left the queue.
+    pub async fn wait_settled(&self, id: i64) -> serde_json::Value {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.status(id).await;
+            if !s["settled_at"].is_null() {
+                return s;
+            }
+            assert!(Instant::now() < until, "alert {id} did not settle: {s}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Lines of the log provider's outbox.
+    pub fn outbox(&self) -> Vec<serde_json::Value> {
+        read_outbox(&self.dir.path().join("outbox.jsonl"))
+    }
+
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("state/klaxon.db")).unwrap()
+    }
+}
+
+pub fn read_outbox(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("outbox line is JSON"))
+        .collect()
+}
