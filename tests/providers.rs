@@ -890,11 +890,13 @@ path = "outbox.jsonl"
     assert_eq!(common.max_per_second, Some(1.0));
 
     // A kind cannot carry a channel it does not support.
-    let bad = text.replace(r#"channels = ["email"]
-host"#, r#"channels = ["sms"]
-host"#);
+    let bad = text.replace(
+        r#"channels = ["email"]
+host"#,
+        r#"channels = ["sms"]
+host"#,
+    );
     let err = klaxon::config::Config::from_str(&bad, Path::new("/etc/klaxon/klaxon.toml"))
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(err.to_string().contains("providers[1]"), "{err}");
 }
