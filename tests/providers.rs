@@ -730,6 +730,48 @@ async fn smtp_invalid_address_is_permanent_without_connecting() {
     assert!(server.transcript().is_empty());
 }
 
+#[tokio::test]
+async fn smtp_starttls_with_private_ca_and_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SmtpServer::start_with_starttls().await;
+    server.require_auth("alerts@example-isd.org", "s3cret");
+    let ca = secret_file(dir.path(), "relay-ca.pem", server.ca_pem().unwrap());
+    let starttls = smtp_toml(dir.path(), server.port(), Some("s3cret"))
+        .replace(r#"tls = "none""#, r#"tls = "starttls""#);
+
+    // Without the district's CA the certificate is not trusted: nothing is sent.
+    let untrusted = build(dir.path(), &starttls);
+    let (reason, _) = expect_transient(
+        untrusted
+            .send(&message(Channel::Email, 1, "parent@example.com"))
+            .await,
+    );
+    assert!(server.received().is_empty(), "{reason}");
+    assert!(
+        reason.to_lowercase().contains("tls") || reason.contains("certificate"),
+        "{reason}"
+    );
+
+    let p = build(dir.path(), &format!("{starttls}\nca_file = \"{ca}\""));
+    p.send(&message(Channel::Email, 2, "parent@example.com"))
+        .await
+        .expect("accepted");
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls, "sent after STARTTLS");
+    assert_eq!(got[0].auth_user.as_deref(), Some("alerts@example-isd.org"));
+
+    // A relay that insists on STARTTLS refuses a plain-text client: transient
+    // (a configuration problem; another provider may work), never permanent.
+    let plain = build(dir.path(), &smtp_toml(dir.path(), server.port(), None));
+    expect_transient(
+        plain
+            .send(&message(Channel::Email, 3, "parent@example.com"))
+            .await,
+    );
+    assert_eq!(server.received().len(), 1);
+}
+
 // ---------------------------------------------------------------- SendGrid
 
 fn sendgrid(dir: &Path, server: &SendGridServer, key: &str) -> Provider {
