@@ -267,6 +267,10 @@ async fn twilio_invalid_number_is_permanent_21211() {
     server.reject_to("+15555550199");
     let (code, reason) = expect_permanent(p.send(&message(Channel::Sms, 1, "+15555550199")).await);
     assert_eq!(code, "21211", "{reason}");
+    assert!(
+        !reason.contains("+15555550199"),
+        "no phone numbers in reasons: {reason}"
+    );
     assert!(server.violations().is_empty(), "{:?}", server.violations());
 }
 
@@ -661,6 +665,10 @@ async fn smtp_unknown_user_is_permanent() {
     );
     assert_eq!(code, "smtp-5xx", "{reason}");
     assert!(reason.contains("550"), "{reason}");
+    assert!(
+        !reason.contains("nobody@"),
+        "no addresses in reasons: {reason}"
+    );
     // The pooled connection is still usable for the next recipient.
     p.send(&message(Channel::Email, 2, "parent@example.com"))
         .await

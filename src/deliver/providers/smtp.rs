@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use crate::config::{Dur, Issues, relative_to, resolve_secret};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
-use crate::deliver::providers::{ProviderContext, revalidate};
+use crate::deliver::providers::{ProviderContext, redact, revalidate};
 use crate::domain::Channel;
 
 /// Connections kept open to the relay; sends beyond this wait for one.
@@ -226,7 +226,7 @@ impl SmtpProvider {
             Ok(_) => Ok(Accepted {
                 provider_message_id: Some(message_id),
             }),
-            Err(e) => Err(classify(&e)),
+            Err(e) => redact(Err(classify(&e)), &msg.to),
         }
     }
 }

@@ -19,7 +19,7 @@ use sha1::Sha1;
 
 use crate::config::{Issues, Secret, relative_to, resolve_secret};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
-use crate::deliver::providers::{ProviderContext, retry_after, revalidate};
+use crate::deliver::providers::{ProviderContext, redact, retry_after, revalidate};
 use crate::domain::Channel;
 
 /// Twilio error codes that say something about the sender or the account, not
@@ -349,7 +349,7 @@ impl TwilioProvider {
         let status = response.status();
         let retry = retry_after(response.headers());
         let body = response.bytes().await.map_err(|e| transport_error(&e))?;
-        classify(status.as_u16(), retry, &body)
+        redact(classify(status.as_u16(), retry, &body), &msg.to)
     }
 
     fn sms_form(&self, msg: &OutboundMessage) -> Vec<(&'static str, String)> {
