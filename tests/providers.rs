@@ -267,6 +267,10 @@ async fn twilio_invalid_number_is_permanent_21211() {
     server.reject_to("+15555550199");
     let (code, reason) = expect_permanent(p.send(&message(Channel::Sms, 1, "+15555550199")).await);
     assert_eq!(code, "21211", "{reason}");
+    assert!(
+        !reason.contains("+15555550199"),
+        "no phone numbers in reasons: {reason}"
+    );
     assert!(server.violations().is_empty(), "{:?}", server.violations());
 }
 
@@ -661,6 +665,10 @@ async fn smtp_unknown_user_is_permanent() {
     );
     assert_eq!(code, "smtp-5xx", "{reason}");
     assert!(reason.contains("550"), "{reason}");
+    assert!(
+        !reason.contains("nobody@"),
+        "no addresses in reasons: {reason}"
+    );
     // The pooled connection is still usable for the next recipient.
     p.send(&message(Channel::Email, 2, "parent@example.com"))
         .await
@@ -728,6 +736,48 @@ async fn smtp_invalid_address_is_permanent_without_connecting() {
     let (code, _) = expect_permanent(p.send(&message(Channel::Email, 1, "not an address")).await);
     assert_eq!(code, "invalid-address");
     assert!(server.transcript().is_empty());
+}
+
+#[tokio::test]
+async fn smtp_starttls_with_private_ca_and_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SmtpServer::start_with_starttls().await;
+    server.require_auth("alerts@example-isd.org", "s3cret");
+    let ca = secret_file(dir.path(), "relay-ca.pem", server.ca_pem().unwrap());
+    let starttls = smtp_toml(dir.path(), server.port(), Some("s3cret"))
+        .replace(r#"tls = "none""#, r#"tls = "starttls""#);
+
+    // Without the district's CA the certificate is not trusted: nothing is sent.
+    let untrusted = build(dir.path(), &starttls);
+    let (reason, _) = expect_transient(
+        untrusted
+            .send(&message(Channel::Email, 1, "parent@example.com"))
+            .await,
+    );
+    assert!(server.received().is_empty(), "{reason}");
+    assert!(
+        reason.to_lowercase().contains("tls") || reason.contains("certificate"),
+        "{reason}"
+    );
+
+    let p = build(dir.path(), &format!("{starttls}\nca_file = \"{ca}\""));
+    p.send(&message(Channel::Email, 2, "parent@example.com"))
+        .await
+        .expect("accepted");
+    let got = server.received();
+    assert_eq!(got.len(), 1);
+    assert!(got[0].tls, "sent after STARTTLS");
+    assert_eq!(got[0].auth_user.as_deref(), Some("alerts@example-isd.org"));
+
+    // A relay that insists on STARTTLS refuses a plain-text client: transient
+    // (a configuration problem; another provider may work), never permanent.
+    let plain = build(dir.path(), &smtp_toml(dir.path(), server.port(), None));
+    expect_transient(
+        plain
+            .send(&message(Channel::Email, 3, "parent@example.com"))
+            .await,
+    );
+    assert_eq!(server.received().len(), 1);
 }
 
 // ---------------------------------------------------------------- SendGrid
@@ -890,11 +940,13 @@ path = "outbox.jsonl"
     assert_eq!(common.max_per_second, Some(1.0));
 
     // A kind cannot carry a channel it does not support.
-    let bad = text.replace(r#"channels = ["email"]
-host"#, r#"channels = ["sms"]
-host"#);
+    let bad = text.replace(
+        r#"channels = ["email"]
+host"#,
+        r#"channels = ["sms"]
+host"#,
+    );
     let err = klaxon::config::Config::from_str(&bad, Path::new("/etc/klaxon/klaxon.toml"))
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert!(err.to_string().contains("providers[1]"), "{err}");
 }

@@ -1,17 +1,20 @@
-//! A real SMTP server on loopback (RFC 5321 without TLS): EHLO/HELO, AUTH
-//! PLAIN and LOGIN, MAIL, RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT.
-//! It can require credentials, refuse recipients with `550 5.1.1`, be
-//! temporarily unavailable (421 at greeting or 451 on MAIL), and records every
-//! message it accepts with its envelope.
+//! A real SMTP server on loopback (RFC 5321): EHLO/HELO, AUTH PLAIN and
+//! LOGIN, MAIL, RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT, and
+//! optionally STARTTLS (RFC 3207) with a certificate from a throwaway CA made
+//! for each server. It can require credentials, refuse recipients with
+//! `550 5.1.1`, be temporarily unavailable (421 at greeting or 451 on MAIL),
+//! and records every message it accepts with its envelope.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine as _;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
 
 /// Longest command or data line accepted; RFC 5321 allows 1000 bytes per line.
 const MAX_LINE: usize = 64 * 1024;
@@ -39,6 +42,8 @@ pub struct ReceivedMail {
     pub rcpt_to: Vec<String>,
     /// The message as sent, after dot-unstuffing, lines joined with CRLF.
     pub data: String,
+    /// Whether the session had been upgraded with STARTTLS.
+    pub tls: bool,
 }
 
 impl ReceivedMail {
@@ -83,6 +88,35 @@ pub struct SmtpServer {
     pub addr: SocketAddr,
     inner: Arc<Inner>,
     task: JoinHandle<()>,
+    /// PEM of the CA that signed the server certificate, when STARTTLS is on.
+    ca_pem: Option<String>,
+}
+
+/// STARTTLS material: the acceptor and the PEM of its issuing CA.
+fn tls_material() -> (TlsAcceptor, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "klaxon loopback test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("server key");
+    let params = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("server params");
+    let cert = params.signed_by(&key, &issuer).expect("server certificate");
+    let private_key =
+        rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("server key DER");
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.der().clone()], private_key)
+    .expect("server TLS config");
+    (TlsAcceptor::from(Arc::new(config)), ca_cert.pem())
 }
 
 impl Drop for SmtpServer {
@@ -92,8 +126,27 @@ impl Drop for SmtpServer {
 }
 
 impl SmtpServer {
-    /// Starts a server on `127.0.0.1:0` that accepts mail without AUTH.
+    /// Starts a plain-text server on `127.0.0.1:0` that accepts mail without AUTH.
     pub async fn start() -> SmtpServer {
+        SmtpServer::start_inner(None).await
+    }
+
+    /// Starts a server that offers STARTTLS and refuses AUTH and MAIL before
+    /// it; trust [`SmtpServer::ca_pem`] to verify its certificate (issued for
+    /// 127.0.0.1 and localhost).
+    pub async fn start_with_starttls() -> SmtpServer {
+        let (acceptor, ca_pem) = tls_material();
+        let mut server = SmtpServer::start_inner(Some(acceptor)).await;
+        server.ca_pem = Some(ca_pem);
+        server
+    }
+
+    /// The CA certificate (PEM) behind the STARTTLS certificate.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
+    }
+
+    async fn start_inner(tls: Option<TlsAcceptor>) -> SmtpServer {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind a loopback port");
@@ -106,13 +159,19 @@ impl SmtpServer {
                     continue;
                 };
                 let inner = shared.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     // A client that goes away mid-session is not the server's problem.
-                    let _ = session(stream, inner).await;
+                    let _ = session(Box::new(stream), inner, tls).await;
                 });
             }
         });
-        SmtpServer { addr, inner, task }
+        SmtpServer {
+            addr,
+            inner,
+            task,
+            ca_pem: None,
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -150,23 +209,27 @@ fn path_arg(rest: &str) -> Option<String> {
     Some(rest[open + 1..close].to_string())
 }
 
+/// A connection before or after STARTTLS.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 struct Conn {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
+    stream: BufReader<Box<dyn Io>>,
     inner: Arc<Inner>,
 }
 
 impl Conn {
     async fn reply(&mut self, text: &str) -> std::io::Result<()> {
-        self.writer.write_all(text.as_bytes()).await?;
-        self.writer.write_all(b"\r\n").await?;
-        self.writer.flush().await
+        let w = self.stream.get_mut();
+        w.write_all(text.as_bytes()).await?;
+        w.write_all(b"\r\n").await?;
+        w.flush().await
     }
 
     /// Reads one line without its CRLF; `None` at end of stream.
     async fn line(&mut self) -> std::io::Result<Option<String>> {
         let mut buf = Vec::new();
-        let n = (&mut self.reader)
+        let n = (&mut self.stream)
             .take(MAX_LINE as u64)
             .read_until(b'\n', &mut buf)
             .await?;
@@ -188,13 +251,16 @@ fn b64(s: &str) -> Option<String> {
     String::from_utf8(bytes).ok()
 }
 
-async fn session(stream: TcpStream, inner: Arc<Inner>) -> std::io::Result<()> {
-    let (read, writer) = stream.into_split();
+async fn session(
+    stream: Box<dyn Io>,
+    inner: Arc<Inner>,
+    tls: Option<TlsAcceptor>,
+) -> std::io::Result<()> {
     let mut c = Conn {
-        reader: BufReader::new(read),
-        writer,
+        stream: BufReader::new(stream),
         inner,
     };
+    let mut encrypted = false;
     if *lock(&c.inner.mode) == SmtpMode::Unavailable {
         return c
             .reply("421 4.3.2 loopback.test Service not available, closing channel")
@@ -222,13 +288,39 @@ async fn session(stream: TcpStream, inner: Arc<Inner>) -> std::io::Result<()> {
                 c.reply("250-8BITMIME").await?;
                 c.reply("250-SIZE 10485760").await?;
                 c.reply("250-ENHANCEDSTATUSCODES").await?;
-                c.reply("250 AUTH PLAIN LOGIN").await?;
+                if tls.is_some() && !encrypted {
+                    // Like most relays: no AUTH on offer until the channel is private.
+                    c.reply("250 STARTTLS").await?;
+                } else {
+                    c.reply("250 AUTH PLAIN LOGIN").await?;
+                }
             }
             "HELO" => {
                 helo = rest.trim().to_string();
                 mail_from = None;
                 rcpt.clear();
                 c.reply("250 loopback.test").await?;
+            }
+            "STARTTLS" => {
+                let Some(acceptor) = tls.clone().filter(|_| !encrypted) else {
+                    c.reply("502 5.5.1 STARTTLS not available").await?;
+                    continue;
+                };
+                c.reply("220 2.0.0 Ready to start TLS").await?;
+                // RFC 3207: the client waits for 220, so nothing is buffered yet;
+                // everything said before the handshake is forgotten.
+                let plain = c.stream.into_inner();
+                let secured = acceptor.accept(plain).await?;
+                c.stream = BufReader::new(Box::new(secured));
+                encrypted = true;
+                helo.clear();
+                auth = None;
+                mail_from = None;
+                rcpt.clear();
+            }
+            _ if tls.is_some() && !encrypted && matches!(verb.as_str(), "AUTH" | "MAIL") => {
+                c.reply("530 5.7.0 Must issue a STARTTLS command first")
+                    .await?;
             }
             "AUTH" => {
                 if auth.is_some() {
@@ -359,6 +451,7 @@ async fn session(stream: TcpStream, inner: Arc<Inner>) -> std::io::Result<()> {
                     mail_from: mail_from.take().unwrap_or_default(),
                     rcpt_to: std::mem::take(&mut rcpt),
                     data: lines.join("\r\n"),
+                    tls: encrypted,
                 };
                 let id = {
                     let mut received = lock(&c.inner.received);

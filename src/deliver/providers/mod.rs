@@ -190,6 +190,45 @@ pub fn twilio_callback_tokens(providers: &[Provider]) -> Vec<&str> {
         .collect()
 }
 
+/// Removes the recipient's address from an error reason. Providers quote it
+/// ("Invalid 'To' Phone Number: +1…", "<a@b.org>: no such user"); reasons end
+/// up in logs, and the delivery row already says who the recipient was.
+pub(crate) fn redact(result: Result<Accepted, SendError>, to: &str) -> Result<Accepted, SendError> {
+    if to.is_empty() {
+        return result;
+    }
+    let scrub = |reason: String| {
+        // Case-insensitive for email addresses, which servers may re-case.
+        let lower = reason.to_lowercase();
+        let needle = to.to_lowercase();
+        if lower.len() != reason.len() || !lower.contains(&needle) {
+            return reason.replace(to, "[recipient]");
+        }
+        let mut out = String::with_capacity(reason.len());
+        let mut rest = 0;
+        for (i, _) in lower.match_indices(&needle) {
+            out.push_str(&reason[rest..i]);
+            out.push_str("[recipient]");
+            rest = i + needle.len();
+        }
+        out.push_str(&reason[rest..]);
+        out
+    };
+    result.map_err(|e| match e {
+        SendError::Transient {
+            reason,
+            retry_after,
+        } => SendError::Transient {
+            reason: scrub(reason),
+            retry_after,
+        },
+        SendError::Permanent { code, reason } => SendError::Permanent {
+            code,
+            reason: scrub(reason),
+        },
+    })
+}
+
 /// Runs a section's `validate` again at build time (a config may be built
 /// without having been loaded), adding only problems not already reported by
 /// `ProviderConfig::parse`, so `check-config` never lists one twice. Returns
@@ -247,5 +286,34 @@ mod tests {
         );
         h.insert(reqwest::header::RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn reasons_do_not_carry_the_recipient() {
+        let err = |reason: &str| -> Result<Accepted, SendError> {
+            Err(SendError::Permanent {
+                code: "x".into(),
+                reason: reason.into(),
+            })
+        };
+        let reason = |r: Result<Accepted, SendError>| match r {
+            Err(SendError::Permanent { reason, .. }) => reason,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            reason(redact(
+                err("Invalid 'To' Phone Number: +15555550199"),
+                "+15555550199"
+            )),
+            "Invalid 'To' Phone Number: [recipient]"
+        );
+        assert_eq!(
+            reason(redact(
+                err("550 <Nobody@Example.com>: no such user"),
+                "nobody@example.com"
+            )),
+            "550 <[recipient]>: no such user"
+        );
+        assert_eq!(reason(redact(err("time-out"), "a@b.org")), "time-out");
     }
 }

@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::config::{Issues, Secret, relative_to, resolve_secret};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
 use crate::deliver::providers::smtp::render_html;
-use crate::deliver::providers::{ProviderContext, retry_after, revalidate};
+use crate::deliver::providers::{ProviderContext, redact, retry_after, revalidate};
 use crate::domain::Channel;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,7 +157,7 @@ impl SendGridProvider {
                 chain(&e)
             ))
         })?;
-        classify(status, retry, message_id, &body)
+        redact(classify(status, retry, message_id, &body), &msg.to)
     }
 }
 

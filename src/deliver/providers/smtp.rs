@@ -12,13 +12,13 @@ use lettre::message::header::ContentType;
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::PoolConfig;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::Tls;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 
 use crate::config::{Dur, Issues, relative_to, resolve_secret};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
-use crate::deliver::providers::{ProviderContext, revalidate};
+use crate::deliver::providers::{ProviderContext, redact, revalidate};
 use crate::domain::Channel;
 
 /// Connections kept open to the relay; sends beyond this wait for one.
@@ -64,6 +64,11 @@ pub struct SmtpConfig {
     /// Time-out for connecting and for each SMTP command.
     #[serde(default = "default_timeout")]
     pub timeout: Dur,
+    /// Extra CA certificates (PEM) to trust for the relay, for a district
+    /// whose relay has a certificate from its own CA. The system's roots are
+    /// trusted as well.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_timeout() -> Dur {
@@ -96,6 +101,12 @@ impl SmtpConfig {
         }
         if self.timeout.0.is_zero() {
             issues.push(format!("{prefix}.timeout"), "must be longer than 0s");
+        }
+        if self.ca_file.is_some() && self.tls == TlsMode::None {
+            issues.push(
+                format!("{prefix}.ca_file"),
+                "a CA file only matters with tls = \"starttls\" or \"tls\"",
+            );
         }
     }
 
@@ -136,18 +147,17 @@ impl SmtpProvider {
             cfg.username.is_some(),
             issues,
         );
-        let builder = match cfg.tls {
-            TlsMode::None => Ok(
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host).tls(Tls::None),
-            ),
-            TlsMode::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&cfg.host),
-            TlsMode::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(&cfg.host),
-        };
-        let builder = match builder {
-            Ok(b) => b,
-            Err(e) => {
-                issues.push(format!("{prefix}.tls"), format!("cannot set up TLS: {e}"));
-                return None;
+        let builder = match tls_parameters(prefix, cfg, ctx, issues) {
+            None => return None,
+            Some(None) => {
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host).tls(Tls::None)
+            }
+            Some(Some(params)) => {
+                let tls = match cfg.tls {
+                    TlsMode::Tls => Tls::Wrapper(params),
+                    _ => Tls::Required(params),
+                };
+                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host).tls(tls)
             }
         };
         let from = cfg.from.parse::<Mailbox>().ok();
@@ -216,7 +226,51 @@ impl SmtpProvider {
             Ok(_) => Ok(Accepted {
                 provider_message_id: Some(message_id),
             }),
-            Err(e) => Err(classify(&e)),
+            Err(e) => redact(Err(classify(&e)), &msg.to),
+        }
+    }
+}
+
+/// TLS settings for the transport: `Some(None)` for plain text, `None` when a
+/// problem was reported.
+fn tls_parameters(
+    prefix: &str,
+    cfg: &SmtpConfig,
+    ctx: &ProviderContext,
+    issues: &mut Issues,
+) -> Option<Option<TlsParameters>> {
+    if cfg.tls == TlsMode::None {
+        return Some(None);
+    }
+    let mut builder = TlsParameters::builder(cfg.host.clone());
+    if let Some(file) = &cfg.ca_file {
+        let path = relative_to(&ctx.base_dir, file);
+        let pem = match std::fs::read(&path) {
+            Ok(p) => p,
+            Err(e) => {
+                issues.push(
+                    format!("{prefix}.ca_file"),
+                    format!("cannot read `{}`: {e}", path.display()),
+                );
+                return None;
+            }
+        };
+        match Certificate::from_pem(&pem) {
+            Ok(cert) => builder = builder.add_root_certificate(cert),
+            Err(e) => {
+                issues.push(
+                    format!("{prefix}.ca_file"),
+                    format!("`{}` is not a PEM certificate: {e}", path.display()),
+                );
+                return None;
+            }
+        }
+    }
+    match builder.build() {
+        Ok(params) => Some(Some(params)),
+        Err(e) => {
+            issues.push(format!("{prefix}.tls"), format!("cannot set up TLS: {e}"));
+            None
         }
     }
 }

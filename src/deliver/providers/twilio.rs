@@ -19,7 +19,7 @@ use sha1::Sha1;
 
 use crate::config::{Issues, Secret, relative_to, resolve_secret};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
-use crate::deliver::providers::{ProviderContext, retry_after, revalidate};
+use crate::deliver::providers::{ProviderContext, redact, retry_after, revalidate};
 use crate::domain::Channel;
 
 /// Twilio error codes that say something about the sender or the account, not
@@ -349,7 +349,7 @@ impl TwilioProvider {
         let status = response.status();
         let retry = retry_after(response.headers());
         let body = response.bytes().await.map_err(|e| transport_error(&e))?;
-        classify(status.as_u16(), retry, &body)
+        redact(classify(status.as_u16(), retry, &body), &msg.to)
     }
 
     fn sms_form(&self, msg: &OutboundMessage) -> Vec<(&'static str, String)> {
@@ -378,7 +378,7 @@ impl TwilioProvider {
         let mut form = vec![
             ("To", msg.to.clone()),
             ("From", self.next_from(pool)),
-            ("Twiml", twiml(msg, &self.voices, &action)),
+            ("Twiml", twiml(msg, &self.voices, &action)?),
             ("StatusCallback", self.status_callback(msg)),
         ];
         if self.machine_detection {
@@ -555,38 +555,54 @@ fn press_one(language: &str) -> &'static str {
     }
 }
 
+/// Twilio refuses inline TwiML longer than this (error 32018).
+pub const TWIML_MAX_CHARS: usize = 4000;
+
 /// The TwiML of an alert call: the message twice (people miss the start of a
 /// call), then a one-digit `<Gather>` whose action records the confirmation.
-pub fn twiml(msg: &OutboundMessage, voices: &BTreeMap<String, String>, action: &str) -> String {
+/// A long message is repeated with `loop="2"` instead of being written twice,
+/// so it fits Twilio's 4,000-character limit; a message too long even for
+/// that is refused as permanent (no retry can shorten it).
+pub fn twiml(
+    msg: &OutboundMessage,
+    voices: &BTreeMap<String, String>,
+    action: &str,
+) -> Result<String, SendError> {
     let (language, voice) = voice_for(&msg.language, voices);
     let speech = if msg.subject.is_empty() || msg.speech.starts_with(msg.subject.as_str()) {
         msg.speech.clone()
     } else {
         format!("{}. {}", msg.subject.trim_end_matches('.'), msg.speech)
     };
-    let say = format!(
-        r#"<Say language="{}" voice="{}">{}</Say>"#,
+    let attrs = format!(
+        r#"language="{}" voice="{}""#,
         xml_escape(&language),
-        xml_escape(&voice),
-        xml_escape(&speech)
+        xml_escape(&voice)
     );
-    let prompt = format!(
-        r#"<Say language="{}" voice="{}">{}</Say>"#,
-        xml_escape(&language),
-        xml_escape(&voice),
+    let speech = xml_escape(&speech);
+    let gather = format!(
+        r#"<Gather numDigits="1" timeout="10" method="POST" action="{}"><Say {attrs}>{}</Say></Gather>"#,
+        xml_escape(action),
         xml_escape(press_one(&msg.language))
     );
-    format!(
-        concat!(
-            r#"<?xml version="1.0" encoding="UTF-8"?>"#,
-            "<Response>{say}<Pause length=\"1\"/>{say}",
-            r#"<Gather numDigits="1" timeout="10" method="POST" action="{action}">{prompt}</Gather>"#,
-            "</Response>"
+    let head = r#"<?xml version="1.0" encoding="UTF-8"?><Response>"#;
+    let twice = format!(
+        r#"{head}<Say {attrs}>{speech}</Say><Pause length="1"/><Say {attrs}>{speech}</Say>{gather}</Response>"#
+    );
+    if twice.chars().count() <= TWIML_MAX_CHARS {
+        return Ok(twice);
+    }
+    let looped = format!(r#"{head}<Say {attrs} loop="2">{speech}</Say>{gather}</Response>"#);
+    if looped.chars().count() <= TWIML_MAX_CHARS {
+        return Ok(looped);
+    }
+    Err(SendError::Permanent {
+        code: "twiml-too-long".into(),
+        reason: format!(
+            "the call script is {} characters; Twilio accepts {TWIML_MAX_CHARS}: shorten the voice text",
+            looped.chars().count()
         ),
-        say = say,
-        action = xml_escape(action),
-        prompt = prompt
-    )
+    })
 }
 
 /// Checks an `X-Twilio-Signature`: base64(HMAC-SHA1(token, url + each POST
@@ -808,7 +824,8 @@ mod tests {
             &msg,
             &BTreeMap::new(),
             "https://h/hooks/twilio/voice?d=7&x=1",
-        );
+        )
+        .unwrap();
         assert_eq!(
             x.matches("Cierre. Escuela &lt;cerrada&gt; &amp; &quot;hoy&quot;")
                 .count(),
@@ -821,5 +838,36 @@ mod tests {
         assert!(x.contains("oprima 1"));
         assert!(x.contains(r#"language="es-US" voice="Polly.Lupe""#));
         assert!(!x.contains("<cerrada>"));
+    }
+
+    #[test]
+    fn long_speech_loops_then_is_refused() {
+        let mut msg = OutboundMessage {
+            delivery_id: 7,
+            alert_id: 1,
+            channel: Channel::Voice,
+            to: "+15555550123".into(),
+            language: "en".into(),
+            subject: String::new(),
+            body: String::new(),
+            html: None,
+            ack_url: String::new(),
+            speech: "word ".repeat(500),
+        };
+        let x = twiml(&msg, &BTreeMap::new(), "https://h/v").unwrap();
+        assert!(x.contains(r#"loop="2""#), "{x}");
+        assert_eq!(x.matches("word ").count(), 500, "spoken text written once");
+        assert!(x.chars().count() <= TWIML_MAX_CHARS);
+        msg.speech = "word ".repeat(900);
+        match twiml(&msg, &BTreeMap::new(), "https://h/v") {
+            Err(SendError::Permanent { code, .. }) => assert_eq!(code, "twiml-too-long"),
+            other => panic!("{other:?}"),
+        }
+        msg.speech = "short".into();
+        assert!(
+            !twiml(&msg, &BTreeMap::new(), "https://h/v")
+                .unwrap()
+                .contains("loop")
+        );
     }
 }
