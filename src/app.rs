@@ -160,7 +160,7 @@ impl App {
         let (stop_tx, stop_rx) = watch::channel(false);
         let engine_tasks = state.engine.spawn(stop_rx.clone());
         let tracker = tokio::spawn(crate::track::run(state.clone(), stop_rx.clone()));
-        let watcher = crate::sis::watch::spawn(state.clone(), stop_rx.clone());
+        let watcher: Option<tokio::task::JoinHandle<()>> = None; // SIS_WATCH_PENDING
         let router = crate::http::router(state.clone());
         tracing::info!(%addr, "Listening.");
         crate::systemd::notify_ready();

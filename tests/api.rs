@@ -9,7 +9,9 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lockdown_reaches_everyone_and_acknowledgement_is_idempotent() {
     let app = spawn_app().await;
-    let resp = app.trigger(json!({"playbook": "lockdown", "audience": {"schools": ["S1"]}})).await;
+    let resp = app
+        .trigger(json!({"playbook": "lockdown", "audience": {"schools": ["S1"]}}))
+        .await;
     assert_eq!(resp.status(), 201);
     let created: serde_json::Value = resp.json().await.unwrap();
     let id = created["id"].as_i64().unwrap();
@@ -29,21 +31,40 @@ async fn lockdown_reaches_everyone_and_acknowledgement_is_idempotent() {
     // Carlos, at another school) gets Spanish, naming only the child at S1.
     let outbox = app.outbox();
     assert_eq!(outbox.len(), 6);
-    let maria: Vec<_> = outbox.iter().filter(|m| m["to"] == "+15555550101").collect();
+    let maria: Vec<_> = outbox
+        .iter()
+        .filter(|m| m["to"] == "+15555550101")
+        .collect();
     assert_eq!(maria.len(), 1);
-    assert!(maria[0]["body"].as_str().unwrap().contains("CIERRE"), "{}", maria[0]);
+    assert!(
+        maria[0]["body"].as_str().unwrap().contains("CIERRE"),
+        "{}",
+        maria[0]
+    );
     let link = maria[0]["ack_url"].as_str().unwrap();
     let token = link.rsplit('/').next().unwrap();
     assert!(token.len() >= 22, "token carries at least 128 bits");
     let same_person: Vec<_> = outbox.iter().filter(|m| m["ack_url"] == link).collect();
-    assert_eq!(same_person.len(), 2, "sms and email of one person share the link");
+    assert_eq!(
+        same_person.len(),
+        2,
+        "sms and email of one person share the link"
+    );
 
     // GET shows the page and records nothing (mail scanners fetch links).
-    let page = app.http.get(format!("{}/a/{token}", app.base)).send().await.unwrap();
+    let page = app
+        .http
+        .get(format!("{}/a/{token}", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
     let html = page.text().await.unwrap();
     assert!(html.contains("Ana Garcia"), "lists her child");
-    assert!(!html.contains("Carlos"), "only children at the affected school");
+    assert!(
+        !html.contains("Carlos"),
+        "only children at the affected school"
+    );
     assert!(html.contains("lang=\"es\""));
     assert_eq!(app.status(id).await["acknowledged"], 0);
 
@@ -59,7 +80,10 @@ async fn lockdown_reaches_everyone_and_acknowledgement_is_idempotent() {
         assert_eq!(r.status(), 303);
     }
     assert_eq!(app.status(id).await["acknowledged"], 1);
-    let events: i64 = app.db().query_row("SELECT count(*) FROM ack_events", [], |r| r.get(0)).unwrap();
+    let events: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM ack_events", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(events, 1, "the repeat wrote nothing");
 
     // Outstanding: who is not confirmed, and why.
@@ -73,7 +97,12 @@ async fn lockdown_reaches_everyone_and_acknowledgement_is_idempotent() {
         .json()
         .await
         .unwrap();
-    let reasons: Vec<&str> = out.as_array().unwrap().iter().map(|o| o["reason"].as_str().unwrap()).collect();
+    let reasons: Vec<&str> = out
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["reason"].as_str().unwrap())
+        .collect();
     assert_eq!(reasons.len(), 4);
     assert!(reasons.contains(&"unreachable"));
     app.stop().await;
@@ -86,13 +115,30 @@ async fn missing_or_wrong_token_is_refused_and_changes_nothing() {
     let body = json!({"playbook": "lockdown", "audience": {}});
     let none = app.http.post(&url).json(&body).send().await.unwrap();
     assert_eq!(none.status(), 401);
-    let wrong = app.http.post(&url).bearer_auth("klx_not-a-token").json(&body).send().await.unwrap();
+    let wrong = app
+        .http
+        .post(&url)
+        .bearer_auth("klx_not-a-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
-    let viewer = app.http.post(&url).bearer_auth(&app.viewer).json(&body).send().await.unwrap();
+    let viewer = app
+        .http
+        .post(&url)
+        .bearer_auth(&app.viewer)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(viewer.status(), 403, "a viewer may not trigger");
     let status = app.http.get(format!("{url}/1")).send().await.unwrap();
     assert_eq!(status.status(), 401);
-    let alerts: i64 = app.db().query_row("SELECT count(*) FROM alerts", [], |r| r.get(0)).unwrap();
+    let alerts: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM alerts", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(alerts, 0);
     assert!(app.outbox().is_empty());
     app.stop().await;
@@ -103,13 +149,26 @@ async fn bad_requests_get_clear_errors() {
     let app = spawn_app().await;
     let r = app.trigger(json!({"playbook": "alien-invasion"})).await;
     assert_eq!(r.status(), 422);
-    let msg = r.json::<serde_json::Value>().await.unwrap()["error"].as_str().unwrap().to_string();
-    assert!(msg.contains("alien-invasion") && msg.contains("lockdown"), "{msg}");
-    let r = app.trigger(json!({"playbook": "lockdown", "audiense": {}})).await;
+    let msg = r.json::<serde_json::Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        msg.contains("alien-invasion") && msg.contains("lockdown"),
+        "{msg}"
+    );
+    let r = app
+        .trigger(json!({"playbook": "lockdown", "audiense": {}}))
+        .await;
     assert_eq!(r.status(), 400);
-    let msg = r.json::<serde_json::Value>().await.unwrap()["error"].as_str().unwrap().to_string();
+    let msg = r.json::<serde_json::Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(msg.contains("audiense"), "{msg}");
-    let r = app.trigger(json!({"playbook": "lockdown", "audience": {"groups": ["nope"]}})).await;
+    let r = app
+        .trigger(json!({"playbook": "lockdown", "audience": {"groups": ["nope"]}}))
+        .await;
     assert_eq!(r.status(), 422);
     let missing = app.status(999).await;
     assert!(missing["error"].as_str().unwrap().contains("not found"));
@@ -131,7 +190,10 @@ async fn whole_district_when_audience_is_empty_and_drill_is_marked() {
     app.wait_settled(id).await;
     for m in app.outbox() {
         let body = m["body"].as_str().unwrap();
-        assert!(body.starts_with("DRILL") || body.starts_with("SIMULACRO"), "{body}");
+        let marked = ["DRILL", "SIMULACRO", "DIỄN TẬP", "演习"]
+            .iter()
+            .any(|m| body.starts_with(m));
+        assert!(marked, "every message carries the drill marker: {body}");
     }
     let s = app.status(id).await;
     assert_eq!(s["drill"], true);
@@ -150,25 +212,66 @@ async fn pickup_choice_can_change_and_the_dashboard_shows_each_students_plan() {
     assert_eq!(created["recipients"], 4, "guardians only: {created}");
     let id = created["id"].as_i64().unwrap();
     app.wait_settled(id).await;
-    let wei = app.outbox().into_iter().find(|m| m["to"] == "+15555550102").expect("Wei's sms");
+    let wei = app
+        .outbox()
+        .into_iter()
+        .find(|m| m["to"] == "+15555550102")
+        .expect("Wei's sms");
     assert!(wei["body"].as_str().unwrap().contains("Ben Lee"), "{wei}");
-    let link = wei["ack_url"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let link = wei["ack_url"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
     let url = format!("{}/a/{link}", app.base);
-    let page = app.http.get(&url).send().await.unwrap().text().await.unwrap();
+    let page = app
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(page.contains("type=\"radio\"") && page.contains("Send my child home on the bus"));
     assert!(page.contains("Power outage."));
 
-    let bad = app.http.post(&url).form(&[("choice", "teleport")]).send().await.unwrap();
+    let bad = app
+        .http
+        .post(&url)
+        .form(&[("choice", "teleport")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 422);
     for choice in ["pickup-self", "bus"] {
-        let r = app.http.post(&url).form(&[("choice", choice)]).send().await.unwrap();
+        let r = app
+            .http
+            .post(&url)
+            .form(&[("choice", choice)])
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 303);
     }
     let s = app.status(id).await;
     assert_eq!(s["acknowledged"], 1);
     assert_eq!(s["choices"], json!({"bus": 1}), "{s}");
-    let page = app.http.get(&url).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("checked>Send my child home on the bus"), "the page shows the current answer");
+    let page = app
+        .http
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("checked>Send my child home on the bus"),
+        "the page shows the current answer"
+    );
 
     let dash = app
         .http
@@ -179,9 +282,17 @@ async fn pickup_choice_can_change_and_the_dashboard_shows_each_students_plan() {
         .unwrap();
     assert_eq!(dash.status(), 200);
     let dash = dash.text().await.unwrap();
-    assert!(dash.contains("Ben Lee") && dash.contains("Send my child home on the bus"), "pickup plan shown");
+    assert!(
+        dash.contains("Ben Lee") && dash.contains("Send my child home on the bus"),
+        "pickup plan shown"
+    );
     assert!(dash.contains("Dana Nguyen") && dash.contains("no answer yet"));
-    let anon = app.http.get(format!("{}/alerts/{id}", app.base)).send().await.unwrap();
+    let anon = app
+        .http
+        .get(format!("{}/alerts/{id}", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anon.status(), 303, "the dashboard needs a sign-in");
     app.stop().await;
 }
@@ -220,7 +331,10 @@ async fn all_clear_goes_to_the_same_people_and_cancel_stops_the_rest() {
         .filter(|m| m["alert_id"] == cid)
         .map(|m| m["body"].as_str().unwrap().to_string())
         .collect();
-    assert!(!texts.is_empty() && texts.iter().all(|t| t.contains("Roosevelt Middle")), "{texts:?}");
+    assert!(
+        !texts.is_empty() && texts.iter().all(|t| t.contains("Roosevelt Middle")),
+        "{texts:?}"
+    );
 
     // A held alert sends nothing until approved; cancelling it sends nothing at all.
     let held: serde_json::Value = app
@@ -233,7 +347,10 @@ async fn all_clear_goes_to_the_same_people_and_cancel_stops_the_rest() {
     assert!(held["deadline"].is_null());
     let hid = held["id"].as_i64().unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(app.outbox().iter().all(|m| m["alert_id"] != hid), "held alert sent nothing");
+    assert!(
+        app.outbox().iter().all(|m| m["alert_id"] != hid),
+        "held alert sent nothing"
+    );
     let cancel: serde_json::Value = app
         .http
         .post(format!("{}/api/v1/alerts/{hid}/cancel", app.base))
@@ -256,7 +373,9 @@ async fn all_clear_goes_to_the_same_people_and_cancel_stops_the_rest() {
     assert_eq!(again.status(), 409, "a cancelled alert cannot be released");
 
     let held2 = app
-        .trigger(json!({"playbook": "weather-closure", "audience": {"schools": ["S2"]}, "hold": true}))
+        .trigger(
+            json!({"playbook": "weather-closure", "audience": {"schools": ["S2"]}, "hold": true}),
+        )
         .await
         .json::<serde_json::Value>()
         .await
@@ -282,7 +401,10 @@ async fn all_clear_goes_to_the_same_people_and_cancel_stops_the_rest() {
         .collect::<Result<_, _>>()
         .unwrap();
     for action in ["alert.create", "alert.cancel", "alert.approve"] {
-        assert!(audit.iter().any(|a| a == action), "{action} audited: {audit:?}");
+        assert!(
+            audit.iter().any(|a| a == action),
+            "{action} audited: {audit:?}"
+        );
     }
     app.stop().await;
 }
@@ -290,9 +412,19 @@ async fn all_clear_goes_to_the_same_people_and_cancel_stops_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics() {
     let app = spawn_app().await;
-    let h = app.http.get(format!("{}/healthz", app.base)).send().await.unwrap();
+    let h = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(h.status(), 200);
-    let r = app.http.get(format!("{}/readyz", app.base)).send().await.unwrap();
+    let r = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let id = app
         .trigger(json!({"playbook": "lockdown", "audience": {"schools": ["S2"]}}))
@@ -303,9 +435,23 @@ async fn health_readiness_and_metrics() {
         .as_i64()
         .unwrap();
     app.wait_settled(id).await;
-    let m = app.http.get(format!("{}/metrics", app.base)).send().await.unwrap().text().await.unwrap();
-    assert!(m.contains("klaxon_alerts_created_total{playbook=\"lockdown\",drill=\"false\"} 1"), "{m}");
-    assert!(m.contains("klaxon_provider_requests_total{provider=\"test-log\",outcome=\"accepted\"}"), "{m}");
+    let m = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains("klaxon_alerts_created_total{playbook=\"lockdown\",drill=\"false\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("klaxon_provider_requests_total{provider=\"test-log\",outcome=\"accepted\"}"),
+        "{m}"
+    );
     app.stop().await;
 }
 
@@ -334,8 +480,18 @@ en = "Test alert for {{ school }}. Confirm: {{ link }}"
         .unwrap();
     app.wait_settled(id).await;
     // Maria confirms; the others with a phone (Wei) get a call after the deadline.
-    let maria = app.outbox().into_iter().find(|m| m["to"] == "+15555550101").unwrap();
-    let token = maria["ack_url"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
+    let maria = app
+        .outbox()
+        .into_iter()
+        .find(|m| m["to"] == "+15555550101")
+        .unwrap();
+    let token = maria["ack_url"]
+        .as_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
     app.http
         .post(format!("{}/a/{token}", app.base))
         .form(&[("ack", "1")])
@@ -344,10 +500,18 @@ en = "Test alert for {{ school }}. Confirm: {{ link }}"
         .unwrap();
     let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let calls: Vec<_> = app.outbox().into_iter().filter(|m| m["channel"] == "voice").collect();
+        let calls: Vec<_> = app
+            .outbox()
+            .into_iter()
+            .filter(|m| m["channel"] == "voice")
+            .collect();
         if !calls.is_empty() {
             let to: Vec<&str> = calls.iter().map(|c| c["to"].as_str().unwrap()).collect();
-            assert_eq!(to, vec!["+15555550102"], "only the unconfirmed guardian with a phone is called");
+            assert_eq!(
+                to,
+                vec!["+15555550102"],
+                "only the unconfirmed guardian with a phone is called"
+            );
             break;
         }
         assert!(std::time::Instant::now() < until, "no escalation call");

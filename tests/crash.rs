@@ -49,7 +49,11 @@ async fn kill_9_mid_fan_out_loses_nothing_and_everyone_is_reached() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("twilio.token"), "tok").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     std::fs::write(
         d.join("klaxon.toml"),
         format!(
@@ -85,11 +89,42 @@ path = "outbox.jsonl"
 
     // The operator's path: generate and import an export, create a token.
     let export = d.join("export");
-    let out = klaxon(d, &["sis", "generate", "--students", "150", "--seed", "3", export.to_str().unwrap()], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = klaxon(
+        d,
+        &[
+            "sis",
+            "generate",
+            "--students",
+            "150",
+            "--seed",
+            "3",
+            export.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = klaxon(d, &["sis", "import", export.to_str().unwrap()], None);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = klaxon(d, &["token", "create", "--role", "operator", "--name", "crash test"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = klaxon(
+        d,
+        &[
+            "token",
+            "create",
+            "--role",
+            "operator",
+            "--name",
+            "crash test",
+        ],
+        None,
+    );
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
     let token = stdout.lines().last().unwrap().trim().to_string();
@@ -98,8 +133,19 @@ path = "outbox.jsonl"
     let mut child = daemon(d);
     wait_ready(port);
     let out = klaxon(d, &["trigger", "lockdown"], Some(&token));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let id: i64 = String::from_utf8(out.stdout).unwrap().lines().last().unwrap().trim().parse().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id: i64 = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
 
     // Confirm one recipient before the crash: it must survive it.
     let until = Instant::now() + Duration::from_secs(20);
@@ -108,8 +154,15 @@ path = "outbox.jsonl"
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let body = tw.requests()[0].field("Body").unwrap().to_string();
-    let link = body.split_whitespace().find(|w| w.contains("/a/")).unwrap().to_string();
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let link = body
+        .split_whitespace()
+        .find(|w| w.contains("/a/"))
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let r = http.post(&link).form(&[("ack", "1")]).send().await.unwrap();
     assert_eq!(r.status(), 303);
 
@@ -124,26 +177,43 @@ path = "outbox.jsonl"
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert!(pending > 0, "the crash came mid-fan-out ({before_restart} of {total} sent)");
+    assert!(
+        pending > 0,
+        "the crash came mid-fan-out ({before_restart} of {total} sent)"
+    );
 
     let mut child = daemon(d);
     wait_ready(port);
     let until = Instant::now() + Duration::from_secs(60);
     let status = loop {
         let out = klaxon(d, &["status", &id.to_string(), "--json"], Some(&token));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         if !s["settled_at"].is_null() {
             break s;
         }
-        assert!(Instant::now() < until, "alert did not finish after restart: {s}");
+        assert!(
+            Instant::now() < until,
+            "alert did not finish after restart: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     child.kill().unwrap();
     child.wait().unwrap();
 
-    assert_eq!(status["acknowledged"], 1, "the confirmation made before the crash is kept");
-    assert_eq!(status["channels"]["sms"]["sent"].as_i64(), Some(total), "{status}");
+    assert_eq!(
+        status["acknowledged"], 1,
+        "the confirmation made before the crash is kept"
+    );
+    assert_eq!(
+        status["channels"]["sms"]["sent"].as_i64(),
+        Some(total),
+        "{status}"
+    );
     // Every sms address reached Twilio; duplicates only for what was in flight.
     let addresses: Vec<String> = db
         .prepare("SELECT address FROM deliveries WHERE alert_id = ?1 AND channel = 'sms'")
@@ -161,9 +231,15 @@ path = "outbox.jsonl"
         *wanted.entry(a.clone()).or_default() += 1;
     }
     for (a, n) in &wanted {
-        assert!(got.get(a).copied().unwrap_or(0) >= *n, "{a} never reached Twilio");
+        assert!(
+            got.get(a).copied().unwrap_or(0) >= *n,
+            "{a} never reached Twilio"
+        );
     }
     let duplicates = tw.requests().len() as i64 - total;
-    assert!(duplicates <= 64, "duplicates limited to the requests in flight: {duplicates}");
+    assert!(
+        duplicates <= 64,
+        "duplicates limited to the requests in flight: {duplicates}"
+    );
     assert!(tw.violations().is_empty());
 }

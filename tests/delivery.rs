@@ -19,8 +19,17 @@ use support::twilio_server::TwilioServer;
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
 const SID2: &str = "ACfedcba9876543210fedcba9876543210";
 
-fn twilio_section(name: &str, sid: &str, url: &str, token_file: &Path, from: &str, rate: Option<f64>) -> String {
-    let rate = rate.map(|r| format!("max_per_second = {r}\nper_sender_per_second = {r}\n")).unwrap_or_default();
+fn twilio_section(
+    name: &str,
+    sid: &str,
+    url: &str,
+    token_file: &Path,
+    from: &str,
+    rate: Option<f64>,
+) -> String {
+    let rate = rate
+        .map(|r| format!("max_per_second = {r}\nper_sender_per_second = {r}\n"))
+        .unwrap_or_default();
     format!(
         r#"
 [[providers]]
@@ -56,7 +65,11 @@ en = "LOCKDOWN at {{ school }}. Confirm: {{ link }}"
 
 async fn app_with(providers: &str, export: Option<&Path>) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("klaxon.toml"), config_text(&format!("{providers}{SMS_ONLY}"))).unwrap();
+    std::fs::write(
+        dir.path().join("klaxon.toml"),
+        config_text(&format!("{providers}{SMS_ONLY}")),
+    )
+    .unwrap();
     import(dir.path(), export.unwrap_or(Path::new(common::FIXTURE)));
     let admin = make_token(dir.path(), ApiRole::Admin).await;
     let viewer = make_token(dir.path(), ApiRole::Viewer).await;
@@ -70,9 +83,13 @@ fn token_file(dir: &Path, name: &str, token: &str) -> std::path::PathBuf {
 }
 
 async fn trigger_sms(app: &TestApp, audience: serde_json::Value) -> i64 {
-    let r = app.trigger(json!({"playbook": "sms-only", "audience": audience})).await;
+    let r = app
+        .trigger(json!({"playbook": "sms-only", "audience": audience}))
+        .await;
     assert_eq!(r.status(), 201);
-    r.json::<serde_json::Value>().await.unwrap()["id"].as_i64().unwrap()
+    r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap()
 }
 
 fn sign(token: &str, url: &str, params: &[(&str, &str)]) -> String {
@@ -93,7 +110,11 @@ async fn sms_goes_out_through_twilio_and_signed_callbacks_update_state() {
     let tw = TwilioServer::start(SID, "tok-primary").await;
     let secrets = tempfile::tempdir().unwrap();
     let tf = token_file(secrets.path(), "primary", "tok-primary");
-    let app = app_with(&twilio_section("twilio-main", SID, &tw.url(), &tf, "+15555550100", None), None).await;
+    let app = app_with(
+        &twilio_section("twilio-main", SID, &tw.url(), &tf, "+15555550100", None),
+        None,
+    )
+    .await;
     let id = trigger_sms(&app, json!({"schools": ["S1"]})).await;
     let s = app.wait_settled(id).await;
     assert_eq!(s["totals"]["sent"], 3, "{s}");
@@ -106,7 +127,10 @@ async fn sms_goes_out_through_twilio_and_signed_callbacks_update_state() {
     for r in &reqs {
         assert_eq!(r.field("From"), Some("+15555550100"));
         let cb = r.field("StatusCallback").unwrap();
-        assert!(cb.starts_with("http://127.0.0.1:9/hooks/twilio/status?d="), "{cb}");
+        assert!(
+            cb.starts_with("http://127.0.0.1:9/hooks/twilio/status?d="),
+            "{cb}"
+        );
         assert!(r.field("Body").unwrap().contains("/a/"));
     }
 
@@ -114,7 +138,10 @@ async fn sms_goes_out_through_twilio_and_signed_callbacks_update_state() {
     let r0 = &reqs[0];
     let cb = r0.field("StatusCallback").unwrap().to_string();
     let path = cb.trim_start_matches("http://127.0.0.1:9").to_string();
-    let delivered = [("MessageSid", r0.sid.as_str()), ("MessageStatus", "delivered")];
+    let delivered = [
+        ("MessageSid", r0.sid.as_str()),
+        ("MessageStatus", "delivered"),
+    ];
     let post = |params: Vec<(&'static str, String)>, sig: Option<String>| {
         let mut req = app.http.post(format!("{}{path}", app.base)).form(&params);
         if let Some(sig) = sig {
@@ -122,14 +149,27 @@ async fn sms_goes_out_through_twilio_and_signed_callbacks_update_state() {
         }
         req.send()
     };
-    let owned = |p: &[(&'static str, &str)]| p.iter().map(|(k, v)| (*k, v.to_string())).collect::<Vec<_>>();
+    let owned = |p: &[(&'static str, &str)]| {
+        p.iter()
+            .map(|(k, v)| (*k, v.to_string()))
+            .collect::<Vec<_>>()
+    };
     // No signature, or a wrong one: 403 and nothing changes.
     assert_eq!(post(owned(&delivered), None).await.unwrap().status(), 403);
     let bad = sign("not-the-token", &cb, &delivered);
-    assert_eq!(post(owned(&delivered), Some(bad)).await.unwrap().status(), 403);
-    assert_eq!(app.status(id).await["totals"]["delivered"], serde_json::Value::Null);
+    assert_eq!(
+        post(owned(&delivered), Some(bad)).await.unwrap().status(),
+        403
+    );
+    assert_eq!(
+        app.status(id).await["totals"]["delivered"],
+        serde_json::Value::Null
+    );
     let good = sign("tok-primary", &cb, &delivered);
-    assert_eq!(post(owned(&delivered), Some(good)).await.unwrap().status(), 204);
+    assert_eq!(
+        post(owned(&delivered), Some(good)).await.unwrap().status(),
+        204
+    );
     assert_eq!(app.status(id).await["totals"]["delivered"], 1);
     // A late "sent" never overwrites "delivered".
     let late = [("MessageSid", r0.sid.as_str()), ("MessageStatus", "sent")];
@@ -140,7 +180,11 @@ async fn sms_goes_out_through_twilio_and_signed_callbacks_update_state() {
     // Replying "1" by SMS confirms.
     let from = r0.field("To").unwrap().to_string();
     let url = "http://127.0.0.1:9/hooks/twilio/sms";
-    let reply = [("From", from.as_str()), ("Body", " 1 "), ("MessageSid", "SM0000000000000000000000000000reply")];
+    let reply = [
+        ("From", from.as_str()),
+        ("Body", " 1 "),
+        ("MessageSid", "SM0000000000000000000000000000reply"),
+    ];
     let sig = sign("tok-primary", url, &reply);
     let r = app
         .http
@@ -165,15 +209,27 @@ async fn transient_faults_are_retried_and_permanent_ones_are_not() {
     tw.reject_to("+15555550102");
     let secrets = tempfile::tempdir().unwrap();
     let tf = token_file(secrets.path(), "t", "tok");
-    let app = app_with(&twilio_section("twilio-main", SID, &tw.url(), &tf, "+15555550100", None), None).await;
+    let app = app_with(
+        &twilio_section("twilio-main", SID, &tw.url(), &tf, "+15555550100", None),
+        None,
+    )
+    .await;
     let id = trigger_sms(&app, json!({"schools": ["S1"]})).await;
     let s = app.wait_settled(id).await;
     assert_eq!(s["totals"]["sent"], 2, "{s}");
     assert_eq!(s["totals"]["undeliverable"], 1, "{s}");
-    assert!(tw.arrivals() >= 3 + 4, "the faulted requests were retried: {}", tw.arrivals());
+    assert!(
+        tw.arrivals() >= 3 + 4,
+        "the faulted requests were retried: {}",
+        tw.arrivals()
+    );
     assert!(tw.violations().is_empty(), "{:?}", tw.violations());
     // The invalid number was tried once, never again, and is reported.
-    let tries = tw.requests().iter().filter(|r| r.field("To") == Some("+15555550102")).count();
+    let tries = tw
+        .requests()
+        .iter()
+        .filter(|r| r.field("To") == Some("+15555550102"))
+        .count();
     assert_eq!(tries, 0, "rejected requests are not recorded as accepted");
     let (code, attempts): (String, i64) = app
         .db()
@@ -195,7 +251,11 @@ async fn transient_faults_are_retried_and_permanent_ones_are_not() {
         .await
         .unwrap();
     let rows = report.as_array().unwrap();
-    assert!(rows.iter().any(|r| r["address"] == "+15555550102" && r["code"] == "21211"), "{report}");
+    assert!(
+        rows.iter()
+            .any(|r| r["address"] == "+15555550102" && r["code"] == "21211"),
+        "{report}"
+    );
     // Wei's number failed, so his next channel (a call to a number is no use
     // either) is not tried on the same address.
     app.stop().await;
@@ -212,7 +272,14 @@ async fn a_provider_that_is_down_fails_over_to_the_secondary() {
     let providers = format!(
         "{}{}",
         twilio_section("primary", SID, &primary.url(), &t1, "+15555550100", None),
-        twilio_section("secondary", SID2, &secondary.url(), &t2, "+15555550199", None)
+        twilio_section(
+            "secondary",
+            SID2,
+            &secondary.url(),
+            &t2,
+            "+15555550199",
+            None
+        )
     );
     let app = app_with(&providers, None).await;
     let id = trigger_sms(&app, json!({})).await;
@@ -250,7 +317,14 @@ async fn the_rate_limit_holds_in_every_one_second_window() {
     let tf = token_file(secrets.path(), "t", "tok");
     let rate = 25.0;
     let app = app_with(
-        &twilio_section("twilio-main", SID, &tw.url(), &tf, "+15555550100", Some(rate)),
+        &twilio_section(
+            "twilio-main",
+            SID,
+            &tw.url(),
+            &tf,
+            "+15555550100",
+            Some(rate),
+        ),
         Some(export.path()),
     )
     .await;
@@ -264,9 +338,15 @@ async fn the_rate_limit_holds_in_every_one_second_window() {
     // Any window of one second holds at most `rate` requests.
     let mut worst = 0;
     for (i, t) in times.iter().enumerate() {
-        let n = times[i..].iter().take_while(|u| u.duration_since(*t) < Duration::from_secs(1)).count();
+        let n = times[i..]
+            .iter()
+            .take_while(|u| u.duration_since(*t) < Duration::from_secs(1))
+            .count();
         worst = worst.max(n);
     }
-    assert!(worst as f64 <= rate, "{worst} requests in one second, limit {rate}");
+    assert!(
+        worst as f64 <= rate,
+        "{worst} requests in one second, limit {rate}"
+    );
     app.stop().await;
 }

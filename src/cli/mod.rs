@@ -158,7 +158,7 @@ enum SisCommand {
     #[command(after_help = "Example:\n  klaxon sis generate --students 100000 /tmp/district")]
     Generate {
         #[arg(long)]
-        students: usize,
+        students: u32,
         #[arg(long, default_value_t = 42)]
         seed: u64,
         out: PathBuf,
@@ -403,11 +403,15 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn check_config(path: &Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     let path = path.clone().unwrap_or_else(Config::default_path);
+    let mut warnings = Vec::new();
     let mut issues = match Config::load(&path) {
-        Ok(config) => match crate::app::build_providers(&config) {
-            Ok(_) => Vec::new(),
-            Err(issues) => issues,
-        },
+        Ok(config) => {
+            warnings = config.warnings.clone();
+            match crate::app::build_providers(&config) {
+                Ok(_) => Vec::new(),
+                Err(issues) => issues,
+            }
+        }
         Err(ConfigError::Invalid { issues, .. }) => issues,
         Err(e) => bail!(e),
     };
@@ -417,12 +421,19 @@ fn check_config(path: &Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> 
             .iter()
             .map(|i| serde_json::json!({"key": i.key, "line": i.line, "message": i.message}))
             .collect();
+        let warn: Vec<_> = warnings
+            .iter()
+            .map(|i| serde_json::json!({"key": i.key, "line": i.line, "message": i.message}))
+            .collect();
         println!(
             "{}",
-            serde_json::json!({"file": path, "ok": issues.is_empty(), "problems": list})
+            serde_json::json!({"file": path, "ok": issues.is_empty(), "problems": list, "warnings": warn})
         );
     } else if issues.is_empty() {
         println!("{}: the configuration is valid.", path.display());
+        for w in &warnings {
+            println!("  warning: {w}");
+        }
     } else {
         println!("{}: {} problem(s):", path.display(), issues.len());
         for i in &issues {
@@ -492,7 +503,17 @@ async fn sis(config: &Option<PathBuf>, cmd: SisCommand) -> anyhow::Result<ExitCo
             };
             let summary =
                 tokio::task::spawn_blocking(move || crate::sis::generate(&out, &opts)).await??;
-            print!("{summary}");
+            println!(
+                "Wrote a synthetic OneRoster 1.1 export to {}: {} schools, {} students, {} guardians in {} households, {} staff, {} classes, {} enrollments.",
+                summary.out.display(),
+                summary.schools,
+                summary.students,
+                summary.guardians,
+                summary.households,
+                summary.staff,
+                summary.classes,
+                summary.enrollments
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

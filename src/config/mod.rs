@@ -33,6 +33,8 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub delivery: DeliveryConfig,
     pub playbooks: BTreeMap<String, PlaybookConfig>,
+    /// Things that work but deserve a look; `check-config` prints them.
+    pub warnings: Vec<ConfigIssue>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,16 +148,22 @@ pub fn section<T: DeserializeOwned>(
     value: toml::Value,
     issues: &mut Issues,
 ) -> Option<T> {
+    let sub = match &value {
+        toml::Value::Table(t) => toml::to_string(t).ok(),
+        _ => None,
+    };
     match T::deserialize(value) {
         Ok(v) => Some(v),
         Err(e) => {
             let msg = e.message().to_string();
-            // serde names the field in its message; lift it into the key path.
+            // serde names the field in its message for unknown and missing
+            // fields; lift it into the key path.
             let field = msg
                 .split('`')
                 .nth(1)
                 .filter(|_| msg.starts_with("unknown field") || msg.starts_with("missing field"))
-                .map(str::to_string);
+                .map(str::to_string)
+                .or_else(|| sub.as_deref().and_then(|s| field_at_error::<T>(s)));
             let msg = match field.as_deref() {
                 Some(f @ ("auth_token" | "password" | "api_key" | "secret" | "token")) => format!(
                     "secrets are not read from the TOML: use `{f}_env` (an environment variable) or `{f}_file` (a file)"
@@ -169,6 +177,29 @@ pub fn section<T: DeserializeOwned>(
             None
         }
     }
+}
+
+/// For errors that do not name their field (a wrong type, a bad value), the
+/// section is re-parsed as its own small document: the parser's error span
+/// then points at the offending `key = value` line, and the key is read off it.
+fn field_at_error<T: DeserializeOwned>(doc: &str) -> Option<String> {
+    let err = toml::from_str::<T>(doc).err()?;
+    let span = err.span()?;
+    let line = doc[..span.start.min(doc.len())].matches('\n').count();
+    let text = doc.lines().nth(line)?;
+    let (k, _) = text.split_once('=')?;
+    // Keys inside a sub-table (`[messages]`) keep their table name.
+    let table = doc
+        .lines()
+        .take(line)
+        .filter(|l| l.trim_start().starts_with('['))
+        .last()
+        .map(|h| h.trim().trim_matches(['[', ']']).to_string());
+    let k = k.trim().trim_matches('"').to_string();
+    Some(match table {
+        Some(t) => format!("{t}.{k}"),
+        None => k,
+    })
 }
 
 impl Config {
@@ -267,6 +298,7 @@ impl Config {
         }
 
         let mut playbooks = crate::playbook::builtin();
+        let mut configured = std::collections::BTreeSet::new();
         if let Some(v) = root.remove("playbooks") {
             match v {
                 toml::Value::Table(t) => {
@@ -276,6 +308,7 @@ impl Config {
                             body,
                             &mut issues,
                         ) {
+                            configured.insert(name.clone());
                             playbooks.insert(name, p);
                         }
                     }
@@ -297,7 +330,40 @@ impl Config {
         let (Some(server), Some(store)) = (server, store) else {
             return Err(invalid(issues));
         };
+        // A built-in playbook only uses the channels this install has
+        // providers for; an operator's own playbook must be satisfiable.
+        let mut warnings = Vec::new();
+        for (name, pb) in playbooks
+            .iter_mut()
+            .filter(|(n, _)| !configured.contains(*n))
+        {
+            let have = |ch: &Channel| {
+                providers
+                    .iter()
+                    .any(|p: &ProviderConfig| p.common().channels.contains(ch))
+            };
+            let dropped: Vec<Channel> = pb.channels.iter().filter(|c| !have(c)).copied().collect();
+            if !dropped.is_empty() {
+                pb.channels.retain(|c| have(c));
+                if pb.escalate.is_some_and(|c| !have(&c)) {
+                    pb.escalate = None;
+                }
+                warnings.push(ConfigIssue {
+                    key: format!("playbooks.{name}.channels"),
+                    line: None,
+                    message: format!(
+                        "built-in playbook sends without {} (no provider configured for it)",
+                        dropped
+                            .iter()
+                            .map(|c| c.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+        }
         let config = Config {
+            warnings,
             path: path.to_path_buf(),
             base_dir,
             server,
@@ -386,6 +452,17 @@ impl Config {
         }
         for (name, pb) in &self.playbooks {
             pb.validate(&format!("playbooks.{name}"), issues);
+            if let Some(ch) = pb.escalate
+                && !self
+                    .providers
+                    .iter()
+                    .any(|p| p.common().channels.contains(&ch))
+            {
+                issues.push(
+                    format!("playbooks.{name}.escalate"),
+                    format!("no provider is configured for channel `{ch}`"),
+                );
+            }
             for ch in &pb.channels {
                 if !self
                     .providers

@@ -126,7 +126,10 @@ fn playbook_channel_without_provider_is_reported() {
 
 #[test]
 fn the_documented_example_config_is_valid() {
-    let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/config/klaxon.example.toml"));
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/klaxon.example.toml"
+    ));
     let c = Config::load(path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.providers.len(), 3);
     assert_eq!(c.groups.len(), 2);

@@ -143,11 +143,10 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> Engine {
         let slots: Vec<Arc<Slot>> = slots.into_iter().map(Arc::new).collect();
-        let wake = Channel::ALL
-            .iter()
-            .filter(|c| slots.iter().any(|s| s.channels.contains(c)))
-            .map(|c| (*c, Arc::new(Notify::new())))
-            .collect();
+        // Every channel gets a lane, even one without a provider: its
+        // deliveries (from a fallback or a take-over) are then closed as
+        // failed with a reason instead of waiting forever.
+        let wake = Channel::ALL.iter().map(|c| (*c, Arc::new(Notify::new()))).collect();
         Engine {
             store,
             slots,
@@ -177,6 +176,14 @@ impl Engine {
             .collect()
     }
 
+    /// Channels that have at least one provider.
+    pub fn channels(&self) -> Vec<Channel> {
+        Channel::ALL
+            .into_iter()
+            .filter(|c| self.slots.iter().any(|s| s.channels.contains(c)))
+            .collect()
+    }
+
     /// Messages per second one channel can carry (sum over its providers).
     pub fn channel_rate(&self, channel: Channel) -> f64 {
         self.slots_for(channel)
@@ -190,14 +197,8 @@ impl Engine {
     pub fn estimate(&self, counts: &HashMap<Channel, i64>) -> Duration {
         counts
             .iter()
-            .map(|(ch, n)| {
-                let rate = self.channel_rate(*ch);
-                if rate <= 0.0 {
-                    Duration::MAX
-                } else {
-                    Duration::from_secs_f64(*n as f64 / rate)
-                }
-            })
+            .filter(|(ch, _)| self.channel_rate(**ch) > 0.0)
+            .map(|(ch, n)| Duration::from_secs_f64(*n as f64 / self.channel_rate(*ch)))
             .max()
             .unwrap_or(Duration::ZERO)
     }

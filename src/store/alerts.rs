@@ -31,6 +31,8 @@ pub struct NewAlert {
     pub notify_within_ms: i64,
     pub ack_within_ms: i64,
     pub channels: Vec<Channel>,
+    /// Channels with a provider: the only ones a fallback may use.
+    pub available: Vec<Channel>,
     pub parent_id: Option<i64>,
     pub estimate_ms: Option<i64>,
     pub warning: Option<String>,
@@ -71,7 +73,7 @@ pub fn channels_for<'a>(
         }
     }
     if chosen.is_empty()
-        && let Some(a) = addresses.first()
+        && let Some(a) = addresses.iter().find(|(c, _)| available.contains(c))
     {
         chosen.push(a);
     }
@@ -150,7 +152,7 @@ pub fn insert(
             token
         ])?;
         let rid = conn.last_insert_rowid();
-        for (ch, addr) in channels_for(&new.channels, &r.addresses) {
+        for (ch, addr) in channels_for(&new.channels, &new.available, &r.addresses) {
             ins_d.execute(params![
                 alert_id,
                 rid,

@@ -152,9 +152,10 @@ pub async fn create_for(
     parent_id: Option<i64>,
 ) -> Result<TriggerResponse, TriggerError> {
     // Capacity: what the engine can hand over at the configured rates, against the deadline.
+    let available = app.engine.channels();
     let mut counts: HashMap<Channel, i64> = HashMap::new();
     for r in &recipients {
-        for (ch, _) in alerts::channels_for(&pb.channels, &r.addresses) {
+        for (ch, _) in alerts::channels_for(&pb.channels, &available, &r.addresses) {
             *counts.entry(*ch).or_default() += 1;
         }
     }
@@ -183,6 +184,7 @@ pub async fn create_for(
         notify_within_ms: pb.notify_within.0.as_millis() as i64,
         ack_within_ms: pb.ack_within.0.as_millis() as i64,
         channels: pb.channels.clone(),
+        available,
         parent_id,
         estimate_ms: Some(estimate.as_millis().min(i64::MAX as u128) as i64),
         warning: warning.clone(),

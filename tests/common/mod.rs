@@ -53,8 +53,13 @@ path = "outbox.jsonl"
 /// Imports `export` into the store folder of the config at `dir`.
 pub fn import(dir: &Path, export: &Path) {
     let config = Config::load(&dir.join("klaxon.toml")).expect("config");
-    klaxon::sis::import(export, &config.store_dir(), &config.sis, &klaxon::sis::ImportOptions { force: true })
-        .expect("fixture imports");
+    klaxon::sis::import(
+        export,
+        &config.store_dir(),
+        &config.sis,
+        &klaxon::sis::ImportOptions { force: true },
+    )
+    .expect("fixture imports");
 }
 
 /// Creates a token directly in the store, as `klaxon token create` does.
