@@ -269,13 +269,11 @@ pub fn generate(out: &Path, opts: &GenerateOptions) -> Result<GenerateSummary, G
         seat.push(*slot);
         *slot += 1;
     }
-    let subjects_for = |g: u8| if g >= 6 { SUBJECTS.len() } else { 1 };
-    let class_id = |s: u32, g: u8, sec: u32, subj: usize| {
-        if g >= 6 {
-            format!("cls-{s:04}-{}-{sec}-{}", grade_text(g), SUBJECTS[subj])
-        } else {
-            format!("cls-{s:04}-{}-{sec}-homeroom", grade_text(g))
-        }
+    // Elementary grades have one homeroom class; from grade 6 one per subject.
+    let subjects_for =
+        |g: u8| -> &'static [&'static str] { if g >= 6 { SUBJECTS } else { &["homeroom"] } };
+    let class_id = |s: u32, g: u8, sec: u32, subject: &str| {
+        format!("cls-{s:04}-{}-{sec}-{subject}", grade_text(g))
     };
 
     // Staff per school, about one per 12 students, at least 3.
@@ -352,8 +350,7 @@ pub fn generate(out: &Path, opts: &GenerateOptions) -> Result<GenerateSummary, G
         "sourcedId,status,dateLastModified,schoolYearSourcedId,title,courseCode,grades,orgSourcedId,subjects,subjectCodes",
     )?;
     for g in 0..13u8 {
-        for subj in 0..subjects_for(g) {
-            let s = if g >= 6 { SUBJECTS[subj] } else { "homeroom" };
+        for s in subjects_for(g) {
             let gt = grade_text(g);
             courses.line(&format!("crs-{gt}-{s},active,2025-07-01T00:00:00Z,as-2025,Grade {gt} {s},{s}{gt},{gt},dist-1,{s},"))?;
         }
@@ -378,9 +375,8 @@ pub fn generate(out: &Path, opts: &GenerateOptions) -> Result<GenerateSummary, G
             let n = per_sg[s as usize * 13 + g as usize];
             let gt = grade_text(g);
             for sec in 0..n.div_ceil(25) {
-                for subj in 0..subjects_for(g) {
-                    let id = class_id(s, g, sec, subj);
-                    let s_name = if g >= 6 { SUBJECTS[subj] } else { "homeroom" };
+                for (subj, s_name) in subjects_for(g).iter().enumerate() {
+                    let id = class_id(s, g, sec, s_name);
                     let kind = if g >= 6 { "scheduled" } else { "homeroom" };
                     classes.line(&format!(
                         "{id},active,2025-07-01T00:00:00Z,Grade {gt} {s_name} {sec},{gt},crs-{gt}-{s_name},{s_name}-{sec},{kind},Room {},sch-{s:04},\"as-2025-f,as-2025-s\",{s_name},,{}",
@@ -401,8 +397,8 @@ pub fn generate(out: &Path, opts: &GenerateOptions) -> Result<GenerateSummary, G
     }
     for (i, c) in children.iter().enumerate() {
         let sec = seat[i] / 25;
-        for subj in 0..subjects_for(c.grade) {
-            let id = class_id(c.school, c.grade, sec, subj);
+        for subject in subjects_for(c.grade) {
+            let id = class_id(c.school, c.grade, sec, subject);
             n_enr += 1;
             buf.clear();
             let _ = write!(
