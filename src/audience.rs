@@ -262,7 +262,9 @@ fn pick(sis: &Connection, d: &Dims, picked: &mut Picked) -> Result<(), AudienceE
     if d.wants(Role::Student) || d.wants(Role::Guardian) {
         let mut q = String::from("SELECT p.pk, ");
         if d.schools.is_empty() {
-            q += "(SELECT MIN(ps.school) FROM person_schools ps WHERE ps.person = p.pk)";
+            // The school a child is named under is looked up later, only
+            // for the children actually listed.
+            q += "NULL";
         } else {
             q += &format!(
                 "(SELECT MIN(ps.school) FROM person_schools ps WHERE ps.person = p.pk AND ps.school IN ({}))",
@@ -414,95 +416,151 @@ struct PersonRow {
     grade: String,
 }
 
+/// What a person is in the result, indexed by key (keys are dense).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Need {
+    No,
+    /// Only named as someone's child.
+    Child,
+    As(Role),
+}
+
+/// Runs `full` once and keeps the rows `keep` wants when many are needed,
+/// else runs `one` per key through its index.
+fn rows_for(
+    sis: &Connection,
+    keys: &[u32],
+    full: &str,
+    one: &str,
+    mut f: impl FnMut(&rusqlite::Row) -> rusqlite::Result<()>,
+) -> Result<(), AudienceError> {
+    if keys.len() > SCAN_THRESHOLD {
+        let mut st = sis.prepare(full)?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            f(r)?;
+        }
+    } else {
+        let mut st = sis.prepare(one)?;
+        for &k in keys {
+            let mut rows = st.query([k])?;
+            while let Some(r) = rows.next()? {
+                f(r)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn materialize(
     sis: &Connection,
     schools: &Schools,
-    picked: Picked,
+    mut picked: Picked,
 ) -> Result<Audience, AudienceError> {
-    // Everyone whose details we need: recipients and the children they are told about.
-    let mut who: HashMap<u32, Option<Role>> = HashMap::new();
-    for &pk in &picked.students {
-        who.insert(pk, Some(Role::Student));
-    }
-    for &pk in &picked.staff {
-        who.insert(pk, Some(Role::Staff));
-    }
+    let max: u32 = sis.query_row("SELECT IFNULL(MAX(pk), 0) FROM people", [], |r| r.get(0))?;
+    let mut need = vec![Need::No; max as usize + 1];
+    let mut set = |pk: u32, n: Need| {
+        if let Some(slot) = need.get_mut(pk as usize)
+            && (*slot == Need::No || *slot == Need::Child)
+        {
+            *slot = n;
+        }
+    };
+    // Precedence: guardian, then staff, then student.
     for (&g, kids) in &picked.guardians {
-        who.insert(g, Some(Role::Guardian));
+        set(g, Need::As(Role::Guardian));
         for &k in kids {
-            who.entry(k).or_insert(None);
+            set(k, Need::Child);
         }
     }
+    for &pk in &picked.staff {
+        set(pk, Need::As(Role::Staff));
+    }
+    for &pk in &picked.students {
+        set(pk, Need::As(Role::Student));
+    }
+    let all: Vec<u32> = (0..need.len() as u32)
+        .filter(|&k| need[k as usize] != Need::No)
+        .collect();
+    let recipients_keys: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|&k| matches!(need[k as usize], Need::As(_)))
+        .collect();
 
-    let mut people: HashMap<u32, PersonRow> = HashMap::with_capacity(who.len());
-    let mut read = |r: &rusqlite::Row| -> rusqlite::Result<()> {
-        let pk: u32 = r.get(0)?;
-        if who.contains_key(&pk) {
-            let given: String = r.get(2)?;
-            let family: String = r.get(3)?;
-            let name = format!("{given} {family}").trim().to_string();
-            people.insert(
-                pk,
-                PersonRow {
+    let mut people: Vec<Option<PersonRow>> = Vec::new();
+    people.resize_with(need.len(), || None);
+    rows_for(
+        sis,
+        &all,
+        "SELECT pk, id, given, family, language, grade FROM people",
+        "SELECT pk, id, given, family, language, grade FROM people WHERE pk = ?1",
+        |r| {
+            let pk: u32 = r.get(0)?;
+            if need.get(pk as usize).is_some_and(|n| *n != Need::No) {
+                let given: rusqlite::types::ValueRef = r.get_ref(2)?;
+                let family: rusqlite::types::ValueRef = r.get_ref(3)?;
+                let name = format!(
+                    "{} {}",
+                    given.as_str().unwrap_or_default(),
+                    family.as_str().unwrap_or_default()
+                )
+                .trim()
+                .to_string();
+                people[pk as usize] = Some(PersonRow {
                     id: r.get(1)?,
                     name,
                     language: r.get(4)?,
                     grade: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                },
-            );
-        }
-        Ok(())
-    };
-    const PEOPLE: &str = "SELECT pk, id, given, family, language, grade FROM people";
-    if who.len() > SCAN_THRESHOLD {
-        let mut st = sis.prepare(PEOPLE)?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            read(r)?;
-        }
-    } else {
-        let mut st = sis.prepare(&format!("{PEOPLE} WHERE pk = ?1"))?;
-        for &pk in who.keys() {
-            let mut rows = st.query([pk])?;
-            while let Some(r) = rows.next()? {
-                read(r)?;
+                });
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
 
-    let recipients_n = who.values().filter(|r| r.is_some()).count();
-    let mut addresses: HashMap<u32, Vec<(Channel, String)>> = HashMap::with_capacity(recipients_n);
-    let mut read = |r: &rusqlite::Row| -> rusqlite::Result<()> {
-        let pk: u32 = r.get(0)?;
-        if matches!(who.get(&pk), Some(Some(_))) {
-            let ch: String = r.get(1)?;
-            if let Some(ch) = Channel::parse(&ch) {
-                addresses.entry(pk).or_default().push((ch, r.get(2)?));
-            }
-        }
-        Ok(())
-    };
-    const CONTACTS: &str = "SELECT person, channel, address FROM contacts";
-    if recipients_n > SCAN_THRESHOLD {
-        let mut st = sis.prepare(CONTACTS)?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            read(r)?;
-        }
-    } else {
-        let mut st = sis.prepare(&format!("{CONTACTS} WHERE person = ?1"))?;
-        for (&pk, role) in &who {
-            if role.is_some() {
-                let mut rows = st.query([pk])?;
-                while let Some(r) = rows.next()? {
-                    read(r)?;
+    let mut addresses: Vec<Vec<(Channel, String)>> = vec![Vec::new(); need.len()];
+    rows_for(
+        sis,
+        &recipients_keys,
+        "SELECT person, channel, address FROM contacts",
+        "SELECT person, channel, address FROM contacts WHERE person = ?1",
+        |r| {
+            let pk: u32 = r.get(0)?;
+            if matches!(need.get(pk as usize), Some(Need::As(_))) {
+                let ch = r.get_ref(1)?;
+                if let Some(ch) = ch.as_str().ok().and_then(Channel::parse) {
+                    addresses[pk as usize].push((ch, r.get(2)?));
                 }
             }
-        }
-    }
+            Ok(())
+        },
+    )?;
+
+    // Children picked without a school (no school filter): their first school.
+    let unnamed: Vec<u32> = all
+        .iter()
+        .copied()
+        .filter(|&k| {
+            need[k as usize] == Need::Child || picked.in_scope.get(&k).is_some_and(Option::is_none)
+        })
+        .filter(|k| picked.in_scope.get(k).is_some_and(Option::is_none))
+        .collect();
+    rows_for(
+        sis,
+        &unnamed,
+        "SELECT person, MIN(school) FROM person_schools GROUP BY person",
+        "SELECT person, MIN(school) FROM person_schools WHERE person = ?1 GROUP BY person",
+        |r| {
+            let pk: u32 = r.get(0)?;
+            if let Some(slot @ None) = picked.in_scope.get_mut(&pk) {
+                *slot = r.get(1)?;
+            }
+            Ok(())
+        },
+    )?;
 
     let student_ref = |pk: u32| -> Option<StudentRef> {
-        let p = people.get(&pk)?;
+        let p = people.get(pk as usize)?.as_ref()?;
         let school = picked.in_scope.get(&pk).copied().flatten();
         let (school_id, school_name) = school
             .and_then(|s| schools.get(&s).cloned())
@@ -515,10 +573,14 @@ fn materialize(
             grade: p.grade.clone(),
         })
     };
-    let mut recipients = Vec::with_capacity(recipients_n);
-    for (&pk, role) in &who {
-        let Some(role) = *role else { continue };
-        let Some(p) = people.get(&pk) else { continue };
+    let mut recipients = Vec::with_capacity(recipients_keys.len());
+    for &pk in &recipients_keys {
+        let Need::As(role) = need[pk as usize] else {
+            continue;
+        };
+        let Some(p) = people[pk as usize].as_ref() else {
+            continue;
+        };
         let students = match role {
             Role::Guardian => {
                 let mut list: Vec<StudentRef> = picked
@@ -533,7 +595,7 @@ fn materialize(
             }
             _ => Vec::new(),
         };
-        let mut addrs = addresses.remove(&pk).unwrap_or_default();
+        let mut addrs = std::mem::take(&mut addresses[pk as usize]);
         addrs.sort();
         recipients.push(Recipient {
             person_id: p.id.clone(),

@@ -16,6 +16,10 @@ pub mod schema;
 mod source;
 mod watch;
 
+pub use watch::{WatchOutcome, watch};
+
+pub use generate::{GenerateError, GenerateOptions, GenerateSummary, demo_district, generate};
+
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};

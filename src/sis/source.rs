@@ -155,6 +155,8 @@ pub(crate) struct Table<'a> {
     pub file: String,
     rdr: csv::Reader<QuoteCounter<Box<dyn Read + 'a>>>,
     columns: Vec<String>,
+    /// The header as written, for messages.
+    written: Vec<String>,
     /// Columns up to the last one with a name; rows must have at least these.
     named: usize,
     rec: csv::ByteRecord,
@@ -189,6 +191,7 @@ impl<'a> Table<'a> {
             });
         }
         let mut columns = Vec::with_capacity(rec.len());
+        let mut written = Vec::with_capacity(rec.len());
         for (i, raw) in rec.iter().enumerate() {
             let text = std::str::from_utf8(raw).map_err(|_| ImportError::BadUtf8 {
                 file: file.into(),
@@ -197,6 +200,7 @@ impl<'a> Table<'a> {
                 value: String::from_utf8_lossy(raw).into_owned(),
             })?;
             columns.push(canonical(text));
+            written.push(text.trim().trim_start_matches('\u{feff}').to_string());
         }
         let named = columns
             .iter()
@@ -217,6 +221,7 @@ impl<'a> Table<'a> {
             file: file.into(),
             rdr,
             columns,
+            written,
             named,
             rec,
             line: 1,
@@ -248,7 +253,7 @@ impl<'a> Table<'a> {
     }
 
     pub(crate) fn column_name(&self, i: usize) -> &str {
-        self.columns.get(i).map_or("?", String::as_str)
+        self.written.get(i).map_or("?", String::as_str)
     }
 
     /// Advances to the next row; `false` at the end of the file.
@@ -290,6 +295,16 @@ impl<'a> Table<'a> {
             });
         }
         if self.rec.len() < self.named {
+            // A quote left open swallows the rest of the file into one field.
+            let mut rest = csv::ByteRecord::new();
+            let at_end = self.rdr.get_ref().quotes % 2 == 1
+                && !self.rdr.read_byte_record(&mut rest).unwrap_or(true);
+            if at_end {
+                return Err(ImportError::UnclosedQuote {
+                    file: self.file.clone(),
+                    line: self.line,
+                });
+            }
             return Err(ImportError::ShortRow {
                 file: self.file.clone(),
                 line: self.line,
