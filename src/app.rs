@@ -160,7 +160,7 @@ impl App {
         let (stop_tx, stop_rx) = watch::channel(false);
         let engine_tasks = state.engine.spawn(stop_rx.clone());
         let tracker = tokio::spawn(crate::track::run(state.clone(), stop_rx.clone()));
-        let watcher: Option<tokio::task::JoinHandle<()>> = None; // SIS_WATCH_PENDING
+        let watcher = spawn_sis_watch(&state, stop_rx.clone());
         let router = crate::http::router(state.clone());
         tracing::info!(%addr, "Listening.");
         crate::systemd::notify_ready();
@@ -206,6 +206,56 @@ impl App {
         tracing::info!("Stopped.");
         Ok(())
     }
+}
+
+/// Watches `sis.watch_dir` for nightly exports; each outcome goes to the
+/// audit log and the metrics. `None` when no watch folder is configured.
+fn spawn_sis_watch(
+    state: &Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut cfg = state.config.sis.clone();
+    let dir = cfg.watch_dir.as_ref()?;
+    cfg.watch_dir = Some(crate::config::relative_to(&state.config.base_dir, dir));
+    let store_dir = state.config.store_dir();
+    let state = state.clone();
+    Some(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        crate::sis::watch(cfg, store_dir, shutdown, move |outcome| {
+            let ok = outcome.result.is_ok();
+            state
+                .metrics
+                .inc("klaxon_sis_imports_total", &[("outcome", if ok { "ok" } else { "rejected" })]);
+            // Counts only: the error text may quote a rejected phone or email.
+            let detail = match &outcome.result {
+                Ok(r) => serde_json::json!({
+                    "name": outcome.name, "ok": true, "students": r.students, "guardians": r.guardians,
+                    "staff": r.staff, "warnings": r.warnings_total, "archived_to": outcome.archived_to,
+                }),
+                Err(e) => serde_json::json!({"name": outcome.name, "ok": false, "error": e, "archived_to": outcome.archived_to}),
+            };
+            if ok {
+                tracing::info!(export = %outcome.name, "SIS export imported from the watch folder.");
+            } else {
+                tracing::warn!(export = %outcome.name, "SIS export from the watch folder was rejected; the previous copy stays in use.");
+            }
+            let store = state.store.clone();
+            tokio::spawn(async move {
+                let now = now_ms();
+                let action = if ok { "sis.import" } else { "sis.reject" };
+                let text = detail.to_string();
+                if let Err(e) = store
+                    .write(move |c| crate::store::audit::record(c, now, "watch-folder", action, None, &text))
+                    .await
+                {
+                    tracing::error!(error = %e, "Cannot record a SIS import in the audit log.");
+                }
+            });
+        })
+        .await;
+    }))
 }
 
 /// Completes on SIGTERM or SIGINT: the production shutdown signal.

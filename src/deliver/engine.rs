@@ -146,7 +146,10 @@ impl Engine {
         // Every channel gets a lane, even one without a provider: its
         // deliveries (from a fallback or a take-over) are then closed as
         // failed with a reason instead of waiting forever.
-        let wake = Channel::ALL.iter().map(|c| (*c, Arc::new(Notify::new()))).collect();
+        let wake = Channel::ALL
+            .iter()
+            .map(|c| (*c, Arc::new(Notify::new())))
+            .collect();
         Engine {
             store,
             slots,

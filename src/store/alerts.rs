@@ -60,10 +60,11 @@ fn new_tokens(n: usize) -> Result<Vec<String>, StoreError> {
 }
 
 /// Channels a recipient is sent on: the playbook's channels they have an
-/// address for; if they have none of those, whatever they do have, so a
-/// guardian with only a landline still gets the call.
+/// address for; if they have none of those, another channel this install can
+/// send on, so a guardian with only a landline still gets the call.
 pub fn channels_for<'a>(
     wanted: &[Channel],
+    available: &[Channel],
     addresses: &'a [(Channel, String)],
 ) -> Vec<&'a (Channel, String)> {
     let mut chosen: Vec<&(Channel, String)> = Vec::new();
