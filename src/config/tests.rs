@@ -111,11 +111,20 @@ fn syntax_error_names_line() {
 
 #[test]
 fn playbook_channel_without_provider_is_reported() {
-    let text = GOOD.replace(
+    let email_only = GOOD.replace(
         "channels = [\"sms\", \"voice\", \"email\"]",
         "channels = [\"email\"]",
     );
-    let found = issues(&text);
+    // A built-in playbook quietly narrows to what the install can send, with a warning.
+    let c = Config::from_str(&email_only, Path::new("/etc/klaxon/klaxon.toml")).unwrap();
+    assert_eq!(c.playbooks["lockdown"].channels, vec![Channel::Email]);
+    assert_eq!(c.playbooks["lockdown"].escalate, None);
+    assert!(c.warnings.iter().any(|w| w.key == "playbooks.lockdown.channels" && w.message.contains("sms")));
+    // An operator's own playbook must be satisfiable: that is an error.
+    let own = format!(
+        "{email_only}\n[playbooks.lockdown]\ntitle = \"L\"\nseverity = \"emergency\"\nchannels = [\"sms\"]\n[playbooks.lockdown.messages]\nen = \"x\"\n"
+    );
+    let found = issues(&own);
     assert!(
         found
             .iter()
