@@ -239,8 +239,12 @@ fn print_report(r: &DemoReport, imported: &str) {
     println!("klaxon demo — lockdown at {}", r.school);
     println!("==========================================");
     println!("SIS import:");
+    // The summary, not the list of warnings (those name contacts; `klaxon sis import` shows them).
     for line in imported.lines() {
         println!("  {line}");
+        if line.contains("warning(s)") {
+            break;
+        }
     }
     println!(
         "Audience:        {} recipients ({} guardians, {} staff); {} with no usable address",

@@ -260,7 +260,11 @@ async fn transient_faults_are_retried_and_permanent_ones_are_not() {
     // too: nothing else was queued for him.
     let others: i64 = app
         .db()
-        .query_row("SELECT count(*) FROM deliveries WHERE address = '+15555550102'", [], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM deliveries WHERE address = '+15555550102'",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(others, 1);
     app.stop().await;

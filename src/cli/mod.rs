@@ -256,7 +256,7 @@ pub fn main() -> ExitCode {
         );
     }));
     let cli = Cli::parse();
-    let daemon = matches!(cli.command, Command::Run | Command::Demo { .. });
+    let daemon = matches!(cli.command, Command::Run);
     init_logging(&cli.log_format, if daemon { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

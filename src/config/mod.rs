@@ -343,11 +343,11 @@ impl Config {
                     .any(|p: &ProviderConfig| p.common().channels.contains(ch))
             };
             let dropped: Vec<Channel> = pb.channels.iter().filter(|c| !have(c)).copied().collect();
+            if pb.escalate.is_some_and(|c| !have(&c)) {
+                pb.escalate = None;
+            }
             if !dropped.is_empty() {
                 pb.channels.retain(|c| have(c));
-                if pb.escalate.is_some_and(|c| !have(&c)) {
-                    pb.escalate = None;
-                }
                 warnings.push(ConfigIssue {
                     key: format!("playbooks.{name}.channels"),
                     line: None,

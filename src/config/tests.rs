@@ -119,7 +119,11 @@ fn playbook_channel_without_provider_is_reported() {
     let c = Config::from_str(&email_only, Path::new("/etc/klaxon/klaxon.toml")).unwrap();
     assert_eq!(c.playbooks["lockdown"].channels, vec![Channel::Email]);
     assert_eq!(c.playbooks["lockdown"].escalate, None);
-    assert!(c.warnings.iter().any(|w| w.key == "playbooks.lockdown.channels" && w.message.contains("sms")));
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.key == "playbooks.lockdown.channels" && w.message.contains("sms"))
+    );
     // An operator's own playbook must be satisfiable: that is an error.
     let own = format!(
         "{email_only}\n[playbooks.lockdown]\ntitle = \"L\"\nseverity = \"emergency\"\nchannels = [\"sms\"]\n[playbooks.lockdown.messages]\nen = \"x\"\n"

@@ -1,0 +1,589 @@
+//! Delivery benchmarks (run with `cargo bench --bench delivery`), all on
+//! loopback against the real daemon (`klaxon run` in a child process):
+//!
+//! 1. the loopback provider's raw capacity, measured with the same kind of
+//!    client, as the ceiling for everything else;
+//! 2. 100,000 students' guardians (≈106k people), sms + email each, no rate
+//!    limit: trigger → first provider request (target ≤ 100 ms), trigger →
+//!    last hand-over (target ≤ 20 s), daemon peak RSS (target ≤ 200 MB);
+//! 3. a rate limit R per provider: achieved rate (target ≥ 0.97 R), the most
+//!    requests in any one-second window (target ≤ R), 429s (target 0);
+//! 4. acknowledgements: `POST /a/{token}` at 64 concurrent clients
+//!    (target ≥ 5,000/s durable, p99 ≤ 50 ms).
+//!
+//! Each scenario runs several times on a fresh store; medians are reported.
+//! Set `KLAXON_BENCH_STUDENTS` and `KLAXON_BENCH_RUNS` to scale it down.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use klaxon::sis::{self, GenerateOptions, ImportOptions, SisConfig};
+use klaxon::store::tokens::{self, ApiRole};
+use klaxon::store::{Store, now_ms};
+
+const BIN: &str = env!("CARGO_BIN_EXE_klaxon");
+const SID: &str = "AC0123456789abcdef0123456789abcdef";
+
+/// The loopback provider: answers Twilio's Messages.json and SendGrid's
+/// mail/send like the real ones, records arrival times, and (when a limit is
+/// set) answers 429 to any request that would put more than `limit` into the
+/// last second, as a real provider's rate limiter does.
+#[derive(Default)]
+struct Sink {
+    arrivals: Mutex<Vec<Instant>>,
+    /// Arrivals per provider (0 Twilio, 1 SendGrid), for the per-provider rate.
+    lanes: Mutex<[Vec<Instant>; 2]>,
+    windows: Mutex<[VecDeque<Instant>; 2]>,
+    limit: Mutex<Option<usize>>,
+    rejected: AtomicU64,
+    ids: AtomicU64,
+}
+
+impl Sink {
+    fn admit(&self, lane: usize) -> bool {
+        let Some(limit) = *self.limit.lock().unwrap() else {
+            return true;
+        };
+        let now = Instant::now();
+        let mut w = self.windows.lock().unwrap();
+        let q = &mut w[lane];
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+        {
+            q.pop_front();
+        }
+        if q.len() >= limit {
+            return false;
+        }
+        q.push_back(now);
+        true
+    }
+
+    fn record(&self, lane: usize) {
+        let now = Instant::now();
+        self.arrivals.lock().unwrap().push(now);
+        self.lanes.lock().unwrap()[lane].push(now);
+    }
+
+    fn reset(&self, limit: Option<usize>) {
+        self.arrivals.lock().unwrap().clear();
+        *self.lanes.lock().unwrap() = Default::default();
+        *self.windows.lock().unwrap() = Default::default();
+        *self.limit.lock().unwrap() = limit;
+        self.rejected.store(0, Ordering::SeqCst);
+    }
+}
+
+async fn twilio(State(sink): State<Arc<Sink>>) -> Response {
+    if !sink.admit(0) {
+        sink.rejected.fetch_add(1, Ordering::Relaxed);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            r#"{"code":20429,"message":"Too Many Requests","status":429}"#,
+        )
+            .into_response();
+    }
+    sink.record(0);
+    let n = sink.ids.fetch_add(1, Ordering::Relaxed);
+    let body = format!(r#"{{"sid":"SM{n:032x}","status":"queued","account_sid":"{SID}"}}"#);
+    (
+        StatusCode::CREATED,
+        [("content-type", "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+async fn sendgrid(State(sink): State<Arc<Sink>>) -> Response {
+    if !sink.admit(1) {
+        sink.rejected.fetch_add(1, Ordering::Relaxed);
+        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "").into_response();
+    }
+    sink.record(1);
+    let n = sink.ids.fetch_add(1, Ordering::Relaxed);
+    (
+        StatusCode::ACCEPTED,
+        [("x-message-id", format!("bench{n}"))],
+        "",
+    )
+        .into_response()
+}
+
+/// Runs the sink on its own runtime thread, so its work is not scheduled
+/// with the benchmark's own clients.
+fn start_sink() -> (SocketAddr, Arc<Sink>) {
+    let sink = Arc::new(Sink::default());
+    let s2 = sink.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = Router::new()
+                .route("/2010-04-01/Accounts/{sid}/Messages.json", post(twilio))
+                .route("/v3/mail/send", post(sendgrid))
+                .with_state(s2);
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(l.local_addr().unwrap()).unwrap();
+            axum::serve(l, app).await.unwrap();
+        });
+    });
+    (rx.recv().unwrap(), sink)
+}
+
+fn config(dir: &Path, port: u16, sink: SocketAddr, rate: Option<f64>) -> String {
+    let rate = rate
+        .map(|r| format!("max_per_second = {r}\n"))
+        .unwrap_or_default();
+    std::fs::write(dir.join("twilio.token"), "bench-token").unwrap();
+    std::fs::write(dir.join("sendgrid.key"), "SG.bench").unwrap();
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+
+[store]
+dir = "state"
+
+[delivery]
+concurrency = 128
+
+[[providers]]
+name = "twilio-bench"
+kind = "twilio"
+channels = ["sms"]
+api_base = "http://{sink}"
+account_sid = "{SID}"
+auth_token_file = "twilio.token"
+messaging_service_sid = "MG0123456789abcdef0123456789abcdef"
+{rate}
+[[providers]]
+name = "sendgrid-bench"
+kind = "sendgrid"
+channels = ["email"]
+api_base = "http://{sink}"
+api_key_file = "sendgrid.key"
+from = "Bench ISD <alerts@bench.example>"
+{rate}
+[playbooks.bench]
+title = "Bench"
+severity = "emergency"
+channels = ["sms", "email"]
+roles = ["guardian"]
+notify_within = "2m"
+[playbooks.bench.messages]
+en = "LOCKDOWN at {{{{ school }}}}. Confirm: {{{{ link }}}}"
+"#
+    )
+}
+
+fn rss_kb(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+struct Daemon {
+    child: Child,
+    base: String,
+    token: String,
+    dir: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh store with the imported SIS copy, a token and a running daemon.
+async fn daemon(
+    root: &Path,
+    run: &str,
+    sis_db: &Path,
+    sink: SocketAddr,
+    rate: Option<f64>,
+) -> Daemon {
+    let dir = root.join(run);
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    std::fs::copy(sis_db, dir.join("state/sis.db")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(dir.join("klaxon.toml"), config(&dir, port, sink, rate)).unwrap();
+    let store = Store::open(&dir.join("state"), true).unwrap();
+    let token = tokens::generate();
+    let t = token.clone();
+    store
+        .write(move |c| tokens::insert(c, "bench", ApiRole::Admin, &t, now_ms()).map(|_| ()))
+        .await
+        .unwrap();
+    store.close();
+    let child = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.join("klaxon.toml"))
+        .arg("run")
+        .env("KLAXON_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Daemon {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+        token,
+        dir,
+    }
+}
+
+struct Fanout {
+    deliveries: usize,
+    first_ms: f64,
+    all_s: f64,
+    peak_rss_mb: f64,
+    arrivals: Vec<Instant>,
+}
+
+async fn fanout(
+    d: &Daemon,
+    sink: &Sink,
+    http: &reqwest::Client,
+    audience: serde_json::Value,
+) -> Fanout {
+    let pid = d.child.id();
+    let t0 = Instant::now();
+    let created: serde_json::Value = http
+        .post(format!("{}/api/v1/alerts", d.base))
+        .bearer_auth(&d.token)
+        .json(&serde_json::json!({"playbook": "bench", "audience": audience}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expected = created["deliveries"].as_u64().expect("alert created") as usize;
+    let mut peak = 0;
+    let until = Instant::now() + Duration::from_secs(600);
+    loop {
+        peak = peak.max(rss_kb(pid, "VmRSS:"));
+        if sink.arrivals.lock().unwrap().len() >= expected {
+            break;
+        }
+        assert!(Instant::now() < until, "fan-out did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let arrivals = sink.arrivals.lock().unwrap().clone();
+    peak = peak.max(rss_kb(pid, "VmHWM:"));
+    Fanout {
+        deliveries: expected,
+        first_ms: arrivals[0].duration_since(t0).as_secs_f64() * 1000.0,
+        all_s: arrivals[expected - 1].duration_since(t0).as_secs_f64(),
+        peak_rss_mb: peak as f64 / 1024.0,
+        arrivals,
+    }
+}
+
+/// Requests per second a plain client gets from the sink at 128 in flight.
+async fn raw_capacity(sink_addr: SocketAddr, n: usize) -> f64 {
+    let http = reqwest::Client::new();
+    let url = format!("http://{sink_addr}/2010-04-01/Accounts/{SID}/Messages.json");
+    let t = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..128 {
+        let (http, url, next) = (http.clone(), url.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            while (next.fetch_add(1, Ordering::Relaxed) as usize) < n {
+                let r = http
+                    .post(&url)
+                    .basic_auth(SID, Some("bench-token"))
+                    .form(&[
+                        ("To", "+15555550100"),
+                        ("MessagingServiceSid", "MG0123456789abcdef0123456789abcdef"),
+                        ("Body", "bench"),
+                    ])
+                    .send()
+                    .await
+                    .unwrap();
+                let _ = r.bytes().await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn max_in_window(arrivals: &[Instant]) -> usize {
+    let mut worst = 0;
+    let mut j = 0;
+    for i in 0..arrivals.len() {
+        while arrivals[i].duration_since(arrivals[j]) >= Duration::from_secs(1) {
+            j += 1;
+        }
+        worst = worst.max(i - j + 1);
+    }
+    worst
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let students: u32 = std::env::var("KLAXON_BENCH_STUDENTS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100_000);
+    let runs: usize = std::env::var("KLAXON_BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let root = tempfile::tempdir().unwrap();
+    let export = root.path().join("export");
+    let sis_dir = root.path().join("sis");
+    sis::generate(
+        &export,
+        &GenerateOptions {
+            students,
+            schools: None,
+            seed: 11,
+        },
+    )
+    .unwrap();
+    let report = sis::import(
+        &export,
+        &sis_dir,
+        &SisConfig::default(),
+        &ImportOptions { force: true },
+    )
+    .unwrap();
+    let sis_db = sis_dir.join("sis.db");
+    println!(
+        "district: {} students, {} guardians, {} staff; {} runs per scenario",
+        report.students, report.guardians, report.staff, runs
+    );
+    let (sink_addr, sink) = start_sink();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // 1. The ceiling.
+    let mut raw = Vec::new();
+    for _ in 0..runs {
+        sink.reset(None);
+        raw.push(raw_capacity(sink_addr, 50_000).await);
+    }
+    sink.reset(None);
+    println!(
+        "loopback provider raw capacity: median {:.0} requests/s",
+        median(raw.clone())
+    );
+
+    // 2. Whole district, no rate limit.
+    let (mut first, mut all, mut rss, mut rate) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut ack_tps = Vec::new();
+    let mut ack_p99 = Vec::new();
+    let mut ack_p50 = Vec::new();
+    let mut deliveries = 0;
+    for run in 0..runs {
+        sink.reset(None);
+        let d = daemon(
+            root.path(),
+            &format!("fanout-{run}"),
+            &sis_db,
+            sink_addr,
+            None,
+        )
+        .await;
+        let f = fanout(&d, &sink, &http, serde_json::json!({})).await;
+        deliveries = f.deliveries;
+        println!(
+            "  run {run}: {} deliveries, first request {:.1} ms, all handed over {:.2} s, peak RSS {:.0} MB",
+            f.deliveries, f.first_ms, f.all_s, f.peak_rss_mb
+        );
+        first.push(f.first_ms);
+        all.push(f.all_s);
+        rss.push(f.peak_rss_mb);
+        rate.push(f.deliveries as f64 / f.all_s);
+
+        // 4. Acknowledgements against the same daemon and alert.
+        let (tps, p50, p99) = acks(&d, &http, 20_000).await;
+        println!("  run {run}: acknowledgements {tps:.0}/s, p50 {p50:.1} ms, p99 {p99:.1} ms");
+        ack_tps.push(tps);
+        ack_p50.push(p50);
+        ack_p99.push(p99);
+    }
+    println!(
+        "fan-out, {deliveries} deliveries, no limit: first request median {:.1} ms (target ≤ 100), all handed over median {:.2} s (target ≤ 20), {:.0}/s, daemon peak RSS median {:.0} MB (target ≤ 200)",
+        median(first),
+        median(all),
+        median(rate),
+        median(rss)
+    );
+    println!(
+        "acknowledgements: median {:.0}/s (target ≥ 5000), p50 {:.1} ms, p99 median {:.1} ms (target ≤ 50)",
+        median(ack_tps),
+        median(ack_p50),
+        median(ack_p99)
+    );
+
+    // 3. Rate limit R per provider over one school's guardians.
+    let r = 200.0;
+    let (mut achieved, mut worst, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        sink.reset(Some(r as usize));
+        let d = daemon(
+            root.path(),
+            &format!("rate-{run}"),
+            &sis_db,
+            sink_addr,
+            Some(r),
+        )
+        .await;
+        let school: String = rusqlite::Connection::open(&sis_db)
+            .unwrap()
+            .query_row(
+                "SELECT id FROM schools ORDER BY id LIMIT 1 OFFSET ?1",
+                [run as i64],
+                |row| row.get(0),
+            )
+            .unwrap();
+        let f = fanout(&d, &sink, &http, serde_json::json!({"schools": [school]})).await;
+        // Per provider: each lane's own span, so a lane that finishes early
+        // does not dilute the other's rate.
+        let lanes = sink.lanes.lock().unwrap().clone();
+        let mut got = f64::MAX;
+        let mut w = 0.0f64;
+        for lane in lanes.iter().filter(|l| l.len() > 1) {
+            let span = lane.last().unwrap().duration_since(lane[0]).as_secs_f64();
+            got = got.min((lane.len() - 1) as f64 / span);
+            w = w.max(max_in_window(lane) as f64);
+        }
+        let span = f
+            .arrivals
+            .last()
+            .unwrap()
+            .duration_since(f.arrivals[0])
+            .as_secs_f64();
+        let rej = sink.rejected.load(Ordering::SeqCst);
+        println!(
+            "  run {run}: {} deliveries over {span:.1} s: {got:.1}/s for the slower provider, most in one second {w:.0} for either, 429s {rej}",
+            f.deliveries
+        );
+        achieved.push(got / r);
+        worst.push(w);
+        rejected.push(rej as f64);
+        drop(d);
+    }
+    println!(
+        "rate limit R = {r}/s per provider: achieved median {:.3} R (target ≥ 0.97), most in any one-second window median {:.0} (target ≤ {r}), 429s median {:.0} (target 0)",
+        median(achieved),
+        median(worst),
+        median(rejected)
+    );
+}
+
+/// Confirms up to `n` recipients of the daemon's first alert through
+/// `POST /a/{token}` with 64 clients; throughput and latency percentiles.
+async fn acks(d: &Daemon, http: &reqwest::Client, n: usize) -> (f64, f64, f64) {
+    let conn = rusqlite::Connection::open(d.dir.join("state/klaxon.db")).unwrap();
+    let tokens: Vec<String> = conn
+        .prepare("SELECT token FROM recipients WHERE alert_id = 1 LIMIT ?1")
+        .unwrap()
+        .query_map([n as i64], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let tokens = Arc::new(tokens);
+    let next = Arc::new(AtomicU64::new(0));
+    let lat = Arc::new(Mutex::new(Vec::with_capacity(tokens.len())));
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (http, tokens, next, lat, base) = (
+            http.clone(),
+            tokens.clone(),
+            next.clone(),
+            lat.clone(),
+            d.base.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some(tok) = tokens.get(i) else { break };
+                let s = Instant::now();
+                let r = http
+                    .post(format!("{base}/a/{tok}"))
+                    .form(&[("ack", "1")])
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(
+                    r.status().is_redirection() || r.status().is_success(),
+                    "{}",
+                    r.status()
+                );
+                lat.lock().unwrap().push(s.elapsed().as_secs_f64() * 1000.0);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let tps = tokens.len() as f64 / t.elapsed().as_secs_f64();
+    let acked: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM recipients WHERE alert_id = 1 AND acked_at IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        acked as usize,
+        tokens.len(),
+        "every acknowledgement is durable"
+    );
+    let mut l = lat.lock().unwrap().clone();
+    l.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| l[((l.len() as f64 - 1.0) * q) as usize];
+    (tps, p(0.5), p(0.99))
+}
