@@ -161,6 +161,17 @@ impl App {
         let engine_tasks = state.engine.spawn(stop_rx.clone());
         let tracker = tokio::spawn(crate::track::run(state.clone(), stop_rx.clone()));
         let watcher = spawn_sis_watch(&state, stop_rx.clone());
+        // Alerts a crash interrupted while their audience was being written.
+        let resumer = state.clone();
+        tokio::spawn(async move {
+            match crate::trigger::resume(&resumer).await {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(alerts = n, "Completed alerts interrupted by a crash."),
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot complete alerts interrupted by a crash.")
+                }
+            }
+        });
         let router = crate::http::router(state.clone());
         tracing::info!(%addr, "Listening.");
         crate::systemd::notify_ready();

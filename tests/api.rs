@@ -521,3 +521,76 @@ en = "Test alert for {{ school }}. Confirm: {{ link }}"
     assert!(!s["escalated_at"].is_null());
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_interrupted_while_its_audience_was_written_is_completed_at_start_up() {
+    use klaxon::store::alerts::{self, NewAlert};
+    use klaxon::store::tokens::ApiRole;
+    // What a crash leaves behind: the alert row and its frozen SIS snapshot,
+    // no recipients yet.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("klaxon.toml"),
+        common::config_text(common::LOG_PROVIDER),
+    )
+    .unwrap();
+    common::import(dir.path(), std::path::Path::new(common::FIXTURE));
+    let admin = common::make_token(dir.path(), ApiRole::Admin).await;
+    let viewer = common::make_token(dir.path(), ApiRole::Viewer).await;
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(state.join("snapshots")).unwrap();
+    let snap = state.join("snapshots/alert-crashed.db");
+    std::fs::hard_link(state.join("sis.db"), &snap).unwrap();
+    // A new import after the crash must not change the frozen audience.
+    std::fs::remove_file(state.join("sis.db")).unwrap();
+    std::fs::copy(&snap, state.join("sis.db")).unwrap();
+    let store = klaxon::store::Store::open(&state, false).unwrap();
+    let snap_s = snap.display().to_string();
+    let id = store
+        .write(move |c| {
+            alerts::insert(
+                c,
+                klaxon::store::now_ms(),
+                &NewAlert {
+                    playbook: "lockdown".into(),
+                    title: "Lockdown".into(),
+                    place: "Lincoln Elementary".into(),
+                    priority: 0,
+                    audience_json: r#"{"schools":["S1"],"roles":["guardian","staff"]}"#.into(),
+                    message: None,
+                    drill: false,
+                    held: false,
+                    source: "api".into(),
+                    created_by: "test".into(),
+                    notify_within_ms: 120_000,
+                    ack_within_ms: 900_000,
+                    parent_id: None,
+                    estimate_ms: None,
+                    warning: None,
+                    snapshot: Some(snap_s),
+                },
+            )
+        })
+        .await
+        .unwrap();
+    store.close();
+
+    let app = common::start(dir, admin, viewer).await;
+    let s = app.wait_settled(id).await;
+    assert_eq!(s["recipients"], 5, "{s}");
+    assert_eq!(s["totals"]["sent"], 6, "{s}");
+    assert!(
+        !snap.exists(),
+        "the snapshot is removed once the alert is complete"
+    );
+    let audit: i64 = app
+        .db()
+        .query_row(
+            "SELECT count(*) FROM audit WHERE action = 'alert.materialized'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(audit, 1);
+    app.stop().await;
+}

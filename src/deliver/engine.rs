@@ -38,9 +38,9 @@ const PACING_MARGIN: f64 = 0.98;
 /// margin it stays under R in any one-second window: 0.98 R + 0.01 R < R.
 const BURST_SHARE: f64 = 0.01;
 
-/// Assumed throughput of a provider without a configured rate, for the
-/// capacity estimate only (requests in flight / typical latency).
-const UNLIMITED_ESTIMATE_PER_SEC: f64 = 500.0;
+/// Latency assumed for a provider before it has answered anything (for the
+/// capacity estimate of providers without a rate limit).
+const INITIAL_LATENCY_US: u64 = 20_000;
 
 /// A provider with its limiter and breaker.
 pub struct Slot {
@@ -51,6 +51,9 @@ pub struct Slot {
     pub rate: Option<f64>,
     limiter: Option<Limiter>,
     breaker: Mutex<Breaker>,
+    /// Moving average of request latency, for the capacity estimate of a
+    /// provider without a rate limit: in flight / latency.
+    latency_us: std::sync::atomic::AtomicU64,
 }
 
 impl Slot {
@@ -63,7 +66,8 @@ impl Slot {
     ) -> Slot {
         let limiter = rate.map(|r| {
             let period = Duration::from_secs_f64(1.0 / (r * PACING_MARGIN));
-            let burst = NonZeroU32::new((r * BURST_SHARE).floor() as u32).unwrap_or(NonZeroU32::MIN);
+            let burst =
+                NonZeroU32::new((r * BURST_SHARE).floor() as u32).unwrap_or(NonZeroU32::MIN);
             let quota = Quota::with_period(period)
                 .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
                 .allow_burst(burst);
@@ -193,11 +197,22 @@ impl Engine {
             .collect()
     }
 
-    /// Messages per second one channel can carry (sum over its providers).
+    /// Messages per second one channel can carry (sum over its providers):
+    /// the rate limit, or for an unlimited provider what its observed
+    /// latency allows at the configured concurrency.
     pub fn channel_rate(&self, channel: Channel) -> f64 {
         self.slots_for(channel)
             .iter()
-            .map(|s| s.rate.unwrap_or(UNLIMITED_ESTIMATE_PER_SEC))
+            .map(|s| {
+                s.rate.unwrap_or_else(|| {
+                    let lat = s
+                        .latency_us
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                        .max(100) as f64
+                        / 1e6;
+                    self.cfg.concurrency as f64 / lat
+                })
+            })
             .sum()
     }
 

@@ -8,6 +8,7 @@ use minijinja::{Environment, context};
 
 use crate::audience::StudentRef;
 use crate::deliver::message::OutboundMessage;
+use crate::domain::Channel;
 use crate::playbook::PlaybookConfig;
 use crate::store::deliveries::Claimed;
 
@@ -75,14 +76,19 @@ impl Renderer {
             }
         };
         let body = squeeze(&tmpl.render(vars(&link)).map_err(|e| e.to_string())?);
-        let speech = speech_text(&squeeze(&tmpl.render(vars("")).map_err(|e| e.to_string())?));
+        // Only what the channel uses is rendered: this runs once per message.
+        let speech = if c.channel == Channel::Voice {
+            speech_text(&squeeze(&tmpl.render(vars("")).map_err(|e| e.to_string())?))
+        } else {
+            String::new()
+        };
         let subject = format!(
             "{}{}: {}",
             if c.drill { "[DRILL] " } else { "" },
             c.title,
             c.place
         );
-        let html = Some(email_html(&subject, &body, &link));
+        let html = (c.channel == Channel::Email).then(|| email_html(&subject, &body, &link));
         Ok(OutboundMessage {
             delivery_id: c.id,
             alert_id: c.alert_id,
@@ -146,7 +152,6 @@ fn email_html(subject: &str, body: &str, link: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Channel;
 
     fn claimed(lang: &str, students: &str) -> Claimed {
         Claimed {
@@ -181,7 +186,14 @@ mod tests {
             "{}",
             m.body
         );
-        assert!(!m.speech.contains("http"), "{}", m.speech);
+        let mut call = claimed("es-MX", "[]");
+        call.channel = Channel::Voice;
+        let v = r.render(&call).unwrap();
+        assert!(
+            v.speech.starts_with("SIMULACRO") && !v.speech.contains("http"),
+            "{}",
+            v.speech
+        );
         assert!(m.subject.starts_with("[DRILL] Lockdown"));
     }
 

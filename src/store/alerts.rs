@@ -30,12 +30,12 @@ pub struct NewAlert {
     pub created_by: String,
     pub notify_within_ms: i64,
     pub ack_within_ms: i64,
-    pub channels: Vec<Channel>,
-    /// Channels with a provider: the only ones a fallback may use.
-    pub available: Vec<Channel>,
     pub parent_id: Option<i64>,
     pub estimate_ms: Option<i64>,
     pub warning: Option<String>,
+    /// Frozen copy (hard link) of the SIS file the audience is resolved
+    /// from, kept until the alert is fully materialized.
+    pub snapshot: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,12 +81,9 @@ pub fn channels_for<'a>(
     chosen
 }
 
-pub fn insert(
-    conn: &Connection,
-    now: i64,
-    new: &NewAlert,
-    recipients: &[Recipient],
-) -> Result<Created, StoreError> {
+/// Writes the alert's own row, not yet materialized: its recipients and
+/// deliveries follow in chunks (`add_recipients`), then `finish`.
+pub fn insert(conn: &Connection, now: i64, new: &NewAlert) -> Result<i64, StoreError> {
     let state = if new.held { "held" } else { "sending" };
     let (released, notify_deadline, ack_deadline) = if new.held {
         (None, None, None)
@@ -97,12 +94,11 @@ pub fn insert(
             Some(now + new.ack_within_ms),
         )
     };
-    let unreachable = recipients.iter().filter(|r| r.addresses.is_empty()).count() as i64;
     conn.prepare_cached(
         "INSERT INTO alerts (playbook, title, priority, audience, message, drill, state, source, created_by,
                              created_at, released_at, notify_deadline, ack_deadline, parent_id,
-                             recipients, unreachable, estimate_ms, warning, place)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                             estimate_ms, warning, place, materialized, snapshot)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 0, ?18)",
     )?
     .execute(params![
         new.playbook,
@@ -119,57 +115,15 @@ pub fn insert(
         notify_deadline,
         ack_deadline,
         new.parent_id,
-        recipients.len() as i64,
-        unreachable,
         new.estimate_ms,
         new.warning,
         new.place,
+        new.snapshot,
     ])?;
     let alert_id = conn.last_insert_rowid();
-    let tokens = new_tokens(recipients.len())?;
-    let mut ins_r = conn.prepare_cached(
-        "INSERT INTO recipients (alert_id, person_id, role, name, language, students, addresses, token)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    let mut ins_d = conn.prepare_cached(
-        "INSERT INTO deliveries (alert_id, recipient_id, channel, address, state, priority, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)",
-    )?;
-    let delivery_state = if new.held { "held" } else { "queued" };
-    let mut deliveries = 0i64;
-    for (r, token) in recipients.iter().zip(tokens) {
-        let students =
-            serde_json::to_string(&r.students).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let addresses =
-            serde_json::to_string(&r.addresses).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        ins_r.execute(params![
-            alert_id,
-            r.person_id,
-            r.role.as_str(),
-            r.name,
-            r.language,
-            students,
-            addresses,
-            token
-        ])?;
-        let rid = conn.last_insert_rowid();
-        for (ch, addr) in channels_for(&new.channels, &new.available, &r.addresses) {
-            ins_d.execute(params![
-                alert_id,
-                rid,
-                ch.as_str(),
-                addr,
-                delivery_state,
-                new.priority,
-                now,
-                now
-            ])?;
-            deliveries += 1;
-        }
-    }
     let detail = serde_json::json!({
         "playbook": new.playbook, "audience": new.audience_json, "drill": new.drill,
-        "held": new.held, "recipients": recipients.len(), "deliveries": deliveries, "source": new.source,
+        "held": new.held, "source": new.source,
     });
     audit::record(
         conn,
@@ -179,13 +133,141 @@ pub fn insert(
         Some(alert_id),
         &detail.to_string(),
     )?;
+    Ok(alert_id)
+}
+
+/// How an alert's deliveries are made from its recipients.
+#[derive(Debug, Clone)]
+pub struct Fanout {
+    pub channels: Vec<Channel>,
+    pub available: Vec<Channel>,
+    pub priority: i64,
+    pub held: bool,
+}
+
+/// Adds recipients to an alert with their deliveries. Idempotent: a person
+/// already there keeps their token and deliveries (their list of children is
+/// updated), so a chunk may be written twice, as recovery after a crash does.
+/// Returns the new recipients and deliveries.
+pub fn add_recipients(
+    conn: &Connection,
+    alert_id: i64,
+    now: i64,
+    f: &Fanout,
+    recipients: &[Recipient],
+) -> Result<(i64, i64), StoreError> {
+    let tokens = new_tokens(recipients.len())?;
+    let mut ins_r = conn.prepare_cached(
+        "INSERT OR IGNORE INTO recipients (alert_id, person_id, role, name, language, students, addresses, token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+    )?;
+    let mut upd_r = conn.prepare_cached(
+        "UPDATE recipients SET students = ?3 WHERE alert_id = ?1 AND person_id = ?2",
+    )?;
+    let mut ins_d = conn.prepare_cached(
+        "INSERT INTO deliveries (alert_id, recipient_id, channel, address, state, priority, next_attempt_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7)",
+    )?;
+    let delivery_state = if f.held { "held" } else { "queued" };
+    let (mut added, mut deliveries) = (0i64, 0i64);
+    for (r, token) in recipients.iter().zip(tokens) {
+        let students =
+            serde_json::to_string(&r.students).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let addresses =
+            serde_json::to_string(&r.addresses).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let inserted = ins_r.execute(params![
+            alert_id,
+            r.person_id,
+            r.role.as_str(),
+            r.name,
+            r.language,
+            students,
+            addresses,
+            token
+        ])?;
+        if inserted == 0 {
+            upd_r.execute(params![alert_id, r.person_id, students])?;
+            continue;
+        }
+        added += 1;
+        let rid = conn.last_insert_rowid();
+        for (ch, addr) in channels_for(&f.channels, &f.available, &r.addresses) {
+            ins_d.execute(params![
+                alert_id,
+                rid,
+                ch.as_str(),
+                addr,
+                delivery_state,
+                f.priority,
+                now
+            ])?;
+            deliveries += 1;
+        }
+    }
+    Ok((added, deliveries))
+}
+
+/// Marks an alert fully materialized and records its counts and capacity
+/// estimate. Settles it at once if everything was already handed over.
+pub fn finish(
+    conn: &Connection,
+    alert_id: i64,
+    now: i64,
+    estimate_ms: Option<i64>,
+    warning: Option<&str>,
+) -> Result<Created, StoreError> {
+    let (recipients, unreachable): (i64, i64) = conn
+        .prepare_cached("SELECT count(*), coalesce(sum(addresses = '[]'), 0) FROM recipients WHERE alert_id = ?1")?
+        .query_row([alert_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let deliveries: i64 = conn
+        .prepare_cached("SELECT count(*) FROM deliveries WHERE alert_id = ?1")?
+        .query_row([alert_id], |r| r.get(0))?;
+    let pending = conn
+        .prepare_cached(
+            "SELECT 1 FROM deliveries WHERE alert_id = ?1 AND state IN ('queued', 'sending', 'held') LIMIT 1",
+        )?
+        .exists([alert_id])?;
+    conn.prepare_cached(
+        "UPDATE alerts SET materialized = 1, snapshot = NULL, recipients = ?2, unreachable = ?3,
+                estimate_ms = coalesce(?4, estimate_ms), warning = coalesce(?5, warning),
+                settled_at = CASE WHEN ?6 THEN NULL ELSE coalesce(settled_at, ?7) END
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        alert_id,
+        recipients,
+        unreachable,
+        estimate_ms,
+        warning,
+        pending,
+        now
+    ])?;
+    let deadline: Option<i64> = conn
+        .prepare_cached("SELECT notify_deadline FROM alerts WHERE id = ?1")?
+        .query_row([alert_id], |r| r.get(0))?;
+    audit::record(
+        conn,
+        now,
+        "klaxon",
+        "alert.materialized",
+        Some(alert_id),
+        &serde_json::json!({"recipients": recipients, "deliveries": deliveries}).to_string(),
+    )?;
     Ok(Created {
         id: alert_id,
-        recipients: recipients.len() as i64,
+        recipients,
         unreachable,
         deliveries,
-        deadline: notify_deadline,
+        deadline,
     })
+}
+
+/// Alerts whose materialization a crash interrupted: (id, snapshot path).
+pub fn unmaterialized(conn: &Connection) -> Result<Vec<(i64, Option<String>)>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT id, snapshot FROM alerts WHERE materialized = 0 ORDER BY id")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The alert's own row.

@@ -101,6 +101,14 @@ const MIGRATIONS: &[&str] = &[
         revoked_at   INTEGER
     );
     "#,
+    // 2: staged materialization. An alert is committed first with a frozen
+    // snapshot of the SIS copy; its recipients follow in chunks, the first
+    // one sent at once; `materialized` turns 1 when all are written. A crash
+    // in between is completed at start-up from the snapshot.
+    r#"
+    ALTER TABLE alerts ADD COLUMN materialized INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE alerts ADD COLUMN snapshot TEXT;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

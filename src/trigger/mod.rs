@@ -1,17 +1,28 @@
-//! Triggers: every way an alert starts ends here. `create` resolves the
-//! audience from the current SIS copy, estimates whether the deadline can be
-//! met, and commits the alert with all its deliveries in one transaction
-//! before waking the delivery engine.
+//! Triggers: every way an alert starts ends here.
+//!
+//! `create` freezes the audience first: the alert row is committed with a
+//! hard link to the current SIS file (a later import replaces `sis.db` by
+//! rename, so the link keeps this version). The first school's recipients are
+//! resolved and committed with it, and the engine starts sending at once; the
+//! rest of the audience follows in committed chunks, and the alert is marked
+//! materialized. If the daemon dies in between, `resume` completes the
+//! alert from the frozen snapshot at start-up, idempotently: nobody is
+//! missed, nobody gets a second token.
 
 use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::app::AppState;
 use crate::audience::{AudienceSpec, Recipient};
 use crate::domain::Channel;
-use crate::store::alerts::{self, NewAlert};
+use crate::playbook::PlaybookConfig;
+use crate::store::alerts::{self, Fanout, NewAlert};
 use crate::store::{StoreError, now_ms};
+
+/// Recipients per committed chunk after the first wave.
+const CHUNK: usize = 5_000;
 
 /// What the API (and `klaxon trigger`) sends.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -64,6 +75,108 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// Resolves `spec` against a SIS file, off the async threads.
+async fn resolve_at(
+    app: &AppState,
+    sis: PathBuf,
+    spec: AudienceSpec,
+) -> Result<Vec<Recipient>, TriggerError> {
+    let groups = app.config.groups.clone();
+    tokio::task::spawn_blocking(move || {
+        let conn =
+            rusqlite::Connection::open_with_flags(&sis, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .map_err(|e| format!("cannot open the SIS copy {}: {e}", sis.display()))?;
+        crate::audience::resolve(&conn, &spec, &groups)
+            .map(|a| a.recipients)
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| TriggerError::Audience(e.to_string()))?
+    .map_err(TriggerError::Audience)
+}
+
+/// Freezes the current SIS copy for one alert: a hard link, so it costs
+/// nothing and survives the next import's rename.
+fn freeze(store_dir: &Path) -> Result<PathBuf, TriggerError> {
+    let current = crate::sis::current_path(store_dir);
+    if !current.exists() {
+        return Err(TriggerError::Audience(
+            "no SIS copy yet: run `klaxon sis import PATH`".into(),
+        ));
+    }
+    let dir = store_dir.join("snapshots");
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| TriggerError::Audience(format!("creating {}: {e}", dir.display())))?;
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(|e| TriggerError::Audience(e.to_string()))?;
+    let name = format!(
+        "alert-{}-{}.db",
+        now_ms(),
+        rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    let snap = dir.join(name);
+    if std::fs::hard_link(&current, &snap).is_err() {
+        std::fs::copy(&current, &snap)
+            .map_err(|e| TriggerError::Audience(format!("freezing the SIS copy: {e}")))?;
+    }
+    Ok(snap)
+}
+
+/// The first wave: the first school the alert concerns (the first listed,
+/// or the district's first), so sending starts before the whole district is
+/// resolved. None when the spec names only groups.
+fn first_wave(sis: &Path, spec: &AudienceSpec) -> Option<AudienceSpec> {
+    let only_groups = !spec.groups.is_empty()
+        && spec.schools.is_empty()
+        && spec.grades.is_empty()
+        && spec.classes.is_empty();
+    if only_groups {
+        return None;
+    }
+    let school = match spec.schools.first() {
+        Some(s) => s.clone(),
+        None => {
+            let conn = rusqlite::Connection::open_with_flags(
+                sis,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .ok()?;
+            conn.query_row("SELECT id FROM schools ORDER BY id LIMIT 1", [], |r| {
+                r.get(0)
+            })
+            .ok()?
+        }
+    };
+    Some(AudienceSpec {
+        schools: vec![school],
+        groups: Vec::new(),
+        ..spec.clone()
+    })
+}
+
+/// The schools an alert concerns, as a message names them.
+fn place_of(sis: &Path, spec: &AudienceSpec) -> String {
+    if spec.schools.is_empty() {
+        return "all district schools".into();
+    }
+    let names: Option<BTreeSet<String>> = (|| {
+        let conn =
+            rusqlite::Connection::open_with_flags(sis, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .ok()?;
+        let mut st = conn
+            .prepare("SELECT name FROM schools WHERE id = ?1")
+            .ok()?;
+        spec.schools
+            .iter()
+            .map(|id| st.query_row([id], |r| r.get::<_, String>(0)).ok())
+            .collect()
+    })();
+    match names {
+        Some(n) if !n.is_empty() => n.into_iter().collect::<Vec<_>>().join(", "),
+        _ => spec.schools.join(", "),
+    }
+}
+
 /// Creates an alert for `req`, on behalf of `actor`, from `source`.
 pub async fn create(
     app: &AppState,
@@ -88,7 +201,7 @@ pub async fn create(
             )
         })?;
     if let Some(m) = &req.message
-        && m.len() > 1000
+        && m.chars().count() > 1000
     {
         return Err(TriggerError::BadRequest(
             "message is longer than 1000 characters".into(),
@@ -103,53 +216,121 @@ pub async fn create(
             return Err(TriggerError::BadRequest(format!("unknown group `{g}`")));
         }
     }
-    let store_dir = app.config.store_dir();
-    let groups = app.config.groups.clone();
-    let spec_for_resolve = spec.clone();
-    let recipients: Vec<Recipient> = tokio::task::spawn_blocking(move || {
-        let conn = crate::sis::open_current(&store_dir).map_err(|e| e.to_string())?;
-        crate::audience::resolve(&conn, &spec_for_resolve, &groups)
-            .map(|a| a.recipients)
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| TriggerError::Audience(e.to_string()))?
-    .map_err(TriggerError::Audience)?;
-    let place = place_of(&recipients, &spec);
-    create_for(app, &req, &pb, recipients, place, spec, actor, source, None).await
+    let snapshot = freeze(&app.config.store_dir())?;
+    let result = async {
+        let snap = snapshot.clone();
+        let s2 = spec.clone();
+        let (place, first_spec) =
+            tokio::task::spawn_blocking(move || (place_of(&snap, &s2), first_wave(&snap, &s2)))
+                .await
+                .map_err(|e| TriggerError::Audience(e.to_string()))?;
+        let first = match first_spec {
+            Some(fs) => resolve_at(app, snapshot.clone(), fs).await?,
+            None => Vec::new(),
+        };
+        let new = new_alert(
+            &req,
+            &pb,
+            place,
+            &spec,
+            actor,
+            source,
+            None,
+            Some(snapshot.display().to_string()),
+        );
+        let id = start(app, &pb, new, first).await?;
+        count_created(app, &req);
+        let rest = resolve_at(app, snapshot.clone(), spec.clone()).await;
+        let rest = match rest {
+            Ok(r) => r,
+            Err(e) => {
+                // The first wave is out; record that the rest could not be resolved.
+                let msg = format!("the audience could not be fully resolved: {e}");
+                let _ = finish(app, id, Some(msg.clone())).await;
+                return Err(TriggerError::Audience(msg));
+            }
+        };
+        complete(app, id, &pb, &req, rest).await
+    }
+    .await;
+    let _ = std::fs::remove_file(&snapshot);
+    result
 }
 
-/// The schools an audience concerns, as a message names them.
-fn place_of(recipients: &[Recipient], spec: &AudienceSpec) -> String {
-    if spec.schools.is_empty() {
-        return "all district schools".into();
-    }
-    let names: BTreeSet<&str> = recipients
-        .iter()
-        .flat_map(|r| r.students.iter())
-        .filter(|s| spec.schools.contains(&s.school_id))
-        .map(|s| s.school_name.as_str())
-        .collect();
-    if names.is_empty() {
-        spec.schools.join(", ")
-    } else {
-        names.into_iter().collect::<Vec<_>>().join(", ")
-    }
-}
-
-/// Commits an alert for an already known set of recipients (used by
-/// `create` and by all-clear, which goes to exactly the same people).
 #[allow(clippy::too_many_arguments)]
-pub async fn create_for(
-    app: &AppState,
+fn new_alert(
     req: &TriggerRequest,
-    pb: &crate::playbook::PlaybookConfig,
-    recipients: Vec<Recipient>,
+    pb: &PlaybookConfig,
     place: String,
-    spec: AudienceSpec,
+    spec: &AudienceSpec,
     actor: &str,
     source: &str,
     parent_id: Option<i64>,
+    snapshot: Option<String>,
+) -> NewAlert {
+    NewAlert {
+        playbook: req.playbook.clone(),
+        title: pb.title.clone(),
+        place,
+        priority: pb.severity.priority(),
+        audience_json: serde_json::to_string(spec).unwrap_or_else(|_| "{}".into()),
+        message: req.message.clone(),
+        drill: req.drill,
+        held: req.hold,
+        source: source.to_string(),
+        created_by: actor.to_string(),
+        notify_within_ms: pb.notify_within.0.as_millis() as i64,
+        ack_within_ms: pb.ack_within.0.as_millis() as i64,
+        parent_id,
+        estimate_ms: None,
+        warning: None,
+        snapshot,
+    }
+}
+
+fn fanout(app: &AppState, pb: &PlaybookConfig, held: bool) -> Fanout {
+    Fanout {
+        channels: pb.channels.clone(),
+        available: app.engine.channels(),
+        priority: pb.severity.priority(),
+        held,
+    }
+}
+
+/// Commits the alert row with its first wave and wakes the engine.
+async fn start(
+    app: &AppState,
+    pb: &PlaybookConfig,
+    new: NewAlert,
+    first: Vec<Recipient>,
+) -> Result<i64, TriggerError> {
+    let f = fanout(app, pb, new.held);
+    let now = now_ms();
+    let (id, added) = app
+        .store
+        .write(move |c| {
+            let id = alerts::insert(c, now, &new)?;
+            let added = alerts::add_recipients(c, id, now, &f, &first)?;
+            Ok((id, added))
+        })
+        .await?;
+    app.engine.kick();
+    app.tracker.notify_one();
+    tracing::info!(
+        alert = id,
+        first_wave = added.0,
+        "Alert created; first wave committed."
+    );
+    Ok(id)
+}
+
+/// Writes the rest of the audience in chunks, then finishes the alert.
+async fn complete(
+    app: &AppState,
+    id: i64,
+    pb: &PlaybookConfig,
+    req: &TriggerRequest,
+    recipients: Vec<Recipient>,
 ) -> Result<TriggerResponse, TriggerError> {
     // Capacity: what the engine can hand over at the configured rates, against the deadline.
     let available = app.engine.channels();
@@ -168,52 +349,38 @@ pub async fn create_for(
         )
     });
     if let Some(w) = &warning {
-        tracing::warn!(playbook = %req.playbook, warning = %w, "The deadline cannot be met at the configured rates.");
+        tracing::warn!(alert = id, warning = %w, "The deadline cannot be met at the configured rates.");
     }
-    let new = NewAlert {
-        playbook: req.playbook.clone(),
-        title: pb.title.clone(),
-        place,
-        priority: pb.severity.priority(),
-        audience_json: serde_json::to_string(&spec).unwrap_or_else(|_| "{}".into()),
-        message: req.message.clone(),
-        drill: req.drill,
-        held: req.hold,
-        source: source.to_string(),
-        created_by: actor.to_string(),
-        notify_within_ms: pb.notify_within.0.as_millis() as i64,
-        ack_within_ms: pb.ack_within.0.as_millis() as i64,
-        channels: pb.channels.clone(),
-        available,
-        parent_id,
-        estimate_ms: Some(estimate.as_millis().min(i64::MAX as u128) as i64),
-        warning: warning.clone(),
+    let f = fanout(app, pb, req.hold);
+    let mut rest = recipients;
+    while !rest.is_empty() {
+        let chunk: Vec<Recipient> = rest.drain(..rest.len().min(CHUNK)).collect();
+        let f = f.clone();
+        let now = now_ms();
+        app.store
+            .write(move |c| alerts::add_recipients(c, id, now, &f, &chunk))
+            .await?;
+        app.engine.kick();
+    }
+    let estimate_ms = estimate.as_millis().min(i64::MAX as u128) as i64;
+    let created = {
+        let w = warning.clone();
+        let now = now_ms();
+        app.store
+            .write(move |c| alerts::finish(c, id, now, Some(estimate_ms), w.as_deref()))
+            .await?
     };
-    let now = now_ms();
-    let created = app
-        .store
-        .write(move |c| alerts::insert(c, now, &new, &recipients))
-        .await?;
-    app.engine.kick();
-    app.tracker.notify_one();
-    app.metrics.inc(
-        "klaxon_alerts_created_total",
-        &[
-            ("playbook", &req.playbook),
-            ("drill", if req.drill { "true" } else { "false" }),
-        ],
-    );
     tracing::info!(
-        alert = created.id,
+        alert = id,
         playbook = %req.playbook,
         recipients = created.recipients,
         deliveries = created.deliveries,
         drill = req.drill,
         held = req.hold,
-        "Alert created."
+        "Alert materialized."
     );
     Ok(TriggerResponse {
-        id: created.id,
+        id,
         recipients: created.recipients,
         unreachable: created.unreachable,
         deliveries: created.deliveries,
@@ -225,6 +392,15 @@ pub async fn create_for(
     })
 }
 
+/// Closes materialization early with a warning the operator will see.
+async fn finish(app: &AppState, id: i64, warning: Option<String>) -> Result<(), TriggerError> {
+    let now = now_ms();
+    app.store
+        .write(move |c| alerts::finish(c, id, now, None, warning.as_deref()).map(|_| ()))
+        .await?;
+    Ok(())
+}
+
 /// Sends the all-clear for an alert to the same recipients.
 pub async fn all_clear(
     app: &AppState,
@@ -233,7 +409,7 @@ pub async fn all_clear(
     actor: &str,
 ) -> Result<TriggerResponse, TriggerError> {
     let parent = app.store.read(move |c| alerts::get(c, alert_id)).await?;
-    let recipients = app
+    let mut recipients = app
         .store
         .read(move |c| alerts::audience_of(c, alert_id))
         .await?;
@@ -251,16 +427,83 @@ pub async fn all_clear(
         drill: parent.drill,
         hold: false,
     };
-    create_for(
-        app,
+    let new = new_alert(
         &req,
         &pb,
-        recipients,
         parent.place.clone(),
-        spec,
+        &spec,
         actor,
         &format!("all-clear:{alert_id}"),
         Some(alert_id),
-    )
-    .await
+        None,
+    );
+    let first: Vec<Recipient> = recipients.drain(..recipients.len().min(CHUNK)).collect();
+    let id = start(app, &pb, new, first).await?;
+    count_created(app, &req);
+    complete(app, id, &pb, &req, recipients).await
+}
+
+fn count_created(app: &AppState, req: &TriggerRequest) {
+    app.metrics.inc(
+        "klaxon_alerts_created_total",
+        &[
+            ("playbook", &req.playbook),
+            ("drill", if req.drill { "true" } else { "false" }),
+        ],
+    );
+}
+
+/// Completes alerts whose materialization a crash interrupted: the frozen
+/// snapshot (or, for an all-clear, the parent's recipients) is resolved
+/// again and written idempotently. Runs once at start-up.
+pub async fn resume(app: &AppState) -> Result<usize, TriggerError> {
+    let pending = app.store.read(alerts::unmaterialized).await?;
+    let n = pending.len();
+    for (id, snapshot) in pending {
+        let alert = app.store.read(move |c| alerts::get(c, id)).await?;
+        let Some(pb) = app.config.playbooks.get(&alert.playbook).cloned() else {
+            let msg = format!(
+                "playbook `{}` is no longer configured; the audience was not completed",
+                alert.playbook
+            );
+            finish(app, id, Some(msg)).await?;
+            continue;
+        };
+        let spec: AudienceSpec = serde_json::from_value(alert.audience.clone()).unwrap_or_default();
+        let recipients = match (alert.parent_id, snapshot.as_deref()) {
+            (Some(parent), None) => {
+                app.store
+                    .read(move |c| alerts::audience_of(c, parent))
+                    .await?
+            }
+            (_, Some(snap)) if Path::new(snap).exists() => {
+                resolve_at(app, PathBuf::from(snap), spec.clone()).await?
+            }
+            _ => {
+                tracing::error!(
+                    alert = id,
+                    "The audience snapshot of an interrupted alert is gone; keeping the recipients already written."
+                );
+                finish(app, id, Some("the audience snapshot was lost in a crash; only the recipients written before it were sent to".into())).await?;
+                continue;
+            }
+        };
+        let req = TriggerRequest {
+            playbook: alert.playbook.clone(),
+            audience: spec,
+            message: alert.message.clone(),
+            drill: alert.drill,
+            hold: alert.state == "held",
+        };
+        let created = complete(app, id, &pb, &req, recipients).await?;
+        tracing::warn!(
+            alert = id,
+            recipients = created.recipients,
+            "Completed an alert interrupted by a crash."
+        );
+        if let Some(s) = snapshot {
+            let _ = std::fs::remove_file(s);
+        }
+    }
+    Ok(n)
 }
