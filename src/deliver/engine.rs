@@ -83,6 +83,7 @@ impl Slot {
                 cfg.breaker_failures,
                 cfg.breaker_cooldown.0.as_millis() as i64,
             )),
+            latency_us: std::sync::atomic::AtomicU64::new(INITIAL_LATENCY_US),
         }
     }
 }
