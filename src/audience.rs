@@ -164,6 +164,62 @@ pub fn resolve(
     spec: &AudienceSpec,
     groups: &[GroupConfig],
 ) -> Result<Audience, AudienceError> {
+    // One read transaction for the whole resolution: outside one, every
+    // statement takes and drops the file lock and revalidates its cache,
+    // which costs more than the lookups themselves.
+    let read = sis.unchecked_transaction()?;
+    let plan = plan(sis, spec, groups)?;
+    let mut recipients = plan.build(sis, &plan.keys)?;
+    recipients.sort_by(|a, b| {
+        a.role
+            .cmp(&b.role)
+            .then_with(|| a.person_id.cmp(&b.person_id))
+    });
+    read.finish()?;
+    Ok(Audience { recipients })
+}
+
+/// Who an audience is, as person keys, without their details: small (a
+/// few bytes a person), so a district-wide alert can be written out in
+/// chunks of `Plan::build` without holding every name and address at once.
+pub struct Plan {
+    schools: Schools,
+    picked: Picked,
+    need: Vec<Need>,
+    /// The recipients' keys, in key order.
+    keys: Vec<u32>,
+}
+
+impl Plan {
+    /// How many recipients the audience has.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The recipients `range` of the plan (in key order), with names,
+    /// addresses and children. Call inside a read transaction on the same
+    /// SIS file the plan came from.
+    pub fn recipients(
+        &self,
+        sis: &Connection,
+        range: std::ops::Range<usize>,
+    ) -> Result<Vec<Recipient>, AudienceError> {
+        let end = range.end.min(self.keys.len());
+        let start = range.start.min(end);
+        self.build(sis, &self.keys[start..end])
+    }
+}
+
+/// Picks the audience's person keys (see [`resolve`] for the rules).
+pub fn plan(
+    sis: &Connection,
+    spec: &AudienceSpec,
+    groups: &[GroupConfig],
+) -> Result<Plan, AudienceError> {
     let schools = load_schools(sis)?;
     let mut picked = Picked::default();
     let own = dims(
@@ -195,7 +251,16 @@ pub fn resolve(
         }
         pick_people(sis, group, &mut picked)?;
     }
-    materialize(sis, &schools, picked)
+    let need = needs(sis, &picked)?;
+    let keys = (0..need.len() as u32)
+        .filter(|&k| matches!(need[k as usize], Need::As(_)))
+        .collect();
+    Ok(Plan {
+        schools,
+        picked,
+        need,
+        keys,
+    })
 }
 
 type Schools = HashMap<u32, (String, String)>;
@@ -260,32 +325,30 @@ fn pick(sis: &Connection, d: &Dims, picked: &mut Picked) -> Result<(), AudienceE
     // Keys are our own integers, so they are written into the SQL; grades,
     // which come from the user, are bound.
     if d.wants(Role::Student) || d.wants(Role::Guardian) {
-        let mut q = String::from("SELECT p.pk, ");
-        if d.schools.is_empty() {
+        // With schools named, drive the query from the school index (a few
+        // hundred rows) instead of testing every student in the district.
+        let mut q = if d.schools.is_empty() {
             // The school a child is named under is looked up later, only
             // for the children actually listed.
-            q += "NULL";
+            String::from("SELECT p.pk, NULL FROM people p WHERE p.is_student = 1")
         } else {
-            q += &format!(
-                "(SELECT MIN(ps.school) FROM person_schools ps WHERE ps.person = p.pk AND ps.school IN ({}))",
+            format!(
+                "SELECT p.pk, MIN(ps.school) FROM person_schools ps JOIN people p ON p.pk = ps.person
+                 WHERE ps.school IN ({}) AND p.is_student = 1",
                 int_list(&d.schools)
-            );
-        }
-        q += " FROM people p WHERE p.is_student = 1";
+            )
+        };
         if !d.grades.is_empty() {
             q += &format!(" AND p.grade IN ({grade_marks})");
-        }
-        if !d.schools.is_empty() {
-            q += &format!(
-                " AND EXISTS (SELECT 1 FROM person_schools ps WHERE ps.person = p.pk AND ps.school IN ({}))",
-                int_list(&d.schools)
-            );
         }
         if !d.classes.is_empty() {
             q += &format!(
                 " AND EXISTS (SELECT 1 FROM class_members cm WHERE cm.person = p.pk AND cm.class IN ({}))",
                 int_list(&d.classes)
             );
+        }
+        if !d.schools.is_empty() {
+            q += " GROUP BY p.pk";
         }
         let mut st = sis.prepare(&q)?;
         let mut rows = st.query(grade_params.as_slice())?;
@@ -304,13 +367,15 @@ fn pick(sis: &Connection, d: &Dims, picked: &mut Picked) -> Result<(), AudienceE
         }
     }
     if d.wants(Role::Staff) {
-        let mut q = String::from("SELECT p.pk FROM people p WHERE p.is_staff = 1");
-        if !d.schools.is_empty() {
-            q += &format!(
-                " AND EXISTS (SELECT 1 FROM person_schools ps WHERE ps.person = p.pk AND ps.school IN ({}))",
+        let mut q = if d.schools.is_empty() {
+            String::from("SELECT p.pk FROM people p WHERE p.is_staff = 1")
+        } else {
+            format!(
+                "SELECT DISTINCT p.pk FROM person_schools ps JOIN people p ON p.pk = ps.person
+                 WHERE ps.school IN ({}) AND p.is_staff = 1",
                 int_list(&d.schools)
-            );
-        }
+            )
+        };
         if !d.classes.is_empty() {
             q += &format!(
                 " AND EXISTS (SELECT 1 FROM class_members cm WHERE cm.person = p.pk AND cm.class IN ({}))",
@@ -430,11 +495,12 @@ enum Need {
 fn rows_for(
     sis: &Connection,
     keys: &[u32],
+    scan: bool,
     full: &str,
     one: &str,
     mut f: impl FnMut(&rusqlite::Row) -> rusqlite::Result<()>,
 ) -> Result<(), AudienceError> {
-    if keys.len() > SCAN_THRESHOLD {
+    if scan && keys.len() > SCAN_THRESHOLD {
         let mut st = sis.prepare(full)?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
@@ -452,11 +518,9 @@ fn rows_for(
     Ok(())
 }
 
-fn materialize(
-    sis: &Connection,
-    schools: &Schools,
-    mut picked: Picked,
-) -> Result<Audience, AudienceError> {
+/// What each person is in the result, indexed by key. Precedence:
+/// guardian, then staff, then student.
+fn needs(sis: &Connection, picked: &Picked) -> Result<Vec<Need>, AudienceError> {
     let max: u32 = sis.query_row("SELECT IFNULL(MAX(pk), 0) FROM people", [], |r| r.get(0))?;
     let mut need = vec![Need::No; max as usize + 1];
     let mut set = |pk: u32, n: Need| {
@@ -466,7 +530,6 @@ fn materialize(
             *slot = n;
         }
     };
-    // Precedence: guardian, then staff, then student.
     for (&g, kids) in &picked.guardians {
         set(g, Need::As(Role::Guardian));
         for &k in kids {
@@ -479,139 +542,250 @@ fn materialize(
     for &pk in &picked.students {
         set(pk, Need::As(Role::Student));
     }
-    let all: Vec<u32> = (0..need.len() as u32)
-        .filter(|&k| need[k as usize] != Need::No)
-        .collect();
-    let recipients_keys: Vec<u32> = all
-        .iter()
-        .copied()
-        .filter(|&k| matches!(need[k as usize], Need::As(_)))
-        .collect();
+    Ok(need)
+}
 
-    let mut people: Vec<Option<PersonRow>> = Vec::new();
-    people.resize_with(need.len(), || None);
-    rows_for(
-        sis,
-        &all,
-        "SELECT pk, id, given, family, language, grade FROM people",
-        "SELECT pk, id, given, family, language, grade FROM people WHERE pk = ?1",
-        |r| {
-            let pk: u32 = r.get(0)?;
-            if need.get(pk as usize).is_some_and(|n| *n != Need::No) {
-                let given: rusqlite::types::ValueRef = r.get_ref(2)?;
-                let family: rusqlite::types::ValueRef = r.get_ref(3)?;
-                let name = format!(
-                    "{} {}",
-                    given.as_str().unwrap_or_default(),
-                    family.as_str().unwrap_or_default()
-                )
-                .trim()
-                .to_string();
-                people[pk as usize] = Some(PersonRow {
-                    id: r.get(1)?,
-                    name,
-                    language: r.get(4)?,
-                    grade: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                });
+/// A map from person key to a value: a dense vector when most of the
+/// district is wanted (no hashing on the hot path), a hash map for a chunk.
+enum KeyMap<T> {
+    Dense(Vec<Option<T>>),
+    Sparse(HashMap<u32, T>),
+}
+
+impl<T> KeyMap<T> {
+    fn new(dense: bool, wanted: usize, universe: usize) -> KeyMap<T> {
+        if dense {
+            let mut v = Vec::new();
+            // Dense: every key of the district is a slot.
+            v.resize_with(universe, || None);
+            KeyMap::Dense(v)
+        } else {
+            KeyMap::Sparse(HashMap::with_capacity(wanted))
+        }
+    }
+
+    fn get(&self, k: u32) -> Option<&T> {
+        match self {
+            KeyMap::Dense(v) => v.get(k as usize)?.as_ref(),
+            KeyMap::Sparse(m) => m.get(&k),
+        }
+    }
+
+    fn get_or_insert_with(&mut self, k: u32, f: impl FnOnce() -> T) -> &mut T {
+        match self {
+            KeyMap::Dense(v) => {
+                if v.len() <= k as usize {
+                    v.resize_with(k as usize + 1, || None);
+                }
+                v[k as usize].get_or_insert_with(f)
             }
-            Ok(())
-        },
-    )?;
+            KeyMap::Sparse(m) => m.entry(k).or_insert_with(f),
+        }
+    }
 
-    let mut addresses: Vec<Vec<(Channel, String)>> = vec![Vec::new(); need.len()];
-    rows_for(
-        sis,
-        &recipients_keys,
-        "SELECT person, channel, address FROM contacts",
-        "SELECT person, channel, address FROM contacts WHERE person = ?1",
-        |r| {
-            let pk: u32 = r.get(0)?;
-            if matches!(need.get(pk as usize), Some(Need::As(_))) {
-                let ch = r.get_ref(1)?;
-                if let Some(ch) = ch.as_str().ok().and_then(Channel::parse) {
-                    addresses[pk as usize].push((ch, r.get(2)?));
+    fn insert(&mut self, k: u32, t: T) {
+        match self {
+            KeyMap::Dense(v) => {
+                if v.len() <= k as usize {
+                    v.resize_with(k as usize + 1, || None);
+                }
+                v[k as usize] = Some(t);
+            }
+            KeyMap::Sparse(m) => {
+                m.insert(k, t);
+            }
+        }
+    }
+
+    fn remove(&mut self, k: u32) -> Option<T> {
+        match self {
+            KeyMap::Dense(v) => v.get_mut(k as usize)?.take(),
+            KeyMap::Sparse(m) => m.remove(&k),
+        }
+    }
+}
+
+impl Plan {
+    /// Loads names, languages, addresses and children for `keys` (recipient
+    /// keys of this plan) and builds their `Recipient`s, in key order.
+    fn build(&self, sis: &Connection, keys: &[u32]) -> Result<Vec<Recipient>, AudienceError> {
+        let (picked, need, schools) = (&self.picked, &self.need, &self.schools);
+        // The people to load: the recipients and the children they name.
+        // For the whole plan that is exactly who `need` marks; for a chunk,
+        // a set.
+        let full = keys.len() == self.keys.len();
+        let mut wanted: HashSet<u32> = HashSet::new();
+        let mut all: Vec<u32> = Vec::new();
+        if full {
+            all = (0..need.len() as u32)
+                .filter(|&k| need[k as usize] != Need::No)
+                .collect();
+        } else {
+            wanted.extend(keys.iter().copied());
+            for &k in keys {
+                if let Some(kids) = picked.guardians.get(&k)
+                    && matches!(need[k as usize], Need::As(Role::Guardian))
+                {
+                    wanted.extend(kids.iter().copied());
                 }
             }
-            Ok(())
-        },
-    )?;
-
-    // Children picked without a school (no school filter): their first school.
-    let unnamed: Vec<u32> = all
-        .iter()
-        .copied()
-        .filter(|&k| {
-            need[k as usize] == Need::Child || picked.in_scope.get(&k).is_some_and(Option::is_none)
-        })
-        .filter(|k| picked.in_scope.get(k).is_some_and(Option::is_none))
-        .collect();
-    rows_for(
-        sis,
-        &unnamed,
-        "SELECT person, MIN(school) FROM person_schools GROUP BY person",
-        "SELECT person, MIN(school) FROM person_schools WHERE person = ?1 GROUP BY person",
-        |r| {
-            let pk: u32 = r.get(0)?;
-            if let Some(slot @ None) = picked.in_scope.get_mut(&pk) {
-                *slot = r.get(1)?;
+            all.extend(wanted.iter().copied());
+            all.sort_unstable();
+        }
+        let keep = |pk: u32| {
+            if full {
+                need.get(pk as usize).is_some_and(|n| *n != Need::No)
+            } else {
+                wanted.contains(&pk)
             }
-            Ok(())
-        },
-    )?;
+        };
+        let universe = need.len();
+        let mut people: KeyMap<PersonRow> =
+            KeyMap::new(full && all.len() > SCAN_THRESHOLD, all.len(), universe);
+        // A chunk always goes through the index: a full scan would cost the
+        // whole district's time for a few thousand people.
+        rows_for(
+            sis,
+            &all,
+            full,
+            "SELECT pk, id, given, family, language, grade FROM people",
+            "SELECT pk, id, given, family, language, grade FROM people WHERE pk = ?1",
+            |r| {
+                let pk: u32 = r.get(0)?;
+                if keep(pk) {
+                    let given: rusqlite::types::ValueRef = r.get_ref(2)?;
+                    let family: rusqlite::types::ValueRef = r.get_ref(3)?;
+                    let name = format!(
+                        "{} {}",
+                        given.as_str().unwrap_or_default(),
+                        family.as_str().unwrap_or_default()
+                    )
+                    .trim()
+                    .to_string();
+                    people.insert(
+                        pk,
+                        PersonRow {
+                            id: r.get(1)?,
+                            name,
+                            language: r.get(4)?,
+                            grade: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                        },
+                    );
+                }
+                Ok(())
+            },
+        )?;
 
-    let student_ref = |pk: u32| -> Option<StudentRef> {
-        let p = people.get(pk as usize)?.as_ref()?;
-        let school = picked.in_scope.get(&pk).copied().flatten();
-        let (school_id, school_name) = school
-            .and_then(|s| schools.get(&s).cloned())
-            .unwrap_or_default();
-        Some(StudentRef {
-            id: p.id.clone(),
-            name: p.name.clone(),
-            school_id,
-            school_name,
-            grade: p.grade.clone(),
-        })
-    };
-    let mut recipients = Vec::with_capacity(recipients_keys.len());
-    for &pk in &recipients_keys {
-        let Need::As(role) = need[pk as usize] else {
-            continue;
+        let recipient_set: HashSet<u32> = if full {
+            HashSet::new()
+        } else {
+            keys.iter().copied().collect()
         };
-        let Some(p) = people[pk as usize].as_ref() else {
-            continue;
+        let mut addresses: KeyMap<Vec<(Channel, String)>> =
+            KeyMap::new(full && keys.len() > SCAN_THRESHOLD, keys.len(), universe);
+        rows_for(
+            sis,
+            keys,
+            full,
+            "SELECT person, channel, address FROM contacts",
+            "SELECT person, channel, address FROM contacts WHERE person = ?1",
+            |r| {
+                let pk: u32 = r.get(0)?;
+                let is_recipient = if full {
+                    matches!(need.get(pk as usize), Some(Need::As(_)))
+                } else {
+                    recipient_set.contains(&pk)
+                };
+                if is_recipient {
+                    let ch = r.get_ref(1)?;
+                    if let Some(ch) = ch.as_str().ok().and_then(Channel::parse) {
+                        addresses
+                            .get_or_insert_with(pk, Vec::new)
+                            .push((ch, r.get(2)?));
+                    }
+                }
+                Ok(())
+            },
+        )?;
+
+        // Children picked without a school (no school filter): their first school.
+        let unnamed: Vec<u32> = all
+            .iter()
+            .copied()
+            .filter(|k| picked.in_scope.get(k).is_some_and(Option::is_none))
+            .collect();
+        let mut first_school: HashMap<u32, u32> = HashMap::new();
+        rows_for(
+            sis,
+            &unnamed,
+            full,
+            "SELECT person, MIN(school) FROM person_schools GROUP BY person",
+            "SELECT person, MIN(school) FROM person_schools WHERE person = ?1 GROUP BY person",
+            |r| {
+                let pk: u32 = r.get(0)?;
+                if picked.in_scope.get(&pk).is_some_and(Option::is_none)
+                    && let Some(s) = r.get::<_, Option<u32>>(1)?
+                {
+                    first_school.insert(pk, s);
+                }
+                Ok(())
+            },
+        )?;
+
+        let student_ref = |pk: u32| -> Option<StudentRef> {
+            let p = people.get(pk)?;
+            let school = picked
+                .in_scope
+                .get(&pk)
+                .copied()
+                .flatten()
+                .or_else(|| first_school.get(&pk).copied());
+            let (school_id, school_name) = school
+                .and_then(|s| schools.get(&s).cloned())
+                .unwrap_or_default();
+            Some(StudentRef {
+                id: p.id.clone(),
+                name: p.name.clone(),
+                school_id,
+                school_name,
+                grade: p.grade.clone(),
+            })
         };
-        let students = match role {
-            Role::Guardian => {
-                let mut list: Vec<StudentRef> = picked
-                    .guardians
-                    .get(&pk)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|&s| student_ref(s))
-                    .collect();
-                list.sort_by(|a, b| a.id.cmp(&b.id));
-                list
-            }
-            _ => Vec::new(),
-        };
-        let mut addrs = std::mem::take(&mut addresses[pk as usize]);
-        addrs.sort();
-        recipients.push(Recipient {
-            person_id: p.id.clone(),
-            role,
-            name: p.name.clone(),
-            language: p.language.clone(),
-            students,
-            addresses: addrs,
-        });
+        let mut recipients = Vec::with_capacity(keys.len());
+        for &pk in keys {
+            let Need::As(role) = need[pk as usize] else {
+                continue;
+            };
+            let Some(p) = people.get(pk) else {
+                continue;
+            };
+            let students = match role {
+                Role::Guardian => {
+                    let mut list: Vec<StudentRef> = picked
+                        .guardians
+                        .get(&pk)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|&s| student_ref(s))
+                        .collect();
+                    list.sort_by(|a, b| a.id.cmp(&b.id));
+                    list
+                }
+                _ => Vec::new(),
+            };
+            let mut addrs = addresses.remove(pk).unwrap_or_default();
+            addrs.sort();
+            recipients.push(Recipient {
+                person_id: p.id.clone(),
+                role,
+                name: p.name.clone(),
+                language: p.language.clone(),
+                students,
+                addresses: addrs,
+            });
+        }
+        Ok(recipients)
     }
-    recipients.sort_by(|a, b| {
-        a.role
-            .cmp(&b.role)
-            .then_with(|| a.person_id.cmp(&b.person_id))
-    });
-    Ok(Audience { recipients })
 }
 
 /// Someone in the audience with no usable address.

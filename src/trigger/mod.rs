@@ -21,8 +21,57 @@ use crate::playbook::PlaybookConfig;
 use crate::store::alerts::{self, Fanout, NewAlert};
 use crate::store::{StoreError, now_ms};
 
-/// Recipients per committed chunk after the first wave.
-const CHUNK: usize = 5_000;
+/// Recipients per committed chunk after the first wave: small enough that a
+/// chunk's names and addresses are a few hundred kilobytes.
+const CHUNK: usize = 1_000;
+
+/// Chunks of recipients on their way to the store; an error ends the stream.
+type Chunks = tokio::sync::mpsc::Receiver<Result<Vec<Recipient>, String>>;
+
+/// Streams the audience of `spec` from a SIS file in chunks: the plan (who)
+/// is computed once, the details (names, addresses, children) per chunk, so
+/// a district-wide alert never holds every recipient in memory at once.
+fn stream_plan(app: &AppState, sis: PathBuf, spec: AudienceSpec) -> Chunks {
+    let groups = app.config.groups.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(2);
+    tokio::task::spawn_blocking(move || {
+        let run = || -> Result<(), String> {
+            let conn = rusqlite::Connection::open_with_flags(
+                &sis,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+            )
+            .map_err(|e| format!("cannot open the SIS copy {}: {e}", sis.display()))?;
+            let read = conn.unchecked_transaction().map_err(|e| e.to_string())?;
+            let plan = crate::audience::plan(&conn, &spec, &groups).map_err(|e| e.to_string())?;
+            let mut i = 0;
+            while i < plan.len() {
+                let chunk = plan
+                    .recipients(&conn, i..i + CHUNK)
+                    .map_err(|e| e.to_string())?;
+                i += CHUNK;
+                if tx.blocking_send(Ok(chunk)).is_err() {
+                    break;
+                }
+            }
+            drop(read);
+            Ok(())
+        };
+        if let Err(e) = run() {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    rx
+}
+
+/// Streams recipients already in memory (an all-clear's, a resumed one's).
+fn stream_vec(mut recipients: Vec<Recipient>) -> Chunks {
+    let (tx, rx) = tokio::sync::mpsc::channel(recipients.len() / CHUNK + 1);
+    while !recipients.is_empty() {
+        let chunk: Vec<Recipient> = recipients.drain(..recipients.len().min(CHUNK)).collect();
+        let _ = tx.try_send(Ok(chunk));
+    }
+    rx
+}
 
 /// What the API (and `klaxon trigger`) sends.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -240,16 +289,7 @@ pub async fn create(
         );
         let id = start(app, &pb, new, first).await?;
         count_created(app, &req);
-        let rest = resolve_at(app, snapshot.clone(), spec.clone()).await;
-        let rest = match rest {
-            Ok(r) => r,
-            Err(e) => {
-                // The first wave is out; record that the rest could not be resolved.
-                let msg = format!("the audience could not be fully resolved: {e}");
-                let _ = finish(app, id, Some(msg.clone())).await;
-                return Err(TriggerError::Audience(msg));
-            }
-        };
+        let rest = stream_plan(app, snapshot.clone(), spec.clone());
         complete(app, id, &pb, &req, rest).await
     }
     .await;
@@ -324,22 +364,41 @@ async fn start(
     Ok(id)
 }
 
-/// Writes the rest of the audience in chunks, then finishes the alert.
+/// Writes the rest of the audience as its chunks arrive, then finishes the
+/// alert with its counts and capacity estimate.
 async fn complete(
     app: &AppState,
     id: i64,
     pb: &PlaybookConfig,
     req: &TriggerRequest,
-    recipients: Vec<Recipient>,
+    mut chunks: Chunks,
 ) -> Result<TriggerResponse, TriggerError> {
-    // Capacity: what the engine can hand over at the configured rates, against the deadline.
     let available = app.engine.channels();
+    let f = fanout(app, pb, req.hold);
     let mut counts: HashMap<Channel, i64> = HashMap::new();
-    for r in &recipients {
-        for (ch, _) in alerts::channels_for(&pb.channels, &available, &r.addresses) {
-            *counts.entry(*ch).or_default() += 1;
+    while let Some(chunk) = chunks.recv().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                // What was written is being sent; say that the rest is missing.
+                let msg = format!("the audience could not be fully resolved: {e}");
+                let _ = finish(app, id, Some(msg.clone())).await;
+                return Err(TriggerError::Audience(msg));
+            }
+        };
+        for r in &chunk {
+            for (ch, _) in alerts::channels_for(&pb.channels, &available, &r.addresses) {
+                *counts.entry(*ch).or_default() += 1;
+            }
         }
+        let f = f.clone();
+        let now = now_ms();
+        app.store
+            .write(move |c| alerts::add_recipients(c, id, now, &f, &chunk))
+            .await?;
+        app.engine.kick();
     }
+    // Capacity: what the engine can hand over at the configured rates, against the deadline.
     let estimate = app.engine.estimate(&counts);
     let warning = (estimate > pb.notify_within.0).then(|| {
         format!(
@@ -350,17 +409,6 @@ async fn complete(
     });
     if let Some(w) = &warning {
         tracing::warn!(alert = id, warning = %w, "The deadline cannot be met at the configured rates.");
-    }
-    let f = fanout(app, pb, req.hold);
-    let mut rest = recipients;
-    while !rest.is_empty() {
-        let chunk: Vec<Recipient> = rest.drain(..rest.len().min(CHUNK)).collect();
-        let f = f.clone();
-        let now = now_ms();
-        app.store
-            .write(move |c| alerts::add_recipients(c, id, now, &f, &chunk))
-            .await?;
-        app.engine.kick();
     }
     let estimate_ms = estimate.as_millis().min(i64::MAX as u128) as i64;
     let created = {
@@ -440,7 +488,7 @@ pub async fn all_clear(
     let first: Vec<Recipient> = recipients.drain(..recipients.len().min(CHUNK)).collect();
     let id = start(app, &pb, new, first).await?;
     count_created(app, &req);
-    complete(app, id, &pb, &req, recipients).await
+    complete(app, id, &pb, &req, stream_vec(recipients)).await
 }
 
 fn count_created(app: &AppState, req: &TriggerRequest) {
@@ -470,14 +518,14 @@ pub async fn resume(app: &AppState) -> Result<usize, TriggerError> {
             continue;
         };
         let spec: AudienceSpec = serde_json::from_value(alert.audience.clone()).unwrap_or_default();
-        let recipients = match (alert.parent_id, snapshot.as_deref()) {
-            (Some(parent), None) => {
+        let chunks = match (alert.parent_id, snapshot.as_deref()) {
+            (Some(parent), None) => stream_vec(
                 app.store
                     .read(move |c| alerts::audience_of(c, parent))
-                    .await?
-            }
+                    .await?,
+            ),
             (_, Some(snap)) if Path::new(snap).exists() => {
-                resolve_at(app, PathBuf::from(snap), spec.clone()).await?
+                stream_plan(app, PathBuf::from(snap), spec.clone())
             }
             _ => {
                 tracing::error!(
@@ -495,7 +543,7 @@ pub async fn resume(app: &AppState) -> Result<usize, TriggerError> {
             drill: alert.drill,
             hold: alert.state == "held",
         };
-        let created = complete(app, id, &pb, &req, recipients).await?;
+        let created = complete(app, id, &pb, &req, chunks).await?;
         tracing::warn!(
             alert = id,
             recipients = created.recipients,
