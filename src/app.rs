@@ -105,7 +105,11 @@ impl App {
             )
         })?;
         let metrics = Arc::new(Metrics::default());
-        let renderer = Renderer::new(&config.playbooks, &config.server.public_url);
+        let renderer = Renderer::new(
+            &config.playbooks,
+            &config.server.public_url,
+            config.delivery.sms_max_segments,
+        );
         let engine = Arc::new(Engine::new(
             store.clone(),
             slots,

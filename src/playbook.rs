@@ -126,6 +126,33 @@ impl PlaybookConfig {
         }
     }
 
+    /// Templates whose SMS, rendered with long but plausible values and a
+    /// real-length link, take more than `budget` segments: (language,
+    /// segments). Such texts are shortened at send time.
+    pub fn sms_over_budget(&self, public_url: &str, budget: u32) -> Vec<(String, usize)> {
+        let env = minijinja::Environment::new();
+        let link = format!("{public_url}/a/{}", "A".repeat(27));
+        let mut out = Vec::new();
+        for (lang, text) in &self.messages {
+            let Ok(t) = env.template_from_str(text) else {
+                continue;
+            };
+            let Ok(body) = t.render(minijinja::context! {
+                school => "Lincoln-Roosevelt International Elementary School",
+                students => "Alexandria Montgomery and Christopher Washington",
+                link => link, title => self.title, drill => true, message => "",
+            }) else {
+                continue;
+            };
+            let body = body.split_whitespace().collect::<Vec<_>>().join(" ");
+            let n = crate::deliver::sms::segments(&body).segments;
+            if n > budget as usize {
+                out.push((lang.clone(), n));
+            }
+        }
+        out
+    }
+
     /// The message template for a language, falling back to its base language
     /// ("es-MX" → "es") and then to English.
     pub fn message_for(&self, language: &str) -> &str {

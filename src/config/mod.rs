@@ -375,6 +375,24 @@ impl Config {
             playbooks,
         };
         config.validate(&mut issues);
+        let mut config = config;
+        for (name, pb) in &config.playbooks {
+            if !pb.channels.contains(&Channel::Sms) {
+                continue;
+            }
+            for (lang, n) in
+                pb.sms_over_budget(&config.server.public_url, config.delivery.sms_max_segments)
+            {
+                config.warnings.push(ConfigIssue {
+                    key: format!("playbooks.{name}.messages.{lang}"),
+                    line: None,
+                    message: format!(
+                        "an SMS with long names and its link takes {n} segments, over the budget of {} (delivery.sms_max_segments); such texts are shortened when sent",
+                        config.delivery.sms_max_segments
+                    ),
+                });
+            }
+        }
         if issues.is_empty() {
             Ok(config)
         } else {

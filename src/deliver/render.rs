@@ -8,6 +8,7 @@ use minijinja::{Environment, context};
 
 use crate::audience::StudentRef;
 use crate::deliver::message::OutboundMessage;
+use crate::deliver::sms;
 use crate::domain::Channel;
 use crate::playbook::PlaybookConfig;
 use crate::store::deliveries::Claimed;
@@ -16,10 +17,16 @@ pub struct Renderer {
     env: Environment<'static>,
     playbooks: BTreeMap<String, PlaybookConfig>,
     public_url: String,
+    /// Most SMS segments one text may take, link included.
+    sms_max_segments: usize,
 }
 
 impl Renderer {
-    pub fn new(playbooks: &BTreeMap<String, PlaybookConfig>, public_url: &str) -> Renderer {
+    pub fn new(
+        playbooks: &BTreeMap<String, PlaybookConfig>,
+        public_url: &str,
+        sms_max_segments: u32,
+    ) -> Renderer {
         let mut env = Environment::new();
         // Message templates are plain text: no HTML escaping, and a missing
         // variable renders empty rather than failing an alert.
@@ -35,6 +42,7 @@ impl Renderer {
             env,
             playbooks: playbooks.clone(),
             public_url: public_url.to_string(),
+            sms_max_segments: sms_max_segments.max(1) as usize,
         }
     }
 
@@ -75,7 +83,17 @@ impl Renderer {
                 message => c.message.clone().unwrap_or_default(),
             }
         };
-        let body = squeeze(&tmpl.render(vars(&link)).map_err(|e| e.to_string())?);
+        let mut body = squeeze(&tmpl.render(vars(&link)).map_err(|e| e.to_string())?);
+        if c.channel == Channel::Sms && sms::segments(&body).segments > self.sms_max_segments {
+            // Over budget: first drop the optional details, then cut the
+            // text before the link. The link always survives whole.
+            let lean = context! {
+                school => c.place, students => "", link => link, title => c.title,
+                drill => c.drill, message => "",
+            };
+            let shorter = squeeze(&tmpl.render(lean).map_err(|e| e.to_string())?);
+            body = fit_sms(&shorter, &link, self.sms_max_segments);
+        }
         // Only what the channel uses is rendered: this runs once per message.
         let speech = if c.channel == Channel::Voice {
             speech_text(&squeeze(&tmpl.render(vars("")).map_err(|e| e.to_string())?))
@@ -102,6 +120,29 @@ impl Renderer {
             speech,
         })
     }
+}
+
+/// Cuts `text` so that it fits `budget` SMS segments, keeping `link` whole
+/// at the end and marking the cut with an ellipsis.
+pub fn fit_sms(text: &str, link: &str, budget: usize) -> String {
+    if sms::segments(text).segments <= budget {
+        return text.to_string();
+    }
+    let before = text.replace(link, "");
+    let before = before.trim_end().trim_end_matches(':').trim_end();
+    let chars: Vec<char> = before.chars().collect();
+    let fits = |n: usize| {
+        let s: String = chars[..n].iter().collect();
+        sms::segments(&format!("{}… {link}", s.trim_end())).segments <= budget
+    };
+    // The longest prefix that fits (fits is monotonic in n).
+    let (mut lo, mut hi) = (0usize, chars.len());
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if fits(mid) { lo = mid } else { hi = mid - 1 }
+    }
+    let s: String = chars[..lo].iter().collect();
+    format!("{}… {link}", s.trim_end())
 }
 
 /// "Ana", "Ana and Ben", "Ana, Ben and Cy".
@@ -177,7 +218,7 @@ mod tests {
 
     #[test]
     fn renders_language_link_and_drill_marker() {
-        let r = Renderer::new(&crate::playbook::builtin(), "https://alerts.example.org");
+        let r = Renderer::new(&crate::playbook::builtin(), "https://alerts.example.org", 3);
         let m = r.render(&claimed("es-MX", "[]")).unwrap();
         assert!(m.body.starts_with("SIMULACRO"), "{}", m.body);
         assert!(m.body.contains("Lincoln Elementary"));
@@ -195,6 +236,25 @@ mod tests {
             v.speech
         );
         assert!(m.subject.starts_with("[DRILL] Lockdown"));
+    }
+
+    #[test]
+    fn sms_over_budget_is_cut_before_the_link() {
+        let link = "https://alerts.example.org/a/AAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        let long = format!("{} Confirm: {link}", "Lockdown at the school. ".repeat(30));
+        let cut = fit_sms(&long, link, 1);
+        assert!(cut.ends_with(link), "{cut}");
+        assert!(cut.contains('…'));
+        assert_eq!(sms::segments(&cut).segments, 1, "{cut}");
+        // Vietnamese is UCS-2: 70 units for one segment.
+        let vi = format!("{} Xác nhận: {link}", "Phong tỏa tại trường. ".repeat(10));
+        let cut = fit_sms(&vi, link, 2);
+        assert!(
+            cut.ends_with(link) && sms::segments(&cut).segments <= 2,
+            "{cut}"
+        );
+        let short = format!("Short. {link}");
+        assert_eq!(fit_sms(&short, link, 1), short);
     }
 
     #[test]
