@@ -198,7 +198,7 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             choices: vec![],
             messages: messages(&[
                 ("en", "{% if drill %}DRILL - {% endif %}LOCKDOWN at {{ school }}. Students are safe inside. Do not come to the school. Confirm: {{ link }}"),
-                ("es", "{% if drill %}SIMULACRO - {% endif %}CIERRE DE EMERGENCIA en {{ school }}. Los estudiantes están seguros adentro. No venga a la escuela. Confirme: {{ link }}"),
+                ("es", "{% if drill %}SIMULACRO - {% endif %}CIERRE DE EMERGENCIA en {{ school }}. Estudiantes seguros adentro. No venga a la escuela. Confirme: {{ link }}"),
                 ("vi", "{% if drill %}DIỄN TẬP - {% endif %}PHONG TỎA tại {{ school }}. Học sinh an toàn bên trong. Đừng đến trường. Xác nhận: {{ link }}"),
                 ("zh", "{% if drill %}演习 - {% endif %}{{ school }}封锁。学生在室内安全。请勿前往学校。确认：{{ link }}"),
             ]),
