@@ -27,9 +27,12 @@ fn twilio_section(
     from: &str,
     rate: Option<f64>,
 ) -> String {
-    let rate = rate
-        .map(|r| format!("max_per_second = {r}\nper_sender_per_second = {r}\n"))
-        .unwrap_or_default();
+    // One sender number: its own 1/s default would pace everything; a test
+    // sets the limit it means explicitly.
+    let rate = match rate {
+        Some(r) => format!("max_per_second = {r}\nper_sender_per_second = {r}\n"),
+        None => "per_sender_per_second = 1000\n".to_string(),
+    };
     format!(
         r#"
 [[providers]]
@@ -48,6 +51,7 @@ from = ["{from}"]
 
 const SMS_ONLY: &str = r#"
 [delivery]
+request_timeout = "1s"
 retry_initial = "50ms"
 retry_max = "300ms"
 breaker_failures = 2
@@ -357,6 +361,124 @@ async fn the_rate_limit_holds_in_every_one_second_window() {
     assert!(
         worst as f64 <= rate,
         "{worst} requests in one second, limit {rate}"
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_provider_times_out_and_the_secondary_takes_over() {
+    let slow = TwilioServer::start(SID, "tok1").await;
+    let backup = TwilioServer::start(SID2, "tok2").await;
+    slow.faults().set_delay(Duration::from_secs(5));
+    let secrets = tempfile::tempdir().unwrap();
+    let t1 = token_file(secrets.path(), "t1", "tok1");
+    let t2 = token_file(secrets.path(), "t2", "tok2");
+    let providers = format!(
+        "{}{}",
+        twilio_section("slow", SID, &slow.url(), &t1, "+15555550100", None),
+        twilio_section("backup", SID2, &backup.url(), &t2, "+15555550199", None)
+    );
+    let app = app_with(&providers, None).await;
+    let started = std::time::Instant::now();
+    let id = trigger_sms(&app, json!({"schools": ["S1"]})).await;
+    let s = app.wait_settled(id).await;
+    assert_eq!(s["totals"]["sent"], 3, "{s}");
+    assert_eq!(backup.requests().len(), 3);
+    assert!(
+        slow.requests().len() < 3,
+        "the slow provider did not carry the alert"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "failover within the request time-out, not the provider's delay: {:?}",
+        started.elapsed()
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emergency_goes_ahead_of_routine_messages_already_queued() {
+    let export = tempfile::tempdir().unwrap();
+    klaxon::sis::generate(
+        export.path(),
+        &klaxon::sis::GenerateOptions {
+            students: 60,
+            seed: 5,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let tw = TwilioServer::start(SID, "tok").await;
+    let secrets = tempfile::tempdir().unwrap();
+    let tf = token_file(secrets.path(), "t", "tok");
+    let routine = r#"
+[playbooks.newsletter]
+title = "Newsletter"
+severity = "routine"
+channels = ["sms"]
+roles = ["guardian"]
+notify_within = "1h"
+[playbooks.newsletter.messages]
+en = "Newsletter: {{ link }}"
+"#;
+    let app = app_with(
+        &format!(
+            "{}{routine}",
+            twilio_section(
+                "twilio-main",
+                SID,
+                &tw.url(),
+                &tf,
+                "+15555550100",
+                Some(20.0)
+            )
+        ),
+        Some(export.path()),
+    )
+    .await;
+    let r = app
+        .trigger(json!({"playbook": "newsletter", "audience": {}}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let routine_id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let emergency = trigger_sms(&app, json!({})).await;
+    app.wait_settled(emergency).await;
+    // The order the provider saw: routine had started; once the emergency
+    // arrived, only the routine texts already in flight (about half a
+    // second's worth) went before the emergency's last one.
+    let order: String = tw
+        .requests()
+        .iter()
+        .map(|r| {
+            if r.field("Body").unwrap().starts_with("LOCKDOWN") {
+                'E'
+            } else {
+                'r'
+            }
+        })
+        .collect();
+    let first_e = order.find('E').unwrap();
+    let last_e = order.rfind('E').unwrap();
+    let interleaved = order[first_e..last_e].matches('r').count();
+    assert!(first_e > 0, "routine had started: {order}");
+    assert!(
+        interleaved <= 10,
+        "{interleaved} routine texts overtook the emergency: {order}"
+    );
+    // And the routine alert still finishes: deprioritised, not dropped.
+    let r = app.wait_settled(routine_id).await;
+    let newsletters = tw
+        .requests()
+        .iter()
+        .filter(|q| q.field("Body").unwrap().starts_with("Newsletter"))
+        .count() as i64;
+    assert_eq!(r["totals"]["sent"].as_i64(), Some(newsletters), "{r}");
+    assert!(
+        r["totals"]["queued"].is_null() && r["totals"]["sending"].is_null(),
+        "{r}"
     );
     app.stop().await;
 }

@@ -50,6 +50,10 @@ pub struct Slot {
     /// Messages per second actually allowed (after senders and margin); None = unlimited.
     pub rate: Option<f64>,
     limiter: Option<Limiter>,
+    /// Tasks pass the limiter one at a time, first come first served:
+    /// governor does not serve its waiters in order, and the claim order is
+    /// the priority order that must be kept.
+    turn: tokio::sync::Mutex<()>,
     breaker: Mutex<Breaker>,
     /// Moving average of request latency, for the capacity estimate of a
     /// provider without a rate limit: in flight / latency.
@@ -79,6 +83,7 @@ impl Slot {
             provider,
             rate,
             limiter,
+            turn: tokio::sync::Mutex::new(()),
             breaker: Mutex::new(Breaker::new(
                 cfg.breaker_failures,
                 cfg.breaker_cooldown.0.as_millis() as i64,
@@ -258,17 +263,17 @@ impl Engine {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let slots = self.slots_for(channel);
-        let concurrency = self.cfg.concurrency * slots.len().max(1);
-        let permits = Arc::new(Semaphore::new(concurrency));
-        // Claim no more than about half a second of work at the channel's
-        // rate, so an emergency queued later is not stuck behind a long batch.
+        // Hold no more than about half a second of work at the channel's
+        // rate in flight (claimed, waiting for the limiter or the provider),
+        // so an emergency queued later is not stuck behind routine messages.
         let rate = self.channel_rate(channel);
-        let all_limited = slots.iter().all(|s| s.rate.is_some());
-        let max_claim = if all_limited {
-            ((rate * 0.5).ceil() as i64).clamp(1, 500)
-        } else {
-            500
-        };
+        let all_limited = !slots.is_empty() && slots.iter().all(|s| s.rate.is_some());
+        let mut concurrency = self.cfg.concurrency * slots.len().max(1);
+        if all_limited {
+            concurrency = concurrency.min(((rate * 0.5).ceil() as usize).max(2));
+        }
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let max_claim = concurrency.min(500) as i64;
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             if *shutdown.borrow() {
@@ -280,10 +285,11 @@ impl Engine {
                 _ = shutdown.changed() => continue,
             };
             let limit = (permits.available_permits() as i64 + 1).min(max_claim);
-            let now = now_ms();
+            // "Due" is judged on the writer's clock, when the claim runs, so a
+            // row committed just before it is never missed.
             let claimed = match self
                 .store
-                .write(move |c| deliveries::claim(c, channel, now, limit))
+                .write(move |c| deliveries::claim(c, channel, now_ms(), limit))
                 .await
             {
                 Ok(c) => c,
@@ -372,6 +378,7 @@ impl Engine {
             }
         };
         if let Some(l) = &slot.limiter {
+            let _turn = slot.turn.lock().await;
             l.until_ready().await;
         }
         let result = match tokio::time::timeout(

@@ -90,6 +90,13 @@ pub async fn spawn_app_with(extra: &str) -> TestApp {
 
 /// Starts (or restarts) the daemon on the folder's config.
 pub async fn start(dir: tempfile::TempDir, admin: String, viewer: String) -> TestApp {
+    // KLAXON_TEST_LOG=debug shows the daemon's log while debugging a test.
+    if let Ok(filter) = std::env::var("KLAXON_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
     let config = Config::load(&dir.path().join("klaxon.toml")).expect("config loads");
     let app = App::build(config).await.expect("app builds");
     let base = format!("http://{}", app.addr());
