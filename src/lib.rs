@@ -16,6 +16,7 @@ pub mod deliver;
 pub mod demo;
 pub mod domain;
 pub mod http;
+pub mod markup;
 pub mod metrics;
 pub mod playbook;
 pub mod sis;

@@ -106,7 +106,6 @@ impl Renderer {
             c.title,
             c.place
         );
-        let html = (c.channel == Channel::Email).then(|| email_html(&subject, &body, &link));
         Ok(OutboundMessage {
             delivery_id: c.id,
             alert_id: c.alert_id,
@@ -115,7 +114,8 @@ impl Renderer {
             language: c.language.clone(),
             subject,
             body,
-            html,
+            // Email providers build the HTML part from the text (one place, localised).
+            html: None,
             ack_url: link,
             speech,
         })
@@ -169,25 +169,6 @@ fn speech_text(s: &str) -> String {
         return t[..=cut].to_string();
     }
     t.to_string()
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn email_html(subject: &str, body: &str, link: &str) -> String {
-    format!(
-        "<!doctype html><html><body style=\"font-family:sans-serif;font-size:16px;line-height:1.5\">\
-<h1 style=\"font-size:20px\">{}</h1><p>{}</p>\
-<p><a href=\"{}\" style=\"display:inline-block;padding:12px 20px;background:#0b4f9c;color:#fff;text-decoration:none;border-radius:6px\">Confirm</a></p>\
-</body></html>",
-        escape(subject),
-        escape(body),
-        escape(link)
-    )
 }
 
 #[cfg(test)]

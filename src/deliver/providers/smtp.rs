@@ -20,6 +20,7 @@ use crate::config::{Dur, Issues, relative_to, resolve_secret};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
 use crate::deliver::providers::{ProviderContext, redact, revalidate};
 use crate::domain::Channel;
+use crate::markup::escape;
 
 /// Connections kept open to the relay; sends beyond this wait for one.
 const POOL_SIZE: u32 = 8;
@@ -308,22 +309,6 @@ fn classify(e: &lettre::transport::smtp::Error) -> SendError {
     }
 }
 
-/// Escapes text for HTML content and attribute values.
-pub fn html_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Label of the confirmation button.
 fn confirm_label(language: &str) -> &'static str {
     match language.split(['-', '_']).next().unwrap_or("") {
@@ -343,7 +328,7 @@ pub fn render_html(msg: &OutboundMessage) -> String {
         .body
         .split("\n\n")
         .filter(|p| !p.trim().is_empty())
-        .map(|p| format!("<p>{}</p>\n", html_escape(p.trim()).replace('\n', "<br>\n")))
+        .map(|p| format!("<p>{}</p>\n", escape(p.trim()).replace('\n', "<br>\n")))
         .collect();
     let button = if msg.ack_url.is_empty() {
         String::new()
@@ -355,8 +340,8 @@ pub fn render_html(msg: &OutboundMessage) -> String {
                 r#"border-radius:6px;font-size:18px">{label}</a></p>"#,
                 "\n"
             ),
-            url = html_escape(&msg.ack_url),
-            label = html_escape(confirm_label(&msg.language)),
+            url = escape(&msg.ack_url),
+            label = escape(confirm_label(&msg.language)),
         )
     };
     format!(
@@ -366,8 +351,8 @@ pub fn render_html(msg: &OutboundMessage) -> String {
             "<body style=\"font-family:sans-serif;font-size:16px;line-height:1.5\">\n",
             "{paragraphs}{button}</body></html>\n"
         ),
-        lang = html_escape(&msg.language),
-        title = html_escape(&msg.subject),
+        lang = escape(&msg.language),
+        title = escape(&msg.subject),
         paragraphs = paragraphs,
         button = button,
     )

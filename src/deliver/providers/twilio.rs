@@ -21,6 +21,7 @@ use crate::config::{Issues, Secret, relative_to, resolve_secret};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
 use crate::deliver::providers::{ProviderContext, redact, retry_after, revalidate};
 use crate::domain::Channel;
+use crate::markup::escape;
 
 /// Twilio error codes that say something about the sender or the account, not
 /// the recipient: another provider may well succeed, so they are transient.
@@ -476,24 +477,6 @@ pub fn classify(
     }
 }
 
-/// Escapes text for XML content and attribute values.
-pub fn xml_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            // Control characters are not allowed in XML 1.0.
-            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Built-in voices: language subtag → (Twilio `language`, voice).
 const DEFAULT_VOICES: &[(&str, &str, &str)] = &[
     ("en", "en-US", "Polly.Joanna"),
@@ -576,14 +559,14 @@ pub fn twiml(
     };
     let attrs = format!(
         r#"language="{}" voice="{}""#,
-        xml_escape(&language),
-        xml_escape(&voice)
+        escape(&language),
+        escape(&voice)
     );
-    let speech = xml_escape(&speech);
+    let speech = escape(&speech);
     let gather = format!(
         r#"<Gather numDigits="1" timeout="10" method="POST" action="{}"><Say {attrs}>{}</Say></Gather>"#,
-        xml_escape(action),
-        xml_escape(press_one(&msg.language))
+        escape(action),
+        escape(press_one(&msg.language))
     );
     let head = r#"<?xml version="1.0" encoding="UTF-8"?><Response>"#;
     let twice = format!(
