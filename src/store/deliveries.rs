@@ -49,45 +49,74 @@ pub fn claim(
     now: i64,
     limit: i64,
 ) -> Result<Vec<Claimed>, StoreError> {
-    let ids: Vec<i64> = conn
+    // One statement marks the batch; RETURNING does not keep the ORDER BY,
+    // so the rows are put back in priority order below.
+    let mut rows: Vec<(i64, i64, i64, String, i64, Option<String>, bool, i64, i64)> = conn
         .prepare_cached(
-            "SELECT id FROM deliveries WHERE state = 'queued' AND channel = ?1 AND next_attempt_at <= ?2
-             ORDER BY priority, next_attempt_at, id LIMIT ?3",
+            "UPDATE deliveries SET state = 'sending', updated_at = ?2
+             WHERE id IN (SELECT id FROM deliveries WHERE state = 'queued' AND channel = ?1 AND next_attempt_at <= ?2
+                          ORDER BY priority, next_attempt_at, id LIMIT ?3)
+             RETURNING id, alert_id, recipient_id, address, attempts, provider, escalation, priority, next_attempt_at",
         )?
-        .query_map(params![channel.as_str(), now, limit], |r| r.get(0))?
+        .query_map(params![channel.as_str(), now, limit], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
+        })?
         .collect::<Result<_, _>>()?;
-    let mut mark = conn
-        .prepare_cached("UPDATE deliveries SET state = 'sending', updated_at = ?2 WHERE id = ?1")?;
-    let mut fetch = conn.prepare_cached(
-        "SELECT d.id, d.alert_id, d.recipient_id, d.address, d.attempts, d.provider, a.playbook, a.title, a.message,
-                a.drill, a.ack_deadline, r.language, r.students, r.token, d.escalation, a.place
-         FROM deliveries d JOIN alerts a ON a.id = d.alert_id JOIN recipients r ON r.id = d.recipient_id
-         WHERE d.id = ?1",
+    rows.sort_by_key(|r| (r.7, r.8, r.0));
+    type AlertPart = (String, String, Option<String>, bool, Option<i64>, String);
+    let mut alerts: std::collections::HashMap<i64, AlertPart> = std::collections::HashMap::new();
+    let mut alert_q = conn.prepare_cached(
+        "SELECT playbook, title, message, drill, ack_deadline, place FROM alerts WHERE id = ?1",
     )?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        mark.execute(params![id, now])?;
-        out.push(fetch.query_row([id], |r| {
-            Ok(Claimed {
-                id: r.get(0)?,
-                alert_id: r.get(1)?,
-                recipient_id: r.get(2)?,
-                channel,
-                address: r.get(3)?,
-                attempts: r.get(4)?,
-                last_provider: r.get(5)?,
-                playbook: r.get(6)?,
-                title: r.get(7)?,
-                message: r.get(8)?,
-                drill: r.get(9)?,
-                ack_deadline: r.get(10)?,
-                language: r.get(11)?,
-                students_json: r.get(12)?,
-                token: r.get(13)?,
-                escalation: r.get(14)?,
-                place: r.get(15)?,
-            })
-        })?);
+    let mut recipient_q =
+        conn.prepare_cached("SELECT language, students, token FROM recipients WHERE id = ?1")?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, alert_id, recipient_id, address, attempts, last_provider, escalation, _, _) in rows {
+        if !alerts.contains_key(&alert_id) {
+            let a = alert_q.query_row([alert_id], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            })?;
+            alerts.insert(alert_id, a);
+        }
+        let (playbook, title, message, drill, ack_deadline, place) = &alerts[&alert_id];
+        let (language, students_json, token): (String, String, String) =
+            recipient_q.query_row([recipient_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        out.push(Claimed {
+            id,
+            alert_id,
+            recipient_id,
+            channel,
+            address,
+            attempts,
+            last_provider,
+            playbook: playbook.clone(),
+            title: title.clone(),
+            place: place.clone(),
+            message: message.clone(),
+            drill: *drill,
+            ack_deadline: *ack_deadline,
+            language,
+            students_json,
+            token,
+            escalation,
+        });
     }
     Ok(out)
 }
