@@ -147,6 +147,8 @@ fn start_sink() -> (SocketAddr, Arc<Sink>) {
 }
 
 fn config(dir: &Path, port: u16, sink: SocketAddr, rate: Option<f64>) -> String {
+    // KLAXON_BENCH_SYNC=normal measures what fsync on every commit costs.
+    let sync = std::env::var("KLAXON_BENCH_SYNC").unwrap_or_else(|_| "full".into());
     let rate = rate
         .map(|r| format!("max_per_second = {r}\n"))
         .unwrap_or_default();
@@ -160,6 +162,7 @@ public_url = "http://127.0.0.1:{port}"
 
 [store]
 dir = "state"
+synchronous = "{sync}"
 
 [delivery]
 concurrency = 128
