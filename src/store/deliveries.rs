@@ -42,6 +42,19 @@ pub struct Claimed {
     pub escalation: bool,
 }
 
+/// One row marked by `claim`, before its alert and recipient are joined in.
+struct ClaimRow {
+    id: i64,
+    alert_id: i64,
+    recipient_id: i64,
+    address: String,
+    attempts: i64,
+    last_provider: Option<String>,
+    escalation: bool,
+    priority: i64,
+    due: i64,
+}
+
 /// Claims up to `limit` due deliveries of one channel, most urgent first.
 pub fn claim(
     conn: &Connection,
@@ -51,7 +64,7 @@ pub fn claim(
 ) -> Result<Vec<Claimed>, StoreError> {
     // One statement marks the batch; RETURNING does not keep the ORDER BY,
     // so the rows are put back in priority order below.
-    let mut rows: Vec<(i64, i64, i64, String, i64, Option<String>, bool, i64, i64)> = conn
+    let mut rows: Vec<ClaimRow> = conn
         .prepare_cached(
             "UPDATE deliveries SET state = 'sending', updated_at = ?2
              WHERE id IN (SELECT id FROM deliveries WHERE state = 'queued' AND channel = ?1 AND next_attempt_at <= ?2
@@ -59,20 +72,20 @@ pub fn claim(
              RETURNING id, alert_id, recipient_id, address, attempts, provider, escalation, priority, next_attempt_at",
         )?
         .query_map(params![channel.as_str(), now, limit], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-            ))
+            Ok(ClaimRow {
+                id: r.get(0)?,
+                alert_id: r.get(1)?,
+                recipient_id: r.get(2)?,
+                address: r.get(3)?,
+                attempts: r.get(4)?,
+                last_provider: r.get(5)?,
+                escalation: r.get(6)?,
+                priority: r.get(7)?,
+                due: r.get(8)?,
+            })
         })?
         .collect::<Result<_, _>>()?;
-    rows.sort_by_key(|r| (r.7, r.8, r.0));
+    rows.sort_by_key(|r| (r.priority, r.due, r.id));
     type AlertPart = (String, String, Option<String>, bool, Option<i64>, String);
     let mut alerts: std::collections::HashMap<i64, AlertPart> = std::collections::HashMap::new();
     let mut alert_q = conn.prepare_cached(
@@ -81,31 +94,35 @@ pub fn claim(
     let mut recipient_q =
         conn.prepare_cached("SELECT language, students, token FROM recipients WHERE id = ?1")?;
     let mut out = Vec::with_capacity(rows.len());
-    for (id, alert_id, recipient_id, address, attempts, last_provider, escalation, _, _) in rows {
-        if !alerts.contains_key(&alert_id) {
-            let a = alert_q.query_row([alert_id], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                ))
+    for row in rows {
+        let alert_id = row.alert_id;
+        let (playbook, title, message, drill, ack_deadline, place) = match alerts.entry(alert_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(alert_q.query_row([alert_id], |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })?)
+            }
+        };
+        let (language, students_json, token): (String, String, String) = recipient_q
+            .query_row([row.recipient_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?;
-            alerts.insert(alert_id, a);
-        }
-        let (playbook, title, message, drill, ack_deadline, place) = &alerts[&alert_id];
-        let (language, students_json, token): (String, String, String) =
-            recipient_q.query_row([recipient_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         out.push(Claimed {
-            id,
+            id: row.id,
             alert_id,
-            recipient_id,
+            recipient_id: row.recipient_id,
             channel,
-            address,
-            attempts,
-            last_provider,
+            address: row.address,
+            attempts: row.attempts,
+            last_provider: row.last_provider,
             playbook: playbook.clone(),
             title: title.clone(),
             place: place.clone(),
@@ -115,7 +132,7 @@ pub fn claim(
             language,
             students_json,
             token,
-            escalation,
+            escalation: row.escalation,
         });
     }
     Ok(out)
