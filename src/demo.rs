@@ -70,6 +70,7 @@ pub async fn run(
     json: bool,
 ) -> anyhow::Result<DemoReport> {
     let temp;
+    let kept = keep.is_some();
     let dir = match keep {
         Some(d) => {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
@@ -229,12 +230,12 @@ pub async fn run(
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_report(&report, &imported.to_string());
+        print_report(&report, &imported.to_string(), kept);
     }
     Ok(report)
 }
 
-fn print_report(r: &DemoReport, imported: &str) {
+fn print_report(r: &DemoReport, imported: &str, kept: bool) {
     println!();
     println!("klaxon demo — lockdown at {}", r.school);
     println!("==========================================");
