@@ -275,10 +275,16 @@ fn print_report(r: &DemoReport, imported: &str, kept: bool) {
         "All-clear:       alert {} to the same {} recipients",
         r.all_clear_id, r.all_clear_recipients
     );
-    println!(
-        "Every message is in {}",
-        r.folder.join("outbox.jsonl").display()
-    );
+    if kept {
+        println!(
+            "Every message is in {}",
+            r.folder.join("outbox.jsonl").display()
+        );
+    } else {
+        println!(
+            "Run with --keep DIR to keep the export, the store and every message (outbox.jsonl)."
+        );
+    }
 }
 
 async fn get_status(
