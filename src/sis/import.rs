@@ -590,6 +590,21 @@ fn load(tx: &Transaction, source: &mut Source, b: &mut Build) -> Result<(), Impo
     Ok(())
 }
 
+/// Opens a file the manifest lists as present and reads its header.
+fn listed_table<'a>(
+    source: &'a mut Source,
+    file: &str,
+    required: &[&str],
+) -> Result<Table<'a>, ImportError> {
+    let reader = source
+        .open_file(file)?
+        .ok_or_else(|| ImportError::MissingFile {
+            file: file.into(),
+            reason: "listed in the manifest".into(),
+        })?;
+    Table::new(file, reader, required)
+}
+
 fn read_manifest(
     source: &mut Source,
     b: &mut Build,
@@ -707,13 +722,7 @@ fn require_id(file: &str, line: u64, id: &str) -> Result<(), ImportError> {
 
 fn load_orgs(tx: &Transaction, source: &mut Source, b: &mut Build) -> Result<(), ImportError> {
     const FILE: &str = "orgs.csv";
-    let reader = source
-        .open_file(FILE)?
-        .ok_or_else(|| ImportError::MissingFile {
-            file: FILE.into(),
-            reason: "listed in the manifest".into(),
-        })?;
-    let mut t = Table::new(FILE, reader, &["sourcedId", "name", "type"])?;
+    let mut t = listed_table(source, FILE, &["sourcedId", "name", "type"])?;
     let (c_id, c_status, c_name, c_type, c_parent) = (
         t.col("sourcedid"),
         t.col("status"),
@@ -830,13 +839,7 @@ fn load_orgs(tx: &Transaction, source: &mut Source, b: &mut Build) -> Result<(),
 
 fn load_classes(tx: &Transaction, source: &mut Source, b: &mut Build) -> Result<(), ImportError> {
     const FILE: &str = "classes.csv";
-    let reader = source
-        .open_file(FILE)?
-        .ok_or_else(|| ImportError::MissingFile {
-            file: FILE.into(),
-            reason: "listed in the manifest".into(),
-        })?;
-    let mut t = Table::new(FILE, reader, &["sourcedId", "schoolSourcedId"])?;
+    let mut t = listed_table(source, FILE, &["sourcedId", "schoolSourcedId"])?;
     let (c_id, c_status, c_title, c_grades, c_school) = (
         t.col("sourcedid"),
         t.col("status"),
@@ -893,15 +896,9 @@ fn load_roles(
     b: &mut Build,
 ) -> Result<HashMap<Box<str>, RoleInfo>, ImportError> {
     const FILE: &str = "roles.csv";
-    let reader = source
-        .open_file(FILE)?
-        .ok_or_else(|| ImportError::MissingFile {
-            file: FILE.into(),
-            reason: "listed in the manifest".into(),
-        })?;
-    let mut t = Table::new(
+    let mut t = listed_table(
+        source,
         FILE,
-        reader,
         &["sourcedId", "userSourcedId", "roleType", "role"],
     )?;
     let (c_id, c_status, c_user, c_type, c_role, c_org) = (
@@ -1001,17 +998,11 @@ fn load_users(
     roles: Option<HashMap<Box<str>, RoleInfo>>,
 ) -> Result<(), ImportError> {
     const FILE: &str = "users.csv";
-    let reader = source
-        .open_file(FILE)?
-        .ok_or_else(|| ImportError::MissingFile {
-            file: FILE.into(),
-            reason: "listed in the manifest".into(),
-        })?;
     let mut required = vec!["sourcedId", "givenName", "familyName"];
     if roles.is_none() {
         required.push("role");
     }
-    let mut t = Table::new(FILE, reader, &required)?;
+    let mut t = listed_table(source, FILE, &required)?;
     let c = |n: &str| t.col(n);
     let (c_id, c_status, c_enabled, c_role, c_given, c_pgiven, c_family) = (
         c("sourcedid"),
@@ -1253,15 +1244,9 @@ fn load_users(
 
 fn load_enrollments(source: &mut Source, b: &mut Build) -> Result<(), ImportError> {
     const FILE: &str = "enrollments.csv";
-    let reader = source
-        .open_file(FILE)?
-        .ok_or_else(|| ImportError::MissingFile {
-            file: FILE.into(),
-            reason: "listed in the manifest".into(),
-        })?;
-    let mut t = Table::new(
+    let mut t = listed_table(
+        source,
         FILE,
-        reader,
         &["sourcedId", "classSourcedId", "userSourcedId", "role"],
     )?;
     let (c_id, c_status, c_class, c_school, c_user, c_role) = (
