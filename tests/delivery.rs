@@ -80,6 +80,21 @@ async fn app_with(providers: &str, export: Option<&Path>) -> TestApp {
     start(dir, admin, viewer).await
 }
 
+/// A synthetic OneRoster export of `students` students, in a temporary folder.
+fn generated_export(students: u32, seed: u64) -> tempfile::TempDir {
+    let export = tempfile::tempdir().unwrap();
+    klaxon::sis::generate(
+        export.path(),
+        &klaxon::sis::GenerateOptions {
+            students,
+            seed,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    export
+}
+
 fn token_file(dir: &Path, name: &str, token: &str) -> std::path::PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, token).unwrap();
@@ -316,16 +331,7 @@ async fn a_provider_that_is_down_fails_over_to_the_secondary() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rate_limit_holds_in_every_one_second_window() {
-    let export = tempfile::tempdir().unwrap();
-    klaxon::sis::generate(
-        export.path(),
-        &klaxon::sis::GenerateOptions {
-            students: 120,
-            seed: 7,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let export = generated_export(120, 7);
     let tw = TwilioServer::start(SID, "tok").await;
     let secrets = tempfile::tempdir().unwrap();
     let tf = token_file(secrets.path(), "t", "tok");
@@ -398,16 +404,7 @@ async fn a_slow_provider_times_out_and_the_secondary_takes_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_emergency_goes_ahead_of_routine_messages_already_queued() {
-    let export = tempfile::tempdir().unwrap();
-    klaxon::sis::generate(
-        export.path(),
-        &klaxon::sis::GenerateOptions {
-            students: 60,
-            seed: 5,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let export = generated_export(60, 5);
     let tw = TwilioServer::start(SID, "tok").await;
     let secrets = tempfile::tempdir().unwrap();
     let tf = token_file(secrets.path(), "t", "tok");

@@ -29,6 +29,23 @@ pub struct ProviderContext {
     pub http: reqwest::Client,
 }
 
+impl ProviderContext {
+    /// Reads the secret `prefix.name_env` / `prefix.name_file`, a file path
+    /// being relative to the config file's folder.
+    pub fn secret(
+        &self,
+        prefix: &str,
+        name: &str,
+        env: Option<&str>,
+        file: Option<&PathBuf>,
+        required: bool,
+        issues: &mut Issues,
+    ) -> Option<crate::config::Secret> {
+        let file = file.map(|p| crate::config::relative_to(&self.base_dir, p));
+        crate::config::resolve_secret(prefix, name, env, file.as_deref(), required, issues)
+    }
+}
+
 /// A provider section from the config, parsed by `kind`.
 #[derive(Debug, Clone)]
 pub enum ProviderConfig {

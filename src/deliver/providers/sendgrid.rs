@@ -8,7 +8,7 @@ use lettre::message::Mailbox;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::config::{Issues, Secret, relative_to, resolve_secret};
+use crate::config::{Issues, Secret};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
 use crate::deliver::providers::smtp::render_html;
 use crate::deliver::providers::{ProviderContext, redact, retry_after, revalidate};
@@ -71,15 +71,11 @@ impl SendGridProvider {
     ) -> Option<SendGridProvider> {
         let before = issues.list.len();
         let valid = revalidate(issues, |i| cfg.validate(prefix, i));
-        let key_file = cfg
-            .api_key_file
-            .as_ref()
-            .map(|p| relative_to(&ctx.base_dir, p));
-        let key = resolve_secret(
+        let key = ctx.secret(
             prefix,
             "api_key",
             cfg.api_key_env.as_deref(),
-            key_file.as_deref(),
+            cfg.api_key_file.as_ref(),
             true,
             issues,
         );

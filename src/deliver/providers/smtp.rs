@@ -16,7 +16,7 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 
-use crate::config::{Dur, Issues, relative_to, resolve_secret};
+use crate::config::{Dur, Issues, relative_to};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
 use crate::deliver::providers::{ProviderContext, redact, revalidate};
 use crate::domain::Channel;
@@ -136,15 +136,11 @@ impl SmtpProvider {
     ) -> Option<SmtpProvider> {
         let before = issues.list.len();
         let valid = revalidate(issues, |i| cfg.validate(prefix, i));
-        let password_file = cfg
-            .password_file
-            .as_ref()
-            .map(|p| relative_to(&ctx.base_dir, p));
-        let password = resolve_secret(
+        let password = ctx.secret(
             prefix,
             "password",
             cfg.password_env.as_deref(),
-            password_file.as_deref(),
+            cfg.password_file.as_ref(),
             cfg.username.is_some(),
             issues,
         );

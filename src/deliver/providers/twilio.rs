@@ -17,7 +17,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha1::Sha1;
 
-use crate::config::{Issues, Secret, relative_to, resolve_secret};
+use crate::config::{Issues, Secret};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
 use crate::deliver::providers::{ProviderContext, redact, retry_after, revalidate};
 use crate::domain::Channel;
@@ -232,20 +232,19 @@ impl TwilioProvider {
     ) -> Option<TwilioProvider> {
         let before = issues.list.len();
         let valid = revalidate(issues, |i| cfg.validate(prefix, i));
-        let file = |p: &Option<PathBuf>| p.as_ref().map(|p| relative_to(&ctx.base_dir, p));
-        let token = resolve_secret(
+        let token = ctx.secret(
             prefix,
             "auth_token",
             cfg.auth_token_env.as_deref(),
-            file(&cfg.auth_token_file).as_deref(),
+            cfg.auth_token_file.as_ref(),
             true,
             issues,
         );
-        let secondary_token = resolve_secret(
+        let secondary_token = ctx.secret(
             prefix,
             "secondary_auth_token",
             cfg.secondary_auth_token_env.as_deref(),
-            file(&cfg.secondary_auth_token_file).as_deref(),
+            cfg.secondary_auth_token_file.as_ref(),
             false,
             issues,
         );
