@@ -111,10 +111,6 @@ impl Store {
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
     /// Runs `f` in the writer's transaction and returns once it has committed.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
@@ -168,17 +164,6 @@ impl Store {
         })
         .await
         .map_err(|e| StoreError::Corrupt(format!("reader task failed: {e}")))?
-    }
-
-    /// Synchronous read for callers outside the runtime (CLI, benches).
-    pub fn read_blocking<T>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let conn = self.inner.take_reader()?;
-        let out = f(&conn);
-        self.inner.give_reader(conn);
-        out
     }
 
     /// Stops the writer after the jobs already queued and waits for it.
