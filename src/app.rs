@@ -9,24 +9,30 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::{Notify, watch};
 
+use crate::clock::Clock;
 use crate::config::{Config, ConfigIssue, Issues};
 use crate::deliver::engine::{Engine, Slot};
 use crate::deliver::providers::{Provider, ProviderContext};
 use crate::deliver::render::Renderer;
 use crate::metrics::Metrics;
-use crate::store::{Store, deliveries, now_ms};
+use crate::services::Services;
+use crate::store::{Store, deliveries};
+use crate::supervise::TaskHealth;
 
-/// What every request handler and background task shares.
+/// What the HTTP side shares: the lifecycle owners' `Services`, plus what
+/// only request handlers need. Derefs to `Services`.
 pub struct AppState {
-    pub config: Arc<Config>,
-    pub store: Store,
-    pub engine: Arc<Engine>,
-    pub metrics: Arc<Metrics>,
-    /// Wakes the deadline tracker when an alert with a sooner deadline arrives.
-    pub tracker: Arc<Notify>,
+    pub services: Arc<Services>,
     /// Auth tokens of the Twilio providers, for checking callback signatures.
     pub twilio_tokens: Vec<String>,
     pub started_at: i64,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+    fn deref(&self) -> &Services {
+        &self.services
+    }
 }
 
 /// Builds every provider in the config, resolving secrets. Used by the daemon
@@ -83,10 +89,18 @@ impl App {
     /// Opens the store, re-queues deliveries a crash left in flight, builds
     /// the providers and binds the listener (port 0 picks a free one).
     pub async fn build(config: Config) -> anyhow::Result<App> {
+        App::build_with_clock(config, Clock::system()).await
+    }
+
+    /// As `build`, with the clock every deadline reads (tests move it).
+    pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<App> {
         let store_dir = config.store_dir();
         let store = Store::open(&store_dir, config.store.synchronous == "full")
             .with_context(|| format!("opening the store in {}", store_dir.display()))?;
-        let now = now_ms();
+        let ack_key = crate::store::keyfile::load_or_create(&store_dir).with_context(|| {
+            format!("reading the acknowledgement key in {}", store_dir.display())
+        })?;
+        let now = clock.now_ms();
         let requeued = store.write(move |c| deliveries::recover(c, now)).await?;
         if requeued > 0 {
             tracing::warn!(
@@ -109,9 +123,11 @@ impl App {
             &config.playbooks,
             &config.server.public_url,
             config.delivery.sms_max_segments,
+            ack_key.clone(),
         );
         let engine = Arc::new(Engine::new(
             store.clone(),
+            clock.clone(),
             slots,
             renderer,
             config.delivery.clone(),
@@ -121,12 +137,18 @@ impl App {
             .await
             .with_context(|| format!("binding the HTTP listener to {}", config.server.listen))?;
         let addr = listener.local_addr()?;
-        let state = Arc::new(AppState {
+        let services = Arc::new(Services {
             config: Arc::new(config),
             store,
             engine,
             metrics,
+            clock,
             tracker: Arc::new(Notify::new()),
+            ack_key,
+            tasks: Arc::new(TaskHealth::default()),
+        });
+        let state = Arc::new(AppState {
+            services,
             twilio_tokens,
             started_at: now,
         });
@@ -162,11 +184,21 @@ impl App {
             addr,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let engine_tasks = state.engine.spawn(stop_rx.clone());
-        let tracker = tokio::spawn(crate::track::run(state.clone(), stop_rx.clone()));
+        let sv = state.services.clone();
+        let engine_tasks = sv.engine.spawn(stop_rx.clone(), sv.tasks.clone());
+        let tracker = {
+            let (sv2, stop) = (sv.clone(), stop_rx.clone());
+            crate::supervise::spawn(
+                "tracker",
+                sv.metrics.clone(),
+                sv.tasks.clone(),
+                sv.clock.clone(),
+                move || crate::track::run(sv2.clone(), stop.clone()),
+            )
+        };
         let watcher = spawn_sis_watch(&state, stop_rx.clone());
         // Alerts a crash interrupted while their audience was being written.
-        let resumer = state.clone();
+        let resumer = sv.clone();
         tokio::spawn(async move {
             match crate::trigger::resume(&resumer).await {
                 Ok(0) => {}
@@ -258,7 +290,7 @@ fn spawn_sis_watch(
             }
             let store = state.store.clone();
             tokio::spawn(async move {
-                let now = now_ms();
+                let now = crate::store::now_ms();
                 let action = if ok { "sis.import" } else { "sis.reject" };
                 let text = detail.to_string();
                 if let Err(e) = store

@@ -1,82 +1,258 @@
-//! Counters for Prometheus. A handful of labelled counters kept in memory and
-//! rendered as text by `GET /metrics`; gauges that live in the store (queue
-//! depth) are read at scrape time by the HTTP layer.
+//! Metrics for Prometheus, on the official `prometheus-client` crate (a
+//! hand-written registry got histograms wrong). Every series is registered
+//! up front from the tables below with its help text; components count by
+//! name (`inc`, `add`, `observe`, `set_gauge`) and `render` writes the
+//! OpenMetrics text that `GET /metrics` serves. Counts only: no personal data
+//! in any label.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
-/// Labelled counters: name → label set → value.
-#[derive(Default)]
-pub struct Metrics {
-    counters: Mutex<BTreeMap<&'static str, BTreeMap<String, u64>>>,
-}
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
-/// Help text for each counter, printed as `# HELP`.
-const HELP: &[(&str, &str)] = &[
+type Labels = Vec<(String, String)>;
+type Hist = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Counters: full name (with `_total`) and help.
+const COUNTERS: &[(&str, &str)] = &[
     (
         "klaxon_alerts_created_total",
-        "Alerts created, by playbook and drill.",
+        "Alerts created, by playbook, kind and drill",
     ),
     (
         "klaxon_provider_requests_total",
-        "Provider requests, by provider and outcome.",
+        "Provider requests, by provider and outcome",
     ),
     (
         "klaxon_acks_total",
-        "Acknowledgements recorded, by channel of reply and outcome.",
+        "Acknowledgements, by channel of reply and outcome",
     ),
     (
         "klaxon_escalations_total",
-        "Deliveries added by escalation.",
+        "Deliveries added by escalation, by channel and drill",
     ),
     (
         "klaxon_sis_imports_total",
-        "SIS imports from the watch folder, by outcome.",
+        "SIS imports from the watch folder, by outcome",
     ),
     (
         "klaxon_http_auth_failures_total",
-        "Requests refused for a missing or wrong token or signature.",
+        "Requests refused for a missing or wrong token or signature",
+    ),
+    (
+        "klaxon_rejected_inputs_total",
+        "Replies, keys, answers and callbacks that matched nothing or came too late, by kind; nothing was recorded",
+    ),
+    (
+        "klaxon_replies_total",
+        "SMS replies and keys received, by what they were",
+    ),
+    (
+        "klaxon_task_panics_total",
+        "Background tasks that panicked and were restarted, by task",
+    ),
+    ("klaxon_alerts_closed_total", "Alerts closed, by reason"),
+];
+
+/// Histograms of time to notify, in seconds from release.
+const HISTOGRAMS: &[(&str, &str)] = &[
+    (
+        "klaxon_time_to_handover_seconds",
+        "From an alert's release to a first delivery's hand-over to a provider, by channel and drill",
+    ),
+    (
+        "klaxon_time_to_delivery_seconds",
+        "From an alert's release to a provider's delivered report, by drill",
+    ),
+    (
+        "klaxon_time_to_confirmation_seconds",
+        "From an alert's release to a recipient's first confirmation, by channel of reply and drill",
     ),
 ];
 
+/// Gauges set at scrape time (or by their owner).
+const GAUGES: &[(&str, &str)] = &[
+    (
+        "klaxon_outbox_deliveries",
+        "Deliveries queued or in flight, by channel and state",
+    ),
+    (
+        "klaxon_open_alerts",
+        "Alerts not yet closed, by state and drill",
+    ),
+];
+
+fn time_buckets() -> Histogram {
+    Histogram::new([
+        0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+    ])
+}
+
+pub struct Metrics {
+    registry: Registry,
+    counters: HashMap<&'static str, Family<Labels, Counter>>,
+    histograms: HashMap<&'static str, Hist>,
+    gauges: HashMap<&'static str, Family<Labels, Gauge<f64, AtomicU64>>>,
+    /// When the daemon started: one value, no labels.
+    start_time: Gauge<f64, AtomicU64>,
+    /// Serialises scrapes: gauges are cleared and refilled per scrape.
+    scrape: Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let mut counters = HashMap::new();
+        for (name, help) in COUNTERS {
+            let f = Family::<Labels, Counter>::default();
+            // The encoder adds `_total` to counters itself.
+            registry.register(name.trim_end_matches("_total"), *help, f.clone());
+            counters.insert(*name, f);
+        }
+        let mut histograms = HashMap::new();
+        for (name, help) in HISTOGRAMS {
+            let f: Hist = Family::new_with_constructor(time_buckets as fn() -> Histogram);
+            registry.register(*name, *help, f.clone());
+            histograms.insert(*name, f);
+        }
+        let mut gauges = HashMap::new();
+        for (name, help) in GAUGES {
+            let f = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+            registry.register(*name, *help, f.clone());
+            gauges.insert(*name, f);
+        }
+        let start_time = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "klaxon_start_time_seconds",
+            "When the daemon started",
+            start_time.clone(),
+        );
+        Metrics {
+            start_time,
+            registry,
+            counters,
+            histograms,
+            gauges,
+            scrape: Mutex::new(()),
+        }
+    }
+}
+
+fn labels(l: &[(&str, &str)]) -> Labels {
+    l.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 impl Metrics {
-    pub fn inc(&self, name: &'static str, labels: &[(&str, &str)]) {
-        self.add(name, labels, 1);
+    pub fn inc(&self, name: &'static str, l: &[(&str, &str)]) {
+        self.add(name, l, 1);
     }
 
-    pub fn add(&self, name: &'static str, labels: &[(&str, &str)], n: u64) {
-        let key = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        *c.entry(name).or_default().entry(key).or_default() += n;
+    pub fn add(&self, name: &'static str, l: &[(&str, &str)], n: u64) {
+        match self.counters.get(name) {
+            Some(f) => {
+                f.get_or_create(&labels(l)).inc_by(n);
+            }
+            None => debug_assert!(
+                false,
+                "counter {name} is not registered in metrics::COUNTERS"
+            ),
+        }
     }
 
-    pub fn get(&self, name: &str, labels: &str) -> u64 {
-        let c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        c.get(name)
-            .and_then(|m| m.get(labels))
-            .copied()
+    /// A counter's value (tests and status pages).
+    pub fn get(&self, name: &'static str, l: &[(&str, &str)]) -> u64 {
+        self.counters
+            .get(name)
+            .map(|f| f.get_or_create(&labels(l)).get())
             .unwrap_or(0)
     }
 
-    /// Prometheus text exposition format.
-    pub fn render(&self, out: &mut String) {
-        let c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
-        for (name, help) in HELP {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-            if let Some(series) = c.get(name) {
-                for (labels, v) in series {
-                    if labels.is_empty() {
-                        let _ = writeln!(out, "{name} {v}");
-                    } else {
-                        let _ = writeln!(out, "{name}{{{labels}}} {v}");
-                    }
-                }
+    pub fn observe(&self, name: &'static str, l: &[(&str, &str)], seconds: f64) {
+        match self.histograms.get(name) {
+            Some(f) => f.get_or_create(&labels(l)).observe(seconds.max(0.0)),
+            None => debug_assert!(false, "histogram {name} is not registered"),
+        }
+    }
+
+    pub fn set_gauge(&self, name: &'static str, l: &[(&str, &str)], value: f64) {
+        if name == "klaxon_start_time_seconds" {
+            self.start_time.set(value);
+            return;
+        }
+        match self.gauges.get(name) {
+            Some(f) => {
+                f.get_or_create(&labels(l)).set(value);
+            }
+            None => debug_assert!(false, "gauge {name} is not registered"),
+        }
+    }
+
+    /// Renders every series as OpenMetrics text. `fill` sets the scrape-time
+    /// gauges first (after clearing them, so a series that went away is gone).
+    pub fn render(&self, fill: impl FnOnce(&Metrics)) -> String {
+        let _one = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        for name in ["klaxon_outbox_deliveries", "klaxon_open_alerts"] {
+            if let Some(f) = self.gauges.get(name) {
+                f.clear();
             }
         }
+        fill(self);
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The content type of `render`'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_histograms_and_gauges_render_once_each() {
+        let m = Metrics::default();
+        m.inc(
+            "klaxon_acks_total",
+            &[("via", "web"), ("outcome", "recorded")],
+        );
+        m.add(
+            "klaxon_acks_total",
+            &[("via", "web"), ("outcome", "recorded")],
+            2,
+        );
+        m.observe(
+            "klaxon_time_to_handover_seconds",
+            &[("channel", "sms"), ("drill", "false")],
+            0.3,
+        );
+        let text = m.render(|m| m.set_gauge("klaxon_start_time_seconds", &[], 12.0));
+        assert!(
+            text.contains("klaxon_acks_total{via=\"web\",outcome=\"recorded\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE klaxon_time_to_handover_seconds histogram"));
+        assert!(
+            text.contains("klaxon_time_to_handover_seconds_bucket{le=\"0.5\",channel=\"sms\",drill=\"false\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("klaxon_start_time_seconds 12.0"), "{text}");
+        assert!(text.trim_end().ends_with("# EOF"));
+        assert_eq!(
+            m.get(
+                "klaxon_acks_total",
+                &[("via", "web"), ("outcome", "recorded")]
+            ),
+            3
+        );
     }
 }

@@ -59,6 +59,18 @@ pub struct PlaybookConfig {
     /// Channel used to escalate unconfirmed recipients (usually "voice").
     #[serde(default)]
     pub escalate: Option<Channel>,
+    /// The escalation stage's own window after the ack deadline: escalation
+    /// calls are retried and failed over until then.
+    #[serde(default = "default_escalate_within")]
+    pub escalate_within: Dur,
+    /// When someone has no usable address on the escalation channel (none,
+    /// or it proved undeliverable), escalate on their next channel instead.
+    #[serde(default = "yes")]
+    pub escalate_next_channel: bool,
+    /// Whether recipients are asked to confirm. All-clears and updates ask
+    /// for nothing unless their playbook says so.
+    #[serde(default = "yes")]
+    pub confirm: bool,
     /// Choices offered on the acknowledgement page; empty means a single
     /// "I have received this" confirmation.
     #[serde(default)]
@@ -79,6 +91,14 @@ fn default_notify() -> Dur {
 
 fn default_ack() -> Dur {
     Dur::secs(15 * 60)
+}
+
+fn default_escalate_within() -> Dur {
+    Dur::secs(10 * 60)
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl PlaybookConfig {
@@ -153,6 +173,33 @@ impl PlaybookConfig {
         out
     }
 
+    /// Channels tried in order when escalating someone.
+    pub fn escalation_order(&self) -> Vec<Channel> {
+        let Some(first) = self.escalate else {
+            return Vec::new();
+        };
+        let mut v = vec![first];
+        if self.escalate_next_channel {
+            v.extend(
+                [Channel::Voice, Channel::Sms, Channel::Email]
+                    .into_iter()
+                    .filter(|c| *c != first),
+            );
+        }
+        v
+    }
+
+    /// Languages whose template has no drill marker of its own (`{% if
+    /// drill %}`): klaxon marks drills on every channel anyway, but the
+    /// operator's wording is then not the one used.
+    pub fn templates_without_drill_marker(&self) -> Vec<String> {
+        self.messages
+            .iter()
+            .filter(|(_, t)| !t.contains("drill"))
+            .map(|(l, _)| l.clone())
+            .collect()
+    }
+
     /// The message template for a language, falling back to its base language
     /// ("es-MX" → "es") and then to English.
     pub fn message_for(&self, language: &str) -> &str {
@@ -195,6 +242,9 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             notify_within: Dur::secs(120),
             ack_within: Dur::secs(15 * 60),
             escalate: Some(Channel::Voice),
+            escalate_within: default_escalate_within(),
+            escalate_next_channel: true,
+            confirm: true,
             choices: vec![],
             messages: messages(&[
                 ("en", "{% if drill %}DRILL - {% endif %}LOCKDOWN at {{ school }}. Students are safe inside. Do not come to the school. Confirm: {{ link }}"),
@@ -214,6 +264,9 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             notify_within: Dur::secs(120),
             ack_within: Dur::secs(15 * 60),
             escalate: Some(Channel::Voice),
+            escalate_within: default_escalate_within(),
+            escalate_next_channel: true,
+            confirm: true,
             choices: vec![],
             messages: messages(&[
                 ("en", "{% if drill %}DRILL - {% endif %}SHELTER IN PLACE at {{ school }}. Everyone is staying indoors. Confirm: {{ link }}"),
@@ -231,6 +284,9 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             notify_within: Dur::secs(120),
             ack_within: Dur::secs(15 * 60),
             escalate: Some(Channel::Voice),
+            escalate_within: default_escalate_within(),
+            escalate_next_channel: true,
+            confirm: true,
             choices: vec![],
             messages: messages(&[
                 ("en", "{% if drill %}DRILL - {% endif %}EVACUATION of {{ school }}. Students are moving to the relocation site. {{ message }} Confirm: {{ link }}"),
@@ -248,6 +304,9 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             notify_within: Dur::secs(300),
             ack_within: Dur::secs(45 * 60),
             escalate: Some(Channel::Voice),
+            escalate_within: default_escalate_within(),
+            escalate_next_channel: true,
+            confirm: true,
             choices: vec![
                 choice("pickup-self", "I will pick up my child", "Recogeré a mi hijo"),
                 choice("pickup-other", "Someone on my pickup list will come", "Vendrá alguien de mi lista autorizada"),
@@ -270,6 +329,9 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             notify_within: Dur::secs(600),
             ack_within: Dur::secs(2 * 3600),
             escalate: None,
+            escalate_within: default_escalate_within(),
+            escalate_next_channel: true,
+            confirm: true,
             choices: vec![],
             messages: messages(&[
                 ("en", "{% if drill %}DRILL - {% endif %}{{ school }} is CLOSED due to weather. {{ message }} Confirm: {{ link }}"),
@@ -282,15 +344,38 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
         PlaybookConfig {
             title: "All clear".into(),
             severity: Severity::Emergency,
+            channels: text_mail.clone(),
+            roles: default_roles(),
+            notify_within: Dur::secs(120),
+            ack_within: Dur::secs(15 * 60),
+            escalate: None,
+            escalate_within: default_escalate_within(),
+            escalate_next_channel: true,
+            confirm: false,
+            choices: vec![],
+            messages: messages(&[
+                ("en", "{% if drill %}DRILL - {% endif %}ALL CLEAR at {{ school }}. The situation is over. {{ message }} Details: {{ link }}"),
+                ("es", "{% if drill %}SIMULACRO - {% endif %}TODO DESPEJADO en {{ school }}. La situación terminó. {{ message }} Detalles: {{ link }}"),
+            ]),
+        },
+    );
+    m.insert(
+        "update".into(),
+        PlaybookConfig {
+            title: "Update".into(),
+            severity: Severity::Emergency,
             channels: text_mail,
             roles: default_roles(),
             notify_within: Dur::secs(120),
             ack_within: Dur::secs(15 * 60),
             escalate: None,
+            escalate_within: default_escalate_within(),
+            escalate_next_channel: true,
+            confirm: false,
             choices: vec![],
             messages: messages(&[
-                ("en", "{% if drill %}DRILL - {% endif %}ALL CLEAR at {{ school }}. The situation is over. {{ message }} Details: {{ link }}"),
-                ("es", "{% if drill %}SIMULACRO - {% endif %}TODO DESPEJADO en {{ school }}. La situación terminó. {{ message }} Detalles: {{ link }}"),
+                ("en", "{% if drill %}DRILL - {% endif %}UPDATE: {{ title }} at {{ school }}. {{ message }} Details: {{ link }}"),
+                ("es", "{% if drill %}SIMULACRO - {% endif %}ACTUALIZACIÓN: {{ title }} en {{ school }}. {{ message }} Detalles: {{ link }}"),
             ]),
         },
     );

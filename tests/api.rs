@@ -361,7 +361,8 @@ async fn all_clear_goes_to_the_same_people_and_cancel_stops_the_rest() {
         .json()
         .await
         .unwrap();
-    assert_eq!(cancel["state"], "cancelled");
+    assert_eq!(cancel["state"], "closed");
+    assert_eq!(cancel["closed_reason"], "cancelled");
     assert!(cancel["unsent"].as_i64().unwrap() > 0);
     let again = app
         .http
@@ -445,7 +446,9 @@ async fn health_readiness_and_metrics() {
         .await
         .unwrap();
     assert!(
-        m.contains("klaxon_alerts_created_total{playbook=\"lockdown\",drill=\"false\"} 1"),
+        m.contains(
+            "klaxon_alerts_created_total{playbook=\"lockdown\",kind=\"alert\",drill=\"false\"} 1"
+        ),
         "{m}"
     );
     assert!(
@@ -552,6 +555,9 @@ async fn an_alert_interrupted_while_its_audience_was_written_is_completed_at_sta
                 c,
                 klaxon::store::now_ms(),
                 &NewAlert {
+                    kind: alerts::AlertKind::Alert,
+                    confirm: true,
+                    escalate_within_ms: 600_000,
                     playbook: "lockdown".into(),
                     title: "Lockdown".into(),
                     place: "Lincoln Elementary".into(),
@@ -565,7 +571,6 @@ async fn an_alert_interrupted_while_its_audience_was_written_is_completed_at_sta
                     notify_within_ms: 120_000,
                     ack_within_ms: 900_000,
                     parent_id: None,
-                    estimate_ms: None,
                     warning: None,
                     snapshot: Some(snap_s),
                 },
@@ -576,7 +581,7 @@ async fn an_alert_interrupted_while_its_audience_was_written_is_completed_at_sta
     store.close();
 
     let app = common::start(dir, admin, viewer).await;
-    let s = app.wait_settled(id).await;
+    let s = app.wait_settled(id.0).await;
     assert_eq!(s["recipients"], 5, "{s}");
     assert_eq!(s["totals"]["sent"], 6, "{s}");
     assert!(

@@ -18,14 +18,16 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::clock::Clock;
 use crate::config::DeliveryConfig;
 use crate::deliver::message::SendError;
 use crate::deliver::providers::Provider;
 use crate::deliver::render::Renderer;
 use crate::domain::Channel;
 use crate::metrics::Metrics;
+use crate::store::Store;
 use crate::store::deliveries::{self, Claimed, Outcome};
-use crate::store::{Store, now_ms};
+use crate::supervise::TaskHealth;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
@@ -143,6 +145,7 @@ impl Breaker {
 
 pub struct Engine {
     store: Store,
+    clock: Clock,
     slots: Vec<Arc<Slot>>,
     renderer: Renderer,
     cfg: DeliveryConfig,
@@ -153,6 +156,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(
         store: Store,
+        clock: Clock,
         slots: Vec<Slot>,
         renderer: Renderer,
         cfg: DeliveryConfig,
@@ -168,6 +172,7 @@ impl Engine {
             .collect();
         Engine {
             store,
+            clock,
             slots,
             renderer,
             cfg,
@@ -233,25 +238,55 @@ impl Engine {
             .unwrap_or(Duration::ZERO)
     }
 
-    /// Starts the lanes and the recorder. They stop when `shutdown` turns
+    /// Starts the lanes and the recorder, each supervised (a panic is
+    /// counted and the task restarted). They stop when `shutdown` turns
     /// true: lanes stop claiming, sends in flight finish, the recorder
     /// commits what it has, then the handles complete.
-    pub fn spawn(self: &Arc<Self>, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    pub fn spawn(
+        self: &Arc<Self>,
+        shutdown: watch::Receiver<bool>,
+        health: Arc<TaskHealth>,
+    ) -> Vec<JoinHandle<()>> {
         let (tx, rx) = mpsc::unbounded_channel::<(i64, Outcome)>();
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
         let mut handles = Vec::new();
         for (channel, wake) in &self.wake {
-            let engine = self.clone();
-            let tx = tx.clone();
-            let shutdown = shutdown.clone();
-            let wake = wake.clone();
-            let channel = *channel;
-            handles.push(tokio::spawn(async move {
-                engine.lane(channel, wake, tx, shutdown).await
-            }));
+            let (engine, tx, shutdown, wake, channel) = (
+                self.clone(),
+                tx.clone(),
+                shutdown.clone(),
+                wake.clone(),
+                *channel,
+            );
+            let name: &'static str = match channel {
+                Channel::Sms => "lane-sms",
+                Channel::Voice => "lane-voice",
+                Channel::Email => "lane-email",
+            };
+            handles.push(crate::supervise::spawn(
+                name,
+                self.metrics.clone(),
+                health.clone(),
+                self.clock.clone(),
+                move || {
+                    let (engine, tx, shutdown, wake) =
+                        (engine.clone(), tx.clone(), shutdown.clone(), wake.clone());
+                    async move { engine.lane(channel, wake, tx, shutdown).await }
+                },
+            ));
         }
         drop(tx);
         let engine = self.clone();
-        handles.push(tokio::spawn(async move { engine.recorder(rx).await }));
+        handles.push(crate::supervise::spawn(
+            "recorder",
+            self.metrics.clone(),
+            health,
+            self.clock.clone(),
+            move || {
+                let (engine, rx) = (engine.clone(), rx.clone());
+                async move { engine.recorder(rx).await }
+            },
+        ));
         handles
     }
 
@@ -285,11 +320,12 @@ impl Engine {
                 _ = shutdown.changed() => continue,
             };
             let limit = (permits.available_permits() as i64 + 1).min(max_claim);
-            // "Due" is judged on the writer's clock, when the claim runs, so a
-            // row committed just before it is never missed.
+            // "Due" is judged when the claim runs on the writer, so a row
+            // committed just before it is never missed.
+            let clock = self.clock.clone();
             let claimed = match self
                 .store
-                .write(move |c| deliveries::claim(c, channel, now_ms(), limit))
+                .write(move |c| deliveries::claim(c, channel, clock.now_ms(), limit))
                 .await
             {
                 Ok(c) => c,
@@ -309,7 +345,7 @@ impl Engine {
                     .ok()
                     .flatten();
                 let wait = next
-                    .map(|t| Duration::from_millis((t - now_ms()).clamp(0, 1000) as u64))
+                    .map(|t| Duration::from_millis((t - self.clock.now_ms()).clamp(0, 1000) as u64))
                     .unwrap_or(Duration::from_secs(1));
                 tokio::select! {
                     _ = wake.notified() => {}
@@ -361,7 +397,7 @@ impl Engine {
     }
 
     async fn send_one(&self, slots: &[Arc<Slot>], c: &Claimed) -> Outcome {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let Some(slot) = self.choose(slots, c.last_provider.as_deref(), now) else {
             return Outcome::GaveUp {
                 provider: String::new(),
@@ -393,11 +429,23 @@ impl Engine {
                 retry_after: None,
             }),
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         match result {
             Ok(accepted) => {
                 if let Ok(mut b) = slot.breaker.lock() {
                     b.success();
+                }
+                if !c.escalation
+                    && let Some(released) = c.released_at
+                {
+                    self.metrics.observe(
+                        "klaxon_time_to_handover_seconds",
+                        &[
+                            ("channel", c.channel.as_str()),
+                            ("drill", if c.drill { "true" } else { "false" }),
+                        ],
+                        (now - released) as f64 / 1000.0,
+                    );
                 }
                 self.metrics.inc(
                     "klaxon_provider_requests_total",
@@ -476,9 +524,10 @@ impl Engine {
             backoff.max(retry_after.unwrap_or(Duration::ZERO))
         };
         let next_at = now + delay.as_millis() as i64;
-        // Past the ack deadline the message has lost its purpose; the person
-        // is escalated or listed as not reached instead.
-        if c.ack_deadline.is_some_and(|d| next_at > d) {
+        // Past its window the message has lost its purpose: a first delivery
+        // after the ack deadline (the person is escalated or listed as not
+        // reached instead), an escalation after its own stage.
+        if c.retry_until.is_some_and(|d| next_at > d) {
             return Outcome::GaveUp {
                 provider: slot.name.clone(),
                 error: format!("{reason} (the alert's window closed)"),
@@ -493,7 +542,11 @@ impl Engine {
 
     /// Commits outcomes in batches: whatever arrived within a few ms, one
     /// transaction. Retries wake the lanes so they are picked up when due.
-    async fn recorder(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<(i64, Outcome)>) {
+    async fn recorder(
+        self: Arc<Self>,
+        rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<(i64, Outcome)>>>,
+    ) {
+        let mut rx = rx.lock().await;
         let mut batch = Vec::with_capacity(2048);
         while let Some(first) = rx.recv().await {
             batch.push(first);
@@ -514,9 +567,10 @@ impl Engine {
             let items = Arc::new(items);
             loop {
                 let items = items.clone();
+                let clock = self.clock.clone();
                 match self
                     .store
-                    .write(move |c| deliveries::record(c, now_ms(), &items))
+                    .write(move |c| deliveries::record(c, clock.now_ms(), &items))
                     .await
                 {
                     Ok(settled) => {

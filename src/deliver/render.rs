@@ -9,7 +9,7 @@ use minijinja::{Environment, context};
 use crate::audience::StudentRef;
 use crate::deliver::message::OutboundMessage;
 use crate::deliver::sms;
-use crate::domain::Channel;
+use crate::domain::{AckKey, AckToken, Channel, RecipientId};
 use crate::playbook::PlaybookConfig;
 use crate::store::deliveries::Claimed;
 
@@ -19,6 +19,8 @@ pub struct Renderer {
     public_url: String,
     /// Most SMS segments one text may take, link included.
     sms_max_segments: usize,
+    /// Acknowledgement links are derived from this key and the recipient id.
+    key: AckKey,
 }
 
 impl Renderer {
@@ -26,6 +28,7 @@ impl Renderer {
         playbooks: &BTreeMap<String, PlaybookConfig>,
         public_url: &str,
         sms_max_segments: u32,
+        key: AckKey,
     ) -> Renderer {
         let mut env = Environment::new();
         // Message templates are plain text: no HTML escaping, and a missing
@@ -43,11 +46,45 @@ impl Renderer {
             playbooks: playbooks.clone(),
             public_url: public_url.to_string(),
             sms_max_segments: sms_max_segments.max(1) as usize,
+            key,
         }
     }
 
-    pub fn ack_url(&self, token: &str) -> String {
-        format!("{}/a/{token}", self.public_url)
+    pub fn ack_url(&self, recipient: RecipientId) -> String {
+        format!(
+            "{}/a/{}",
+            self.public_url,
+            AckToken::derive(&self.key, recipient).as_str()
+        )
+    }
+
+    /// The alert's own words for the acknowledgement page: the message
+    /// template in the recipient's language, without the link, drill marked.
+    #[allow(clippy::too_many_arguments)]
+    pub fn page_text(
+        &self,
+        playbook: &str,
+        language: &str,
+        place: &str,
+        title: &str,
+        message: Option<&str>,
+        students: &str,
+        drill: bool,
+    ) -> String {
+        let Ok(tmpl) = self
+            .env
+            .get_template(&self.template_name(playbook, language))
+        else {
+            return message.unwrap_or_default().to_string();
+        };
+        let text = tmpl
+            .render(context! {
+                school => place, students => students, link => "", title => title,
+                drill => drill, message => message.unwrap_or_default(),
+            })
+            .map(|t| speech_text(&squeeze(&t)))
+            .unwrap_or_default();
+        mark_drill(text, drill, language)
     }
 
     /// The template key for a playbook and language, with the same fallback as
@@ -68,7 +105,7 @@ impl Renderer {
     pub fn render(&self, c: &Claimed) -> Result<OutboundMessage, String> {
         let students: Vec<StudentRef> = serde_json::from_str(&c.students_json).unwrap_or_default();
         let names = join_names(students.iter().map(|s| s.name.as_str()).collect());
-        let link = self.ack_url(&c.token);
+        let link = self.ack_url(RecipientId(c.recipient_id));
         let tmpl = self
             .env
             .get_template(&self.template_name(&c.playbook, &c.language))
@@ -94,9 +131,22 @@ impl Renderer {
             let shorter = squeeze(&tmpl.render(lean).map_err(|e| e.to_string())?);
             body = fit_sms(&shorter, &link, self.sms_max_segments);
         }
+        // Every channel marks a drill, whatever the template says.
+        if c.channel == Channel::Sms {
+            let marked = mark_drill(body.clone(), c.drill, &c.language);
+            if marked != body {
+                body = fit_sms(&marked, &link, self.sms_max_segments);
+            }
+        } else {
+            body = mark_drill(body, c.drill, &c.language);
+        }
         // Only what the channel uses is rendered: this runs once per message.
         let speech = if c.channel == Channel::Voice {
-            speech_text(&squeeze(&tmpl.render(vars("")).map_err(|e| e.to_string())?))
+            mark_drill(
+                speech_text(&squeeze(&tmpl.render(vars("")).map_err(|e| e.to_string())?)),
+                c.drill,
+                &c.language,
+            )
         } else {
             String::new()
         };
@@ -145,6 +195,26 @@ pub fn fit_sms(text: &str, link: &str, budget: usize) -> String {
     format!("{}… {link}", s.trim_end())
 }
 
+/// The word that marks a drill, per language (English fallback).
+pub fn drill_word(language: &str) -> &'static str {
+    match language.split(['-', '_']).next().unwrap_or("") {
+        "es" => "SIMULACRO",
+        "vi" => "DIỄN TẬP",
+        "zh" => "演习",
+        "ar" => "تمرين",
+        _ => "DRILL",
+    }
+}
+
+/// Puts the drill word first unless the text already starts with it.
+pub fn mark_drill(text: String, drill: bool, language: &str) -> String {
+    let word = drill_word(language);
+    if !drill || text.starts_with(word) {
+        return text;
+    }
+    format!("{word} - {text}")
+}
+
 /// "Ana", "Ana and Ben", "Ana, Ben and Cy".
 fn join_names(names: Vec<&str>) -> String {
     match names.as_slice() {
@@ -189,22 +259,30 @@ mod tests {
             place: "Lincoln Elementary".into(),
             message: None,
             drill: true,
-            ack_deadline: None,
+            released_at: None,
+            retry_until: None,
             language: lang.into(),
             students_json: students.into(),
-            token: "tok123".into(),
             escalation: false,
         }
     }
 
     #[test]
     fn renders_language_link_and_drill_marker() {
-        let r = Renderer::new(&crate::playbook::builtin(), "https://alerts.example.org", 3);
+        let key = AckKey::from_bytes([1; 32]);
+        let r = Renderer::new(
+            &crate::playbook::builtin(),
+            "https://alerts.example.org",
+            3,
+            key.clone(),
+        );
         let m = r.render(&claimed("es-MX", "[]")).unwrap();
         assert!(m.body.starts_with("SIMULACRO"), "{}", m.body);
         assert!(m.body.contains("Lincoln Elementary"));
+        let token = AckToken::derive(&key, RecipientId(3));
         assert!(
-            m.body.ends_with("https://alerts.example.org/a/tok123"),
+            m.body
+                .ends_with(&format!("https://alerts.example.org/a/{}", token.as_str())),
             "{}",
             m.body
         );
@@ -217,6 +295,34 @@ mod tests {
             v.speech
         );
         assert!(m.subject.starts_with("[DRILL] Lockdown"));
+    }
+
+    #[test]
+    fn drills_are_marked_on_every_channel_even_without_a_template_marker() {
+        let mut pbs = crate::playbook::builtin();
+        let pb = pbs.get_mut("lockdown").unwrap();
+        pb.messages = BTreeMap::from([(
+            "en".to_string(),
+            "LOCKDOWN at {{ school }}. Confirm: {{ link }}".to_string(),
+        )]);
+        assert_eq!(pb.templates_without_drill_marker(), vec!["en".to_string()]);
+        let r = Renderer::new(
+            &pbs,
+            "https://a.example.org",
+            3,
+            AckKey::from_bytes([1; 32]),
+        );
+        let mut c = claimed("en", "[]");
+        let sms = r.render(&c).unwrap();
+        assert!(sms.body.starts_with("DRILL - LOCKDOWN"), "{}", sms.body);
+        c.channel = Channel::Voice;
+        assert!(r.render(&c).unwrap().speech.starts_with("DRILL - "));
+        c.channel = Channel::Email;
+        let mail = r.render(&c).unwrap();
+        assert!(mail.subject.starts_with("[DRILL]") && mail.body.starts_with("DRILL"));
+        c.drill = false;
+        c.channel = Channel::Sms;
+        assert!(r.render(&c).unwrap().body.starts_with("LOCKDOWN"));
     }
 
     #[test]

@@ -3,7 +3,13 @@
 //! it is known to be well formed.
 
 pub mod email;
+pub mod ids;
 pub mod phone;
+pub mod state;
+pub mod text;
+
+pub use ids::{AckKey, AckToken, Address, AlertId, RecipientId};
+pub use state::{AlertState, CloseReason, DeliveryState};
 
 use std::fmt;
 

@@ -1,4 +1,6 @@
-//! The JSON API under `/api/v1`, plus metrics and health.
+//! The JSON API under `/api/v1`, plus metrics and health. Handlers check
+//! the caller, parse, call the lifecycle owners (`trigger`, `store` reads)
+//! and translate the answer; no SQL and no state rules here.
 
 use std::sync::Arc;
 
@@ -11,10 +13,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, authorize};
 use crate::app::AppState;
-use crate::domain::Channel;
+use crate::domain::{AlertId, AlertState, Channel};
 use crate::store::alerts::{self, AlertStatus};
 use crate::store::tokens::ApiRole;
-use crate::store::{audit, deliveries, now_ms};
+use crate::store::{audit, deliveries, replies};
 use crate::trigger::{self, TriggerError, TriggerRequest, rfc3339};
 
 impl From<TriggerError> for ApiError {
@@ -23,6 +25,7 @@ impl From<TriggerError> for ApiError {
             TriggerError::UnknownPlaybook(..) | TriggerError::BadRequest(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
             }
+            TriggerError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             TriggerError::Audience(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
@@ -49,7 +52,7 @@ pub async fn create_alert(
 ) -> Result<Response, ApiError> {
     let caller = authorize(&state, &headers, ApiRole::Operator).await?;
     let req: TriggerRequest = parse_json(&body)?;
-    let created = trigger::create(&state, req, &caller.name, "api").await?;
+    let created = trigger::create(&state.services, req, &caller.name, "api").await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
@@ -79,17 +82,16 @@ pub struct StatusView {
     pub ack_deadline_at: Option<String>,
     /// Seconds until everything still queued is handed over, at the configured rates.
     pub eta_seconds: Option<f64>,
-    /// Seconds from release to the last hand-over.
+    /// Seconds from release to the last hand-over of a first delivery.
     pub handover_seconds: Option<f64>,
 }
 
 pub async fn status_view(state: &AppState, id: i64) -> Result<StatusView, ApiError> {
-    let now = now_ms();
     let status = state
         .store
-        .read(move |c| alerts::status(c, id, now))
+        .read(move |c| alerts::status(c, AlertId(id)))
         .await?;
-    let eta_seconds = if status.alert.settled_at.is_none() && status.alert.state == "sending" {
+    let eta_seconds = if status.alert.state == AlertState::Sending {
         let mut worst: f64 = 0.0;
         for (ch, states) in &status.channels {
             let left: i64 = ["queued", "sending"]
@@ -107,8 +109,8 @@ pub async fn status_view(state: &AppState, id: i64) -> Result<StatusView, ApiErr
     } else {
         None
     };
-    let handover_seconds = match (status.alert.released_at, status.last_handover_at) {
-        (Some(r), Some(l)) if status.alert.settled_at.is_some() => Some((l - r) as f64 / 1000.0),
+    let handover_seconds = match (status.alert.released_at, status.alert.handed_over_at) {
+        (Some(r), Some(l)) => Some((l - r) as f64 / 1000.0),
         _ => None,
     };
     Ok(StatusView {
@@ -129,19 +131,161 @@ pub async fn alert_status(
     Ok(Json(status_view(&state, id).await?))
 }
 
+#[derive(Deserialize)]
+pub struct PageQuery {
+    limit: Option<i64>,
+    /// Keyset pagination: the last id (or student id) of the previous page.
+    after: Option<String>,
+}
+
 pub async fn outstanding(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<i64>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<PageQuery>,
 ) -> Result<Json<Vec<alerts::Outstanding>>, ApiError> {
     authorize(&state, &headers, ApiRole::Viewer).await?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
+    let after = q.after.and_then(|a| a.parse().ok()).unwrap_or(0);
+    let id = AlertId(id);
     state.store.read(move |c| alerts::get(c, id)).await?;
     Ok(Json(
         state
             .store
-            .read(move |c| alerts::outstanding(c, id, limit))
+            .read(move |c| alerts::outstanding(c, id, after, limit))
+            .await?,
+    ))
+}
+
+/// The pickup plan per student, a page at a time (`?after=<student id>`),
+/// as JSON or, with `Accept: text/csv`, as CSV. A `Link: <…>; rel="next"`
+/// header points at the next page when there is one.
+pub async fn pickup(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, ApiRole::Viewer).await?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let after = q.after.unwrap_or_default();
+    let aid = AlertId(id);
+    state.store.read(move |c| alerts::get(c, aid)).await?;
+    let plan = state
+        .store
+        .read(move |c| alerts::pickup_plan(c, aid, &after, limit))
+        .await?;
+    let next = (plan.len() as i64 == limit)
+        .then(|| plan.last().map(|p| p.student_id.clone()))
+        .flatten()
+        .map(|last| {
+            format!(
+                "</api/v1/alerts/{id}/pickup?limit={limit}&after={}>; rel=\"next\"",
+                url_escape(&last)
+            )
+        });
+    let csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/csv"));
+    let mut resp = if csv {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        let _ = w.write_record([
+            "student_id",
+            "student",
+            "school",
+            "grade",
+            "conflict",
+            "guardian_id",
+            "guardian",
+            "choice",
+            "answered_at",
+            "via",
+        ]);
+        for p in &plan {
+            let conflict = if p.conflict { "yes" } else { "no" };
+            if p.answers.is_empty() {
+                let _ = w.write_record([
+                    &p.student_id,
+                    &p.student,
+                    &p.school,
+                    &p.grade,
+                    conflict,
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                ]);
+            }
+            for a in &p.answers {
+                let _ = w.write_record([
+                    p.student_id.as_str(),
+                    &p.student,
+                    &p.school,
+                    &p.grade,
+                    conflict,
+                    &a.guardian_id,
+                    &a.guardian,
+                    &a.choice,
+                    &rfc3339(a.at),
+                    &a.via,
+                ]);
+            }
+        }
+        let body = w.into_inner().unwrap_or_default();
+        (
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            body,
+        )
+            .into_response()
+    } else {
+        Json(plan).into_response()
+    };
+    if let Some(link) = next
+        && let Ok(v) = header::HeaderValue::from_str(&link)
+    {
+        resp.headers_mut().insert(header::LINK, v);
+    }
+    Ok(resp)
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
+pub struct InboxQuery {
+    limit: Option<i64>,
+    before: Option<i64>,
+}
+
+/// Messages from recipients that were not confirmations, newest first.
+pub async fn inbox(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    Query(q): Query<InboxQuery>,
+) -> Result<Json<Vec<replies::InboxEntry>>, ApiError> {
+    authorize(&state, &headers, ApiRole::Viewer).await?;
+    let limit = q.limit.unwrap_or(200).clamp(1, 10_000);
+    let before = q.before.unwrap_or(i64::MAX);
+    let aid = AlertId(id);
+    state.store.read(move |c| alerts::get(c, aid)).await?;
+    Ok(Json(
+        state
+            .store
+            .read(move |c| replies::inbox(c, aid, before, limit))
             .await?,
     ))
 }
@@ -161,7 +305,25 @@ pub async fn all_clear(
 ) -> Result<Response, ApiError> {
     let caller = authorize(&state, &headers, ApiRole::Operator).await?;
     let f: FollowUp = parse_json(&body)?;
-    let created = trigger::all_clear(&state, id, f.message, &caller.name).await?;
+    let created = trigger::all_clear(&state.services, AlertId(id), f.message, &caller.name).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+pub async fn update(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let caller = authorize(&state, &headers, ApiRole::Operator).await?;
+    let f: FollowUp = parse_json(&body)?;
+    let message = f.message.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "an update needs a `message`: what has changed?",
+        )
+    })?;
+    let created = trigger::update(&state.services, AlertId(id), message, &caller.name).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
 }
 
@@ -171,15 +333,10 @@ pub async fn cancel(
     Path(id): Path<i64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = authorize(&state, &headers, ApiRole::Operator).await?;
-    let now = now_ms();
-    let unsent = state
-        .store
-        .write(move |c| alerts::cancel(c, id, now, &caller.name))
-        .await?;
-    tracing::info!(alert = id, unsent, "Alert cancelled.");
-    Ok(Json(
-        serde_json::json!({ "id": id, "state": "cancelled", "unsent": unsent }),
-    ))
+    let unsent = trigger::cancel(&state, AlertId(id), &caller.name).await?;
+    Ok(Json(serde_json::json!({
+        "id": id, "state": "closed", "closed_reason": "cancelled", "cancelled": true, "unsent": unsent
+    })))
 }
 
 pub async fn approve(
@@ -188,25 +345,7 @@ pub async fn approve(
     Path(id): Path<i64>,
 ) -> Result<Json<StatusView>, ApiError> {
     let caller = authorize(&state, &headers, ApiRole::Operator).await?;
-    let alert = state.store.read(move |c| alerts::get(c, id)).await?;
-    let pb = state.config.playbooks.get(&alert.playbook).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::CONFLICT,
-            format!("playbook `{}` is no longer configured", alert.playbook),
-        )
-    })?;
-    let (notify, ack) = (
-        pb.notify_within.0.as_millis() as i64,
-        pb.ack_within.0.as_millis() as i64,
-    );
-    let now = now_ms();
-    state
-        .store
-        .write(move |c| alerts::release(c, id, now, &caller.name, notify, ack))
-        .await?;
-    state.engine.kick();
-    state.tracker.notify_one();
-    tracing::info!(alert = id, "Held alert approved and released.");
+    trigger::approve(&state, AlertId(id), &caller.name).await?;
     Ok(Json(status_view(&state, id).await?))
 }
 
@@ -231,28 +370,46 @@ pub async fn audit(
 }
 
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let mut out = String::new();
-    state.metrics.render(&mut out);
-    out.push_str("# HELP klaxon_outbox_deliveries Deliveries queued or in flight, by channel and state.\n# TYPE klaxon_outbox_deliveries gauge\n");
-    if let Ok(rows) = state.store.read(deliveries::queue_depth).await {
-        for (ch, st, n) in rows {
-            out.push_str(&format!(
-                "klaxon_outbox_deliveries{{channel=\"{ch}\",state=\"{st}\"}} {n}\n"
-            ));
+    let depth = state
+        .store
+        .read(deliveries::queue_depth)
+        .await
+        .unwrap_or_default();
+    let open = state
+        .store
+        .read(alerts::open_counts)
+        .await
+        .unwrap_or_default();
+    let started = state.started_at;
+    let out = state.metrics.render(|m| {
+        for (ch, st, n) in &depth {
+            m.set_gauge(
+                "klaxon_outbox_deliveries",
+                &[("channel", ch), ("state", st)],
+                *n as f64,
+            );
         }
-    }
-    out.push_str(&format!(
-        "# HELP klaxon_start_time_seconds When the daemon started.\n# TYPE klaxon_start_time_seconds gauge\nklaxon_start_time_seconds {}\n",
-        state.started_at / 1000
-    ));
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+        for (st, drill, n) in &open {
+            m.set_gauge(
+                "klaxon_open_alerts",
+                &[
+                    ("state", st),
+                    ("drill", if *drill { "true" } else { "false" }),
+                ],
+                *n as f64,
+            );
+        }
+        m.set_gauge("klaxon_start_time_seconds", &[], (started / 1000) as f64);
+    });
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], out).into_response()
 }
 
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the store answers and a SIS copy exists to resolve audiences.
+/// Ready when the store answers and a SIS copy exists to resolve audiences;
+/// a background task that panicked recently is reported (it was restarted).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let store_ok = state
         .store
@@ -260,7 +417,12 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .await
         .is_ok();
     let sis_ok = crate::sis::current_path(&state.config.store_dir()).exists();
-    let body = serde_json::json!({ "store": store_ok, "sis": sis_ok });
+    let panics = state.tasks.recent_panics(state.now_ms());
+    let body = serde_json::json!({
+        "store": store_ok, "sis": sis_ok,
+        "degraded": !panics.is_empty(),
+        "tasks_restarted_recently": panics,
+    });
     let status = if store_ok && sis_ok {
         StatusCode::OK
     } else {

@@ -10,10 +10,11 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::escape;
-use crate::ack::{self, words};
+use crate::ack::{self, VoiceReply};
 use crate::app::AppState;
 use crate::deliver::providers::twilio::verify_signature;
-use crate::store::{alerts, deliveries, now_ms};
+use crate::domain::DeliveryState;
+use crate::store::deliveries::{self, StatusApplied};
 
 type Params = Vec<(String, String)>;
 
@@ -85,47 +86,59 @@ pub async fn twilio_status(
         .or_else(|| param(&params, "CallStatus"))
         .unwrap_or("");
     let new_state = match raw {
-        "delivered" | "read" | "completed" => "delivered",
+        "delivered" | "read" | "completed" => DeliveryState::Delivered,
         "queued" | "accepted" | "sending" | "sent" | "ringing" | "in-progress" | "initiated" => {
-            "sent"
+            DeliveryState::Sent
         }
         "undelivered" | "failed"
             if code
                 .as_deref()
                 .is_some_and(|c| PERMANENT_CODES.contains(&c)) =>
         {
-            "undeliverable"
+            DeliveryState::Undeliverable
         }
-        "undelivered" | "failed" | "busy" | "no-answer" | "canceled" => "failed",
+        "undelivered" | "failed" | "busy" | "no-answer" | "canceled" => DeliveryState::Failed,
         _ => return (StatusCode::NO_CONTENT, "").into_response(),
     };
     if sid.is_empty() {
+        state.metrics.inc(
+            "klaxon_rejected_inputs_total",
+            &[("kind", "callback-missing-sid")],
+        );
         return (StatusCode::BAD_REQUEST, "missing MessageSid or CallSid\n").into_response();
     }
     let d = delivery_param(&uri);
-    let now = now_ms();
-    let st = new_state.to_string();
+    let now = state.now_ms();
     match state
         .store
-        .write(move |c| deliveries::provider_status(c, now, d, &sid, &st, code.as_deref()))
+        .write(move |c| deliveries::provider_status(c, now, d, &sid, new_state, code.as_deref()))
         .await
     {
+        Ok(StatusApplied::Applied { released_at, .. }) => {
+            if new_state == DeliveryState::Delivered
+                && let Some(r) = released_at
+            {
+                state.metrics.observe(
+                    "klaxon_time_to_delivery_seconds",
+                    &[("drill", "unknown")],
+                    (now - r) as f64 / 1000.0,
+                );
+            }
+            (StatusCode::NO_CONTENT, "").into_response()
+        }
+        Ok(StatusApplied::Unknown) => {
+            state.metrics.inc(
+                "klaxon_rejected_inputs_total",
+                &[("kind", "callback-unknown-message")],
+            );
+            (StatusCode::NO_CONTENT, "").into_response()
+        }
         Ok(_) => (StatusCode::NO_CONTENT, "").into_response(),
         Err(e) => {
             tracing::error!(error = %e, "Cannot record a status callback; Twilio will retry.");
-            (StatusCode::INTERNAL_SERVER_ERROR, "").into_response()
+            (StatusCode::SERVICE_UNAVAILABLE, "").into_response()
         }
     }
-}
-
-fn is_yes(body: &str) -> bool {
-    matches!(
-        body.trim()
-            .trim_end_matches(['.', '!'])
-            .to_lowercase()
-            .as_str(),
-        "1" | "y" | "yes" | "ok" | "si" | "sí" | "confirm" | "confirmed"
-    )
 }
 
 pub async fn twilio_sms(
@@ -137,25 +150,16 @@ pub async fn twilio_sms(
     if !signed(&state, &headers, &uri, &params) {
         return forbidden(&state);
     }
-    let from = param(&params, "From").unwrap_or("").to_string();
+    let from = param(&params, "From").unwrap_or("");
     let body = param(&params, "Body").unwrap_or("");
-    if !is_yes(body) {
-        // Not a confirmation (STOP/HELP are handled by Twilio itself).
-        return twiml(String::new());
-    }
-    let recipient = match state
-        .store
-        .read(move |c| deliveries::recipient_for_reply(c, &from))
-        .await
-    {
-        Ok(Some(r)) => r,
-        Ok(None) => return twiml(String::new()),
+    match ack::sms_reply(&state, from, body).await {
+        Ok(Some(text)) => twiml(format!("<Message>{}</Message>", escape(&text))),
+        Ok(None) => twiml(String::new()),
         Err(e) => {
-            tracing::error!(error = %e, "Cannot look up an SMS reply.");
-            return (StatusCode::INTERNAL_SERVER_ERROR, "").into_response();
+            tracing::error!(error = %e, "Cannot handle an SMS reply; Twilio will retry.");
+            (StatusCode::SERVICE_UNAVAILABLE, "").into_response()
         }
-    };
-    reply_ack(&state, recipient, "sms").await
+    }
 }
 
 pub async fn twilio_voice(
@@ -168,63 +172,22 @@ pub async fn twilio_voice(
         return forbidden(&state);
     }
     let Some(d) = delivery_param(&uri) else {
+        state.metrics.inc(
+            "klaxon_rejected_inputs_total",
+            &[("kind", "voice-missing-delivery")],
+        );
         return (StatusCode::BAD_REQUEST, "missing delivery\n").into_response();
     };
-    if param(&params, "Digits") != Some("1") {
-        return twiml("<Hangup/>".into());
-    }
-    let recipient = match state
-        .store
-        .read(move |c| deliveries::recipient_of(c, d))
-        .await
-    {
-        Ok(Some(r)) => r,
-        Ok(None) => return twiml("<Hangup/>".into()),
+    match ack::voice_key(&state, d, param(&params, "Digits")).await {
+        Ok(VoiceReply::Thanks { language, text }) => twiml(format!(
+            "<Say language=\"{}\">{}</Say>",
+            escape(&language),
+            escape(&text)
+        )),
+        Ok(VoiceReply::Hangup) => twiml("<Hangup/>".into()),
         Err(e) => {
-            tracing::error!(error = %e, "Cannot look up a voice confirmation.");
-            return (StatusCode::INTERNAL_SERVER_ERROR, "").into_response();
+            tracing::error!(error = %e, "Cannot record a voice confirmation.");
+            (StatusCode::SERVICE_UNAVAILABLE, "").into_response()
         }
-    };
-    reply_ack(&state, recipient, "voice").await
-}
-
-/// Records the confirmation and answers with TwiML thanking the person in
-/// their language (`<Message>` for SMS, `<Say>` for a call).
-async fn reply_ack(state: &AppState, recipient: i64, via: &'static str) -> Response {
-    let lang = state
-        .store
-        .read(move |c| alerts::recipient_language(c, recipient))
-        .await
-        .unwrap_or_else(|_| "en".into());
-    match ack::record(state, recipient, None, via).await {
-        Ok(_) => {
-            let thanks = escape(words(&lang).thanks);
-            if via == "sms" {
-                twiml(format!("<Message>{thanks}</Message>"))
-            } else {
-                twiml(format!(
-                    "<Say language=\"{}\">{thanks}</Say>",
-                    escape(&lang)
-                ))
-            }
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "Cannot record a confirmation.");
-            (StatusCode::INTERNAL_SERVER_ERROR, "").into_response()
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn yes_words() {
-        assert!(is_yes(" 1 "));
-        assert!(is_yes("Sí"));
-        assert!(is_yes("yes!"));
-        assert!(!is_yes("STOP"));
-        assert!(!is_yes("12"));
     }
 }

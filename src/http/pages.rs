@@ -11,12 +11,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use super::{escape, html_page, layout};
-use crate::ack::{self, words};
+use crate::ack::{self, PageModel, PageState, SubmitOutcome, words};
 use crate::app::AppState;
 use crate::playbook::Choice;
-use crate::store::StoreError;
-use crate::store::alerts::{self, AckOutcome, AlertRow, RecipientRow};
-use crate::store::now_ms;
+use crate::store::alerts::AckOutcome;
 
 /// Tokens are base64url; anything else is refused before touching the store.
 fn plausible(token: &str) -> bool {
@@ -26,23 +24,10 @@ fn plausible(token: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
-async fn load(
-    state: &AppState,
-    token: String,
-) -> Result<Option<(RecipientRow, AlertRow)>, StoreError> {
+fn not_found(state: &AppState) -> Response {
     state
-        .store
-        .read(move |c| {
-            let Some(r) = alerts::recipient_by_token(c, &token)? else {
-                return Ok(None);
-            };
-            let a = alerts::get(c, r.alert_id)?;
-            Ok(Some((r, a)))
-        })
-        .await
-}
-
-fn not_found() -> Response {
+        .metrics
+        .inc("klaxon_rejected_inputs_total", &[("kind", "unknown-token")]);
     let w = words("en");
     html_page(
         StatusCode::NOT_FOUND,
@@ -57,7 +42,7 @@ fn not_found() -> Response {
 
 fn internal() -> Response {
     html_page(
-        StatusCode::INTERNAL_SERVER_ERROR,
+        StatusCode::SERVICE_UNAVAILABLE,
         layout(
             "en",
             "klaxon",
@@ -85,17 +70,43 @@ fn local_time(state: &AppState, ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn render(state: &AppState, token: &str, r: &RecipientRow, a: &AlertRow, saved: bool) -> String {
+/// The radio buttons for one child (or, for staff, for themselves).
+fn choice_group(
+    b: &mut String,
+    name: &str,
+    legend: &str,
+    choices: &[Choice],
+    current: Option<&str>,
+    lang: &str,
+    idx: usize,
+) {
+    b.push_str(&format!("<fieldset><legend>{}</legend>", escape(legend)));
+    for (i, c) in choices.iter().enumerate() {
+        let checked = if current == Some(c.key.as_str()) {
+            " checked"
+        } else {
+            ""
+        };
+        b.push_str(&format!(
+            "<label for=\"c{idx}-{i}\"><input type=\"radio\" id=\"c{idx}-{i}\" name=\"{}\" value=\"{}\" required{checked}>{}</label>",
+            escape(name),
+            escape(&c.key),
+            escape(label(c, lang))
+        ));
+    }
+    b.push_str("</fieldset>");
+}
+
+fn render(
+    state: &AppState,
+    token: &str,
+    p: &PageModel,
+    saved: bool,
+    problem: Option<&str>,
+) -> String {
+    let (r, a) = (&p.recipient, &p.alert);
     let lang = r.language.as_str();
     let w = words(lang);
-    let choices: &[Choice] = state
-        .config
-        .playbooks
-        .get(&a.playbook)
-        .map(|p| p.choices.as_slice())
-        .unwrap_or(&[]);
-    let now = now_ms();
-    let locked = r.acked_at.is_some() && a.ack_deadline.is_some_and(|d| now > d);
     let mut b = String::new();
     if a.drill {
         b.push_str(&format!(
@@ -103,9 +114,9 @@ fn render(state: &AppState, token: &str, r: &RecipientRow, a: &AlertRow, saved: 
             escape(w.drill)
         ));
     }
-    if a.state == "cancelled" {
+    if p.state == PageState::Cancelled {
         b.push_str(&format!(
-            "<p class=\"warn\" role=\"status\">{}</p>",
+            "<p class=\"warn\" role=\"status\"><strong>{}</strong></p>",
             escape(w.cancelled)
         ));
     }
@@ -114,29 +125,33 @@ fn render(state: &AppState, token: &str, r: &RecipientRow, a: &AlertRow, saved: 
         escape(&a.title),
         escape(&a.place)
     ));
-    if let Some(m) = &a.message {
-        b.push_str(&format!("<p>{}</p>", escape(m)));
+    if let Some(at) = a.released_at.or(Some(a.created_at)) {
+        b.push_str(&format!(
+            "<p class=\"muted\">{} {}</p>",
+            escape(w.sent_at),
+            escape(&local_time(state, at))
+        ));
+    }
+    b.push_str(&format!("<p class=\"message\">{}</p>", escape(&p.text)));
+    if let Some((at, text)) = &p.latest_update {
+        b.push_str(&format!(
+            "<section class=\"ok\" aria-label=\"{lu}\"><h2>{lu} — {}</h2><p>{}</p></section>",
+            escape(&local_time(state, *at)),
+            escape(text),
+            lu = escape(w.latest_update),
+        ));
     }
     b.push_str(&format!(
         "<p class=\"muted\">{} {}.</p>",
         escape(w.for_whom),
         escape(&r.name)
     ));
-    if !r.students.is_empty() {
-        b.push_str(&format!("<h2>{}</h2><ul>", escape(w.your_children)));
-        for s in &r.students {
-            b.push_str(&format!(
-                "<li>{} — {}{}</li>",
-                escape(&s.name),
-                escape(&s.school_name),
-                if s.grade.is_empty() {
-                    String::new()
-                } else {
-                    format!(", grade {}", escape(&s.grade))
-                }
-            ));
-        }
-        b.push_str("</ul>");
+    if let Some(why) = problem {
+        b.push_str(&format!(
+            "<p class=\"warn\" role=\"alert\">{}: {}.</p>",
+            escape(w.choose),
+            escape(why)
+        ));
     }
     if saved {
         b.push_str(&format!(
@@ -144,63 +159,125 @@ fn render(state: &AppState, token: &str, r: &RecipientRow, a: &AlertRow, saved: 
             escape(w.thanks)
         ));
     }
+    // What was recorded, per child.
     if let Some(at) = r.acked_at {
         let mut s = format!(
             "{} {}.",
             escape(w.confirmed_at),
             escape(&local_time(state, at))
         );
-        if let Some(k) = &r.ack_choice
-            && let Some(c) = choices.iter().find(|c| &c.key == k)
-        {
+        let answered: Vec<String> = if r.students.is_empty() {
+            p.pickups
+                .get(&r.person_id)
+                .and_then(|k| p.choices.iter().find(|c| &c.key == k))
+                .map(|c| vec![format!("<strong>{}</strong>", escape(label(c, lang)))])
+                .unwrap_or_default()
+        } else {
+            r.students
+                .iter()
+                .filter_map(|st| {
+                    let k = p.pickups.get(&st.id)?;
+                    let c = p.choices.iter().find(|c| &c.key == k)?;
+                    Some(format!(
+                        "{}: <strong>{}</strong>",
+                        escape(&st.name),
+                        escape(label(c, lang))
+                    ))
+                })
+                .collect()
+        };
+        if !answered.is_empty() {
             s.push_str(&format!(
-                " {}: <strong>{}</strong>.",
+                " {}:</p><ul class=\"recorded\"><li>{}</li></ul><p class=\"ok\">",
                 escape(w.your_choice),
-                escape(label(c, lang))
+                answered.join("</li><li>")
             ));
         }
-        b.push_str(&format!("<p class=\"ok\">{s}</p>"));
+        b.push_str(&format!("<div class=\"ok\"><p>{s}</p></div>"));
+    } else if matches!(p.state, PageState::Closed | PageState::Cancelled) {
+        b.push_str(&format!(
+            "<p class=\"muted\">{}</p>",
+            escape(w.not_answered)
+        ));
     }
-    if locked {
-        b.push_str(&format!("<p class=\"warn\">{}</p>", escape(w.locked)));
-        return b;
+    match p.state {
+        PageState::Closed => {
+            b.push_str(&format!("<p class=\"warn\">{}</p>", escape(w.closed)));
+            return b;
+        }
+        PageState::Cancelled => return b,
+        PageState::Locked => {
+            b.push_str(&format!("<p class=\"warn\">{}</p>", escape(w.locked)));
+            return b;
+        }
+        PageState::Open => {}
     }
     let action = format!("/a/{}", escape(token));
-    if choices.is_empty() {
+    if p.choices.is_empty() {
+        if !r.students.is_empty() {
+            b.push_str(&format!("<h2>{}</h2><ul>", escape(w.your_children)));
+            for st in &r.students {
+                b.push_str(&format!(
+                    "<li>{} — {}</li>",
+                    escape(&st.name),
+                    escape(&st.school_name)
+                ));
+            }
+            b.push_str("</ul>");
+        }
         if r.acked_at.is_none() {
             b.push_str(&format!(
                 "<form method=\"post\" action=\"{action}\"><input type=\"hidden\" name=\"ack\" value=\"1\"><button type=\"submit\">{}</button></form>",
                 escape(w.received)
             ));
         }
+        return b;
+    }
+    b.push_str(&format!("<form method=\"post\" action=\"{action}\">"));
+    if r.students.is_empty() {
+        choice_group(
+            &mut b,
+            "choice",
+            w.choose,
+            &p.choices,
+            p.pickups.get(&r.person_id).map(String::as_str),
+            lang,
+            0,
+        );
     } else {
-        b.push_str(&format!(
-            "<form method=\"post\" action=\"{action}\"><fieldset><legend>{}</legend>",
-            escape(w.choose)
-        ));
-        for (i, c) in choices.iter().enumerate() {
-            let checked = if r.ack_choice.as_deref() == Some(c.key.as_str()) {
-                " checked"
-            } else {
-                ""
-            };
-            b.push_str(&format!(
-                "<label for=\"c{i}\"><input type=\"radio\" id=\"c{i}\" name=\"choice\" value=\"{}\" required{checked}>{}</label>",
-                escape(&c.key),
-                escape(label(c, lang))
-            ));
+        b.push_str(&format!("<h2>{}</h2>", escape(w.your_children)));
+        for (i, st) in r.students.iter().enumerate() {
+            let legend = format!(
+                "{} — {}{}",
+                st.name,
+                st.school_name,
+                if st.grade.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {}", st.grade)
+                }
+            );
+            choice_group(
+                &mut b,
+                &format!("choice-{}", st.id),
+                &legend,
+                &p.choices,
+                p.pickups.get(&st.id).map(String::as_str),
+                lang,
+                i,
+            );
         }
+    }
+    b.push_str(&format!(
+        "<button type=\"submit\">{}</button></form>",
+        escape(w.save)
+    ));
+    if let Some(d) = p.alert.ack_deadline {
         b.push_str(&format!(
-            "</fieldset><button type=\"submit\">{}</button></form>",
-            escape(w.save)
+            "<p class=\"muted\">{} {}.</p>",
+            escape(w.change),
+            escape(&local_time(state, d))
         ));
-        if let Some(d) = a.ack_deadline {
-            b.push_str(&format!(
-                "<p class=\"muted\">{} {}.</p>",
-                escape(w.change),
-                escape(&local_time(state, d))
-            ));
-        }
     }
     b
 }
@@ -211,14 +288,17 @@ pub async fn ack_page(
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     if !plausible(&token) {
-        return not_found();
+        return not_found(&state);
     }
-    match load(&state, token.clone()).await {
-        Ok(Some((r, a))) => {
-            let body = render(&state, &token, &r, &a, q.contains_key("saved"));
-            html_page(StatusCode::OK, layout(&r.language, &a.title, None, &body))
+    match ack::load_page(&state, token.clone()).await {
+        Ok(Some(p)) => {
+            let body = render(&state, &token, &p, q.contains_key("saved"), None);
+            html_page(
+                StatusCode::OK,
+                layout(&p.recipient.language, &p.alert.title, None, &body),
+            )
         }
-        Ok(None) => not_found(),
+        Ok(None) => not_found(&state),
         Err(e) => {
             tracing::error!(error = %e, "Cannot load an acknowledgement page.");
             internal()
@@ -229,58 +309,15 @@ pub async fn ack_page(
 pub async fn ack_submit(
     State(state): State<Arc<AppState>>,
     Path(token): Path<String>,
-    Form(form): Form<HashMap<String, String>>,
+    Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
     if !plausible(&token) {
-        return not_found();
+        return not_found(&state);
     }
-    let (r, a) = match load(&state, token.clone()).await {
-        Ok(Some(x)) => x,
-        Ok(None) => return not_found(),
-        Err(e) => {
-            tracing::error!(error = %e, "Cannot load an acknowledgement.");
-            return internal();
-        }
-    };
-    let choices = state
-        .config
-        .playbooks
-        .get(&a.playbook)
-        .map(|p| p.choices.clone())
-        .unwrap_or_default();
-    let choice = form.get("choice").cloned();
-    if !choices.is_empty() {
-        let valid = choice
-            .as_ref()
-            .is_some_and(|c| choices.iter().any(|k| &k.key == c));
-        if !valid {
-            let body = render(&state, &token, &r, &a, false);
-            let w = words(&r.language);
-            return html_page(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                layout(
-                    &r.language,
-                    &a.title,
-                    None,
-                    &format!(
-                        "<p class=\"warn\" role=\"alert\">{}.</p>{body}",
-                        escape(w.choose)
-                    ),
-                ),
-            );
-        }
-    }
-    let choice = if choices.is_empty() { None } else { choice };
-    match ack::record(&state, r.id, choice, "web").await {
-        Ok(AckOutcome::Locked) => {
-            let body = render(&state, &token, &r, &a, false);
-            html_page(
-                StatusCode::CONFLICT,
-                layout(&r.language, &a.title, None, &body),
-            )
-        }
+    match ack::submit(&state, token.clone(), form).await {
+        Ok(SubmitOutcome::Invalid) => not_found(&state),
         // Recorded, changed or unchanged: the answer stands; show it (POST/redirect/GET).
-        Ok(_) => (
+        Ok(SubmitOutcome::Saved) => (
             StatusCode::SEE_OTHER,
             [
                 (header::LOCATION, format!("/a/{token}?saved=1")),
@@ -288,6 +325,24 @@ pub async fn ack_submit(
             ],
         )
             .into_response(),
+        Ok(SubmitOutcome::BadAnswer(p, why)) => {
+            let body = render(&state, &token, &p, false, Some(&why));
+            html_page(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                layout(&p.recipient.language, &p.alert.title, None, &body),
+            )
+        }
+        Ok(SubmitOutcome::Refused(p, outcome)) => {
+            let status = match outcome {
+                AckOutcome::Locked => StatusCode::CONFLICT,
+                _ => StatusCode::GONE,
+            };
+            let body = render(&state, &token, &p, false, None);
+            html_page(
+                status,
+                layout(&p.recipient.language, &p.alert.title, None, &body),
+            )
+        }
         Err(e) => {
             tracing::error!(error = %e, "Cannot record an acknowledgement.");
             internal()

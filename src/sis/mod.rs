@@ -22,7 +22,7 @@ pub use generate::{GenerateError, GenerateOptions, GenerateSummary, demo_distric
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Dur;
@@ -87,6 +87,33 @@ pub enum SisError {
 /// Opens the current SIS copy read-only.
 pub fn open_current(store_dir: &Path) -> Result<Connection, SisError> {
     open_current_at(&current_path(store_dir))
+}
+
+/// Opens a frozen copy (an alert's snapshot) read-only, schema-checked: the
+/// one way the rest of klaxon reads a SIS file.
+pub fn open_at(path: &Path) -> Result<Connection, SisError> {
+    open_current_at(path)
+}
+
+/// The names of the schools with these ids, in the order given (unknown ids
+/// are left out).
+pub fn school_names(conn: &Connection, ids: &[String]) -> Result<Vec<String>, rusqlite::Error> {
+    let mut st = conn.prepare_cached("SELECT name FROM schools WHERE id = ?1")?;
+    let mut out = Vec::new();
+    for id in ids {
+        if let Some(n) = st.query_row([id], |r| r.get::<_, String>(0)).optional()? {
+            out.push(n);
+        }
+    }
+    Ok(out)
+}
+
+/// The district's first school by id (where a district-wide alert starts).
+pub fn first_school(conn: &Connection) -> Result<Option<String>, rusqlite::Error> {
+    conn.query_row("SELECT id FROM schools ORDER BY id LIMIT 1", [], |r| {
+        r.get(0)
+    })
+    .optional()
 }
 
 pub(crate) fn open_current_at(path: &Path) -> Result<Connection, SisError> {

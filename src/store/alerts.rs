@@ -1,8 +1,12 @@
-//! Alerts, their frozen audience (recipients) and acknowledgements.
+//! Alerts and their frozen audience (recipients): the lifecycle transitions
+//! (`release`, `cancel`, `close`, `settle_if_done`), materialization in
+//! chunks, follow-ups (updates and all-clears, which reuse the original's
+//! recipients), status and figures.
 //!
-//! Invariant: an alert, all its recipients and all their deliveries are
-//! written in one transaction, before the first message is sent. After a crash
-//! the outbox holds everything still owed.
+//! Invariant: an alert's state only moves along `AlertState::can_move_to`,
+//! and each move is one committed transaction together with what it implies
+//! for the outbox (a cancel cancels every unsent delivery in the same
+//! transaction; a chunk written after a cancel adds no delivery).
 
 use std::collections::BTreeMap;
 
@@ -11,11 +15,44 @@ use serde::Serialize;
 
 use super::{StoreError, audit};
 use crate::audience::{Recipient, StudentRef};
-use crate::domain::Channel;
+use crate::domain::{
+    AckKey, AckToken, AlertId, AlertState, Channel, CloseReason, DeliveryState, RecipientId,
+};
+
+/// What kind of alert a row is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlertKind {
+    /// Starts with its own audience.
+    Alert,
+    /// A follow-up to the original's recipients ("pick up at the north gate").
+    Update,
+    /// The last follow-up: the situation is over.
+    AllClear,
+}
+
+impl AlertKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertKind::Alert => "alert",
+            AlertKind::Update => "update",
+            AlertKind::AllClear => "all-clear",
+        }
+    }
+
+    fn parse(s: &str) -> AlertKind {
+        match s {
+            "update" => AlertKind::Update,
+            "all-clear" => AlertKind::AllClear,
+            _ => AlertKind::Alert,
+        }
+    }
+}
 
 /// Everything needed to create an alert; computed by the trigger.
 #[derive(Debug, Clone)]
 pub struct NewAlert {
+    pub kind: AlertKind,
     pub playbook: String,
     pub title: String,
     /// The schools it concerns, as the message names them.
@@ -26,12 +63,15 @@ pub struct NewAlert {
     pub drill: bool,
     /// Held alerts wait for `approve` before anything is sent.
     pub held: bool,
+    /// Whether recipients are asked to confirm (replies are matched to it).
+    pub confirm: bool,
     pub source: String,
     pub created_by: String,
     pub notify_within_ms: i64,
     pub ack_within_ms: i64,
-    pub parent_id: Option<i64>,
-    pub estimate_ms: Option<i64>,
+    /// Length of the escalation stage after the ack deadline; 0 without escalation.
+    pub escalate_within_ms: i64,
+    pub parent_id: Option<AlertId>,
     pub warning: Option<String>,
     /// Frozen copy (hard link) of the SIS file the audience is resolved
     /// from, kept until the alert is fully materialized.
@@ -46,17 +86,6 @@ pub struct Created {
     pub deliveries: i64,
     /// Notify deadline, ms since epoch; `None` while held.
     pub deadline: Option<i64>,
-}
-
-/// A recipient's acknowledgement token: 160 random bits, base64url.
-fn new_tokens(n: usize) -> Result<Vec<String>, StoreError> {
-    use base64::Engine;
-    let mut bytes = vec![0u8; n * 20];
-    getrandom::fill(&mut bytes).map_err(|e| StoreError::Corrupt(format!("no randomness: {e}")))?;
-    Ok(bytes
-        .chunks(20)
-        .map(|c| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c))
-        .collect())
 }
 
 /// Channels a recipient is sent on: the playbook's channels they have an
@@ -81,24 +110,46 @@ pub fn channels_for<'a>(
     chosen
 }
 
+/// The times that follow from a release at `now`.
+struct Deadlines {
+    notify: i64,
+    ack: i64,
+    escalate_until: Option<i64>,
+    close_at: i64,
+}
+
+fn deadlines(now: i64, notify_ms: i64, ack_ms: i64, escalate_ms: i64) -> Deadlines {
+    let ack = now + ack_ms;
+    let escalate_until = (escalate_ms > 0).then(|| ack + escalate_ms);
+    Deadlines {
+        notify: now + notify_ms,
+        ack,
+        escalate_until,
+        close_at: escalate_until.unwrap_or(ack),
+    }
+}
+
 /// Writes the alert's own row, not yet materialized: its recipients and
 /// deliveries follow in chunks (`add_recipients`), then `finish`.
-pub fn insert(conn: &Connection, now: i64, new: &NewAlert) -> Result<i64, StoreError> {
-    let state = if new.held { "held" } else { "sending" };
-    let (released, notify_deadline, ack_deadline) = if new.held {
-        (None, None, None)
+pub fn insert(conn: &Connection, now: i64, new: &NewAlert) -> Result<AlertId, StoreError> {
+    let state = if new.held {
+        AlertState::Held
     } else {
-        (
-            Some(now),
-            Some(now + new.notify_within_ms),
-            Some(now + new.ack_within_ms),
-        )
+        AlertState::Sending
     };
+    let d = (!new.held).then(|| {
+        deadlines(
+            now,
+            new.notify_within_ms,
+            new.ack_within_ms,
+            new.escalate_within_ms,
+        )
+    });
     conn.prepare_cached(
         "INSERT INTO alerts (playbook, title, priority, audience, message, drill, state, source, created_by,
                              created_at, released_at, notify_deadline, ack_deadline, parent_id,
-                             estimate_ms, warning, place, materialized, snapshot)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, 0, ?18)",
+                             warning, place, materialized, snapshot, kind, confirm, escalate_until, close_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17, ?18, ?19, ?20, ?21)",
     )?
     .execute(params![
         new.playbook,
@@ -107,30 +158,33 @@ pub fn insert(conn: &Connection, now: i64, new: &NewAlert) -> Result<i64, StoreE
         new.audience_json,
         new.message,
         new.drill,
-        state,
+        state.as_str(),
         new.source,
         new.created_by,
         now,
-        released,
-        notify_deadline,
-        ack_deadline,
-        new.parent_id,
-        new.estimate_ms,
+        d.as_ref().map(|_| now),
+        d.as_ref().map(|d| d.notify),
+        d.as_ref().map(|d| d.ack),
+        new.parent_id.map(|p| p.0),
         new.warning,
         new.place,
         new.snapshot,
+        new.kind.as_str(),
+        new.confirm,
+        d.as_ref().and_then(|d| d.escalate_until),
+        d.as_ref().map(|d| d.close_at),
     ])?;
-    let alert_id = conn.last_insert_rowid();
+    let alert_id = AlertId(conn.last_insert_rowid());
     let detail = serde_json::json!({
-        "playbook": new.playbook, "audience": new.audience_json, "drill": new.drill,
-        "held": new.held, "source": new.source,
+        "kind": new.kind.as_str(), "playbook": new.playbook, "audience": new.audience_json,
+        "drill": new.drill, "held": new.held, "source": new.source, "parent": new.parent_id,
     });
     audit::record(
         conn,
         now,
         &new.created_by,
         "alert.create",
-        Some(alert_id),
+        Some(alert_id.0),
         &detail.to_string(),
     )?;
     Ok(alert_id)
@@ -142,119 +196,261 @@ pub struct Fanout {
     pub channels: Vec<Channel>,
     pub available: Vec<Channel>,
     pub priority: i64,
-    pub held: bool,
+    /// Routine messages honour SMS opt-outs on voice too; emergencies still
+    /// call and email (an opted-out number never gets an SMS).
+    pub routine: bool,
+}
+
+/// The state new deliveries of an alert start in, read inside the writing
+/// transaction so a chunk written after an approve or a cancel follows it.
+/// `None`: the alert is closed and gets no new deliveries.
+/// An alert closed by its all-clear still reaches everyone in its audience
+/// (in order, before the all-clear); a cancelled one reaches nobody more.
+fn delivery_start(conn: &Connection, alert: AlertId) -> Result<Option<DeliveryState>, StoreError> {
+    let state = state_of(conn, alert)?;
+    let cancelled: bool = conn
+        .prepare_cached(
+            "SELECT coalesce(closed_reason = 'cancelled', 0) FROM alerts WHERE id = ?1",
+        )?
+        .query_row([alert.0], |r| r.get(0))?;
+    Ok(match state {
+        _ if cancelled => None,
+        AlertState::Held => Some(DeliveryState::Held),
+        AlertState::Sending | AlertState::Settled | AlertState::Closed => {
+            Some(DeliveryState::Queued)
+        }
+    })
+}
+
+pub fn state_of(conn: &Connection, alert: AlertId) -> Result<AlertState, StoreError> {
+    let s: String = conn
+        .prepare_cached("SELECT state FROM alerts WHERE id = ?1")?
+        .query_row([alert.0], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound(format!("alert {alert}")))?;
+    AlertState::parse(&s).ok_or_else(|| StoreError::Corrupt(format!("alert state `{s}`")))
+}
+
+/// Inserts one delivery row.
+#[allow(clippy::too_many_arguments)]
+fn insert_delivery(
+    conn: &Connection,
+    alert: AlertId,
+    recipient: i64,
+    channel: Channel,
+    address: &str,
+    state: DeliveryState,
+    priority: i64,
+    now: i64,
+    escalation: bool,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO deliveries (alert_id, recipient_id, channel, address, state, priority, next_attempt_at, escalation, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?7, ?7)",
+    )?
+    .execute(params![
+        alert.0,
+        recipient,
+        channel.as_str(),
+        address,
+        state.as_str(),
+        priority,
+        now,
+        escalation
+    ])?;
+    Ok(())
+}
+
+/// Whether `address` has opted out of SMS (a STOP reply).
+pub fn opted_out(conn: &Connection, address: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM opt_outs WHERE address = ?1")?
+        .exists([address])?)
+}
+
+/// The channels and addresses a recipient is sent on, minus opt-outs.
+fn targets<'a>(
+    conn: &Connection,
+    f: &Fanout,
+    addresses: &'a [(Channel, String)],
+) -> Result<Vec<&'a (Channel, String)>, StoreError> {
+    let mut out = Vec::new();
+    for t in channels_for(&f.channels, &f.available, addresses) {
+        let phone = matches!(t.0, Channel::Sms | Channel::Voice);
+        if phone && (t.0 == Channel::Sms || f.routine) && opted_out(conn, &t.1)? {
+            continue;
+        }
+        out.push(t);
+    }
+    Ok(out)
 }
 
 /// Adds recipients to an alert with their deliveries. Idempotent: a person
-/// already there keeps their token and deliveries (their list of children is
+/// already there keeps their id and deliveries (their list of children is
 /// updated), so a chunk may be written twice, as recovery after a crash does.
 /// Returns the new recipients and deliveries.
 pub fn add_recipients(
     conn: &Connection,
-    alert_id: i64,
+    alert_id: AlertId,
     now: i64,
     f: &Fanout,
+    key: &AckKey,
     recipients: &[Recipient],
 ) -> Result<(i64, i64), StoreError> {
-    let tokens = new_tokens(recipients.len())?;
+    let Some(start) = delivery_start(conn, alert_id)? else {
+        return Ok((0, 0));
+    };
+    // Ids are chosen here (one writer, inside its transaction) so the token
+    // hash, which depends on the id, is written with the row.
+    let mut next_id: i64 = conn
+        .prepare_cached("SELECT coalesce(max(id), 0) + 1 FROM recipients")?
+        .query_row([], |r| r.get(0))?;
     let mut ins_r = conn.prepare_cached(
-        "INSERT OR IGNORE INTO recipients (alert_id, person_id, role, name, language, students, addresses, token)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT OR IGNORE INTO recipients (id, alert_id, person_id, role, name, language, students, addresses, token)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     let mut upd_r = conn.prepare_cached(
         "UPDATE recipients SET students = ?3 WHERE alert_id = ?1 AND person_id = ?2",
     )?;
-    let mut ins_d = conn.prepare_cached(
-        "INSERT INTO deliveries (alert_id, recipient_id, channel, address, state, priority, next_attempt_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?7)",
-    )?;
-    let delivery_state = if f.held { "held" } else { "queued" };
     let (mut added, mut deliveries) = (0i64, 0i64);
-    for (r, token) in recipients.iter().zip(tokens) {
+    for r in recipients {
         let students =
             serde_json::to_string(&r.students).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let addresses =
             serde_json::to_string(&r.addresses).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let token = AckToken::derive(key, RecipientId(next_id));
         let inserted = ins_r.execute(params![
-            alert_id,
+            next_id,
+            alert_id.0,
             r.person_id,
             r.role.as_str(),
             r.name,
             r.language,
             students,
             addresses,
-            token
+            token.hash()
         ])?;
         if inserted == 0 {
-            upd_r.execute(params![alert_id, r.person_id, students])?;
+            upd_r.execute(params![alert_id.0, r.person_id, students])?;
             continue;
         }
+        let rid = next_id;
+        next_id += 1;
         added += 1;
-        let rid = conn.last_insert_rowid();
-        for (ch, addr) in channels_for(&f.channels, &f.available, &r.addresses) {
-            ins_d.execute(params![
-                alert_id,
-                rid,
-                ch.as_str(),
-                addr,
-                delivery_state,
-                f.priority,
-                now
-            ])?;
+        for (ch, addr) in targets(conn, f, &r.addresses)? {
+            insert_delivery(
+                conn, alert_id, rid, *ch, addr, start, f.priority, now, false,
+            )?;
             deliveries += 1;
         }
     }
     Ok((added, deliveries))
 }
 
-/// Marks an alert fully materialized and records its counts and capacity
-/// estimate. Settles it at once if everything was already handed over.
+/// Writes the deliveries of a follow-up for the original's recipients with
+/// an id after `after`, at most `limit` of them. Addresses that proved
+/// undeliverable for the original are skipped. Returns the last recipient
+/// id handled (None when there were none left) and the deliveries added.
+pub fn add_follow_up_chunk(
+    conn: &Connection,
+    follow_up: AlertId,
+    original: AlertId,
+    after: i64,
+    limit: i64,
+    now: i64,
+    f: &Fanout,
+) -> Result<(Option<i64>, i64), StoreError> {
+    let Some(start) = delivery_start(conn, follow_up)? else {
+        return Ok((None, 0));
+    };
+    let rows: Vec<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT id, addresses FROM recipients WHERE alert_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?
+        .query_map(params![original.0, after, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut bad = conn.prepare_cached(
+        "SELECT 1 FROM deliveries WHERE recipient_id = ?1 AND address = ?2 AND state = 'undeliverable'",
+    )?;
+    let mut exists = conn.prepare_cached(
+        "SELECT 1 FROM deliveries WHERE alert_id = ?1 AND recipient_id = ?2 LIMIT 1",
+    )?;
+    let mut n = 0;
+    let mut last = None;
+    for (rid, addresses) in rows {
+        last = Some(rid);
+        // Idempotent: a chunk written again after a crash adds nothing.
+        if exists.exists(params![follow_up.0, rid])? {
+            continue;
+        }
+        let addresses: Vec<(Channel, String)> =
+            serde_json::from_str(&addresses).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let usable: Vec<(Channel, String)> = addresses
+            .into_iter()
+            .filter(|(_, a)| !bad.exists(params![rid, a]).unwrap_or(false))
+            .collect();
+        for (ch, addr) in targets(conn, f, &usable)? {
+            insert_delivery(
+                conn, follow_up, rid, *ch, addr, start, f.priority, now, false,
+            )?;
+            n += 1;
+        }
+    }
+    Ok((last, n))
+}
+
+/// Marks an alert fully materialized and records its counts and warning.
+/// Settles it at once if everything was already handed over.
 pub fn finish(
     conn: &Connection,
-    alert_id: i64,
+    alert_id: AlertId,
     now: i64,
     estimate_ms: Option<i64>,
     warning: Option<&str>,
 ) -> Result<Created, StoreError> {
-    let (recipients, unreachable): (i64, i64) = conn
-        .prepare_cached("SELECT count(*), coalesce(sum(addresses = '[]'), 0) FROM recipients WHERE alert_id = ?1")?
-        .query_row([alert_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let id = alert_id.0;
+    let kind: String = conn
+        .prepare_cached("SELECT kind FROM alerts WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))?;
+    let (recipients, unreachable): (i64, i64) = if AlertKind::parse(&kind) == AlertKind::Alert {
+        conn.prepare_cached(
+            "SELECT count(*), coalesce(sum(addresses = '[]'), 0) FROM recipients WHERE alert_id = ?1",
+        )?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?
+    } else {
+        let parent: i64 = conn
+            .prepare_cached("SELECT parent_id FROM alerts WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))?;
+        conn.prepare_cached(
+            "SELECT count(*), coalesce(sum(addresses = '[]'), 0) FROM recipients WHERE alert_id = ?1",
+        )?
+        .query_row([parent], |r| Ok((r.get(0)?, r.get(1)?)))?
+    };
     let deliveries: i64 = conn
         .prepare_cached("SELECT count(*) FROM deliveries WHERE alert_id = ?1")?
-        .query_row([alert_id], |r| r.get(0))?;
-    let pending = conn
-        .prepare_cached(
-            "SELECT 1 FROM deliveries WHERE alert_id = ?1 AND state IN ('queued', 'sending', 'held') LIMIT 1",
-        )?
-        .exists([alert_id])?;
+        .query_row([id], |r| r.get(0))?;
     conn.prepare_cached(
         "UPDATE alerts SET materialized = 1, snapshot = NULL, recipients = ?2, unreachable = ?3,
-                estimate_ms = coalesce(?4, estimate_ms), warning = coalesce(?5, warning),
-                settled_at = CASE WHEN ?6 THEN NULL ELSE coalesce(settled_at, ?7) END
+                estimate_ms = coalesce(?4, estimate_ms), warning = coalesce(?5, warning)
          WHERE id = ?1",
     )?
-    .execute(params![
-        alert_id,
-        recipients,
-        unreachable,
-        estimate_ms,
-        warning,
-        pending,
-        now
-    ])?;
+    .execute(params![id, recipients, unreachable, estimate_ms, warning])?;
     let deadline: Option<i64> = conn
         .prepare_cached("SELECT notify_deadline FROM alerts WHERE id = ?1")?
-        .query_row([alert_id], |r| r.get(0))?;
+        .query_row([id], |r| r.get(0))?;
     audit::record(
         conn,
         now,
         "klaxon",
         "alert.materialized",
-        Some(alert_id),
+        Some(id),
         &serde_json::json!({"recipients": recipients, "deliveries": deliveries}).to_string(),
     )?;
+    settle_if_done(conn, alert_id, now)?;
     Ok(Created {
-        id: alert_id,
+        id,
         recipients,
         unreachable,
         deliveries,
@@ -262,11 +458,108 @@ pub fn finish(
     })
 }
 
+/// `sending → settled` once the alert is materialized and none of its first
+/// deliveries is queued or in flight. The notify-deadline verdict is decided
+/// here (or by the tracker when the deadline passes first) and never changes:
+/// escalation is its own stage and does not touch it. A follow-up that asks
+/// no confirmation closes as soon as it is handed over.
+pub fn settle_if_done(conn: &Connection, alert: AlertId, now: i64) -> Result<bool, StoreError> {
+    let row: Option<(String, bool, Option<i64>, bool)> = conn
+        .prepare_cached(
+            "SELECT state, materialized, notify_deadline, confirm FROM alerts WHERE id = ?1",
+        )?
+        .query_row([alert.0], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
+        .optional()?;
+    let Some((state, materialized, notify_deadline, confirm)) = row else {
+        return Ok(false);
+    };
+    if AlertState::parse(&state) != Some(AlertState::Sending) || !materialized {
+        return Ok(false);
+    }
+    // EXISTS stops at the first pending row: this runs after every batch of
+    // outcomes, and counting a 100k-row queue each time would cost seconds.
+    let pending = conn
+        .prepare_cached(
+            "SELECT 1 FROM deliveries WHERE alert_id = ?1 AND escalation = 0
+               AND state IN ('queued', 'sending', 'held') LIMIT 1",
+        )?
+        .exists([alert.0])?;
+    if pending {
+        return Ok(false);
+    }
+    let handed_over: Option<i64> = conn
+        .prepare_cached(
+            "SELECT max(sent_at) FROM deliveries WHERE alert_id = ?1 AND escalation = 0",
+        )?
+        .query_row([alert.0], |r| r.get(0))?;
+    let met = notify_deadline.map(|d| handed_over.unwrap_or(now).min(now) <= d);
+    conn.prepare_cached(
+        "UPDATE alerts SET state = 'settled', settled_at = ?2, handed_over_at = ?3,
+                deadline_met = coalesce(deadline_met, ?4)
+         WHERE id = ?1 AND state = 'sending'",
+    )?
+    .execute(params![alert.0, now, handed_over, met])?;
+    let kind: String = conn
+        .prepare_cached("SELECT kind FROM alerts WHERE id = ?1")?
+        .query_row([alert.0], |r| r.get(0))?;
+    if AlertKind::parse(&kind) != AlertKind::Alert && !confirm {
+        close(conn, alert, now, CloseReason::Delivered, "klaxon")?;
+    }
+    Ok(true)
+}
+
+/// Decides the notify verdict of released alerts that have none yet: met
+/// when every first delivery left the queue by the deadline, missed once the
+/// deadline passes with some still queued. Whatever the alert's state (an
+/// all-clear may close it while it is still sending). Returns how many were
+/// decided now.
+pub fn decide_verdicts(conn: &Connection, now: i64) -> Result<usize, StoreError> {
+    let undecided: Vec<(i64, i64)> = conn
+        .prepare_cached(
+            "SELECT id, notify_deadline FROM alerts
+             WHERE deadline_met IS NULL AND notify_deadline IS NOT NULL AND materialized = 1",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut n = 0;
+    for (id, deadline) in undecided {
+        let pending = conn
+            .prepare_cached(
+                "SELECT 1 FROM deliveries WHERE alert_id = ?1 AND escalation = 0
+                   AND state IN ('queued', 'sending', 'held') LIMIT 1",
+            )?
+            .exists([id])?;
+        let verdict = if pending {
+            (now > deadline).then_some(false)
+        } else {
+            let last: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT max(sent_at) FROM deliveries WHERE alert_id = ?1 AND escalation = 0",
+                )?
+                .query_row([id], |r| r.get(0))?;
+            Some(last.unwrap_or(now).min(now) <= deadline)
+        };
+        if let Some(v) = verdict {
+            conn.prepare_cached(
+                "UPDATE alerts SET deadline_met = ?2,
+                        handed_over_at = coalesce(handed_over_at,
+                            (SELECT max(sent_at) FROM deliveries WHERE alert_id = ?1 AND escalation = 0))
+                 WHERE id = ?1 AND deadline_met IS NULL",
+            )?
+            .execute(params![id, v])?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Alerts whose materialization a crash interrupted: (id, snapshot path).
-pub fn unmaterialized(conn: &Connection) -> Result<Vec<(i64, Option<String>)>, StoreError> {
+pub fn unmaterialized(conn: &Connection) -> Result<Vec<(AlertId, Option<String>)>, StoreError> {
     let mut stmt =
         conn.prepare_cached("SELECT id, snapshot FROM alerts WHERE materialized = 0 ORDER BY id")?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows = stmt.query_map([], |r| Ok((AlertId(r.get(0)?), r.get(1)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -274,6 +567,7 @@ pub fn unmaterialized(conn: &Connection) -> Result<Vec<(i64, Option<String>)>, S
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertRow {
     pub id: i64,
+    pub kind: AlertKind,
     pub playbook: String,
     pub title: String,
     pub place: String,
@@ -281,59 +575,104 @@ pub struct AlertRow {
     pub audience: serde_json::Value,
     pub message: Option<String>,
     pub drill: bool,
-    pub state: String,
+    pub state: AlertState,
+    pub closed_reason: Option<CloseReason>,
+    pub confirm: bool,
+    pub materialized: bool,
     pub source: String,
     pub created_by: String,
     pub created_at: i64,
     pub released_at: Option<i64>,
     pub notify_deadline: Option<i64>,
     pub ack_deadline: Option<i64>,
+    pub escalate_until: Option<i64>,
+    pub close_at: Option<i64>,
     pub settled_at: Option<i64>,
+    pub handed_over_at: Option<i64>,
     pub escalated_at: Option<i64>,
+    pub closed_at: Option<i64>,
+    /// Kept for readers of the old field: when it was cancelled.
     pub cancelled_at: Option<i64>,
     pub parent_id: Option<i64>,
+    pub all_clear_id: Option<i64>,
     pub recipients: i64,
     pub unreachable: i64,
     pub estimate_ms: Option<i64>,
     pub warning: Option<String>,
+    /// The notify verdict about first deliveries; decided once.
+    pub deadline_met: Option<bool>,
 }
 
-const ALERT_COLUMNS: &str = "id, playbook, title, priority, audience, message, drill, state, source, created_by,
-    created_at, released_at, notify_deadline, ack_deadline, settled_at, escalated_at, cancelled_at, parent_id,
-    recipients, unreachable, estimate_ms, warning, place";
+impl AlertRow {
+    pub fn is_cancelled(&self) -> bool {
+        self.closed_reason == Some(CloseReason::Cancelled)
+    }
+}
+
+const ALERT_COLUMNS: &str = "id, kind, playbook, title, place, priority, audience, message, drill, state,
+    closed_reason, confirm, materialized, source, created_by, created_at, released_at, notify_deadline,
+    ack_deadline, escalate_until, close_at, settled_at, handed_over_at, escalated_at, closed_at,
+    parent_id, all_clear_id, recipients, unreachable, estimate_ms, warning, deadline_met";
 
 fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
-    let audience: String = r.get(4)?;
+    let audience: String = r.get(6)?;
+    let state: String = r.get(9)?;
+    let reason: Option<String> = r.get(10)?;
+    let bad = |what: &str, v: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            9,
+            rusqlite::types::Type::Text,
+            format!("unknown {what} `{v}`").into(),
+        )
+    };
+    let state = AlertState::parse(&state).ok_or_else(|| bad("alert state", &state))?;
+    let closed_reason = match reason {
+        Some(r) => Some(CloseReason::parse(&r).ok_or_else(|| bad("close reason", &r))?),
+        None => None,
+    };
+    let closed_at: Option<i64> = r.get(24)?;
     Ok(AlertRow {
         id: r.get(0)?,
-        playbook: r.get(1)?,
-        title: r.get(2)?,
-        priority: r.get(3)?,
+        kind: AlertKind::parse(&r.get::<_, String>(1)?),
+        playbook: r.get(2)?,
+        title: r.get(3)?,
+        place: r.get(4)?,
+        priority: r.get(5)?,
         audience: serde_json::from_str(&audience).unwrap_or(serde_json::Value::Null),
-        message: r.get(5)?,
-        drill: r.get(6)?,
-        state: r.get(7)?,
-        source: r.get(8)?,
-        created_by: r.get(9)?,
-        created_at: r.get(10)?,
-        released_at: r.get(11)?,
-        notify_deadline: r.get(12)?,
-        ack_deadline: r.get(13)?,
-        settled_at: r.get(14)?,
-        escalated_at: r.get(15)?,
-        cancelled_at: r.get(16)?,
-        parent_id: r.get(17)?,
-        recipients: r.get(18)?,
-        unreachable: r.get(19)?,
-        estimate_ms: r.get(20)?,
-        warning: r.get(21)?,
-        place: r.get(22)?,
+        message: r.get(7)?,
+        drill: r.get(8)?,
+        state,
+        closed_reason,
+        confirm: r.get(11)?,
+        materialized: r.get(12)?,
+        source: r.get(13)?,
+        created_by: r.get(14)?,
+        created_at: r.get(15)?,
+        released_at: r.get(16)?,
+        notify_deadline: r.get(17)?,
+        ack_deadline: r.get(18)?,
+        escalate_until: r.get(19)?,
+        close_at: r.get(20)?,
+        settled_at: r.get(21)?,
+        handed_over_at: r.get(22)?,
+        escalated_at: r.get(23)?,
+        closed_at,
+        cancelled_at: (closed_reason == Some(CloseReason::Cancelled))
+            .then_some(closed_at)
+            .flatten(),
+        parent_id: r.get(25)?,
+        all_clear_id: r.get(26)?,
+        recipients: r.get(27)?,
+        unreachable: r.get(28)?,
+        estimate_ms: r.get(29)?,
+        warning: r.get(30)?,
+        deadline_met: r.get(31)?,
     })
 }
 
-pub fn get(conn: &Connection, id: i64) -> Result<AlertRow, StoreError> {
+pub fn get(conn: &Connection, id: AlertId) -> Result<AlertRow, StoreError> {
     conn.prepare_cached(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1"))?
-        .query_row([id], alert_from_row)
+        .query_row([id.0], alert_from_row)
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("alert {id}")))
 }
@@ -346,83 +685,231 @@ pub fn recent(conn: &Connection, limit: i64) -> Result<Vec<AlertRow>, StoreError
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// How many deliveries an alert has (all states).
+pub fn delivery_count(conn: &Connection, id: AlertId) -> Result<i64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT count(*) FROM deliveries WHERE alert_id = ?1")?
+        .query_row([id.0], |r| r.get(0))?)
+}
+
+/// Alerts not closed, by state and drill: the open-alerts gauge.
+pub fn open_counts(conn: &Connection) -> Result<Vec<(String, bool, i64)>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT state, drill, count(*) FROM alerts WHERE state <> 'closed' GROUP BY state, drill",
+    )?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The newest follow-up (update or all-clear) of an alert, for its page.
+pub fn latest_follow_up(conn: &Connection, id: AlertId) -> Result<Option<AlertRow>, StoreError> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {ALERT_COLUMNS} FROM alerts WHERE parent_id = ?1 AND state <> 'held' ORDER BY id DESC LIMIT 1"
+        ))?
+        .query_row([id.0], alert_from_row)
+        .optional()?)
+}
+
+/// Alerts the tracker still has work for: not closed, released.
+pub fn open_alerts(conn: &Connection) -> Result<Vec<AlertRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ALERT_COLUMNS} FROM alerts WHERE state IN ('sending', 'settled') ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([], alert_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// p50, p95 and max of a set of durations, in seconds.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Spread {
+    pub count: i64,
+    pub p50: Option<f64>,
+    pub p95: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl Spread {
+    fn of(mut ms: Vec<i64>) -> Spread {
+        ms.sort_unstable();
+        let n = ms.len();
+        let at = |q: f64| -> Option<f64> {
+            if n == 0 {
+                return None;
+            }
+            let i = ((q * n as f64).ceil() as usize).clamp(1, n) - 1;
+            Some(ms[i] as f64 / 1000.0)
+        };
+        Spread {
+            count: n as i64,
+            p50: at(0.5),
+            p95: at(0.95),
+            max: ms.last().map(|m| *m as f64 / 1000.0),
+        }
+    }
+}
+
+/// Time-to-notify figures of one alert, from its release.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Figures {
+    /// To hand-over, per first delivery.
+    pub handover: Spread,
+    /// To delivery, as providers reported it.
+    pub delivery: Spread,
+    /// To the first confirmation, per recipient.
+    pub confirmation: Spread,
+}
+
+pub fn figures(conn: &Connection, alert: &AlertRow) -> Result<Figures, StoreError> {
+    let Some(released) = alert.released_at else {
+        return Ok(Figures::default());
+    };
+    let col = |sql: &str| -> Result<Vec<i64>, StoreError> {
+        let mut st = conn.prepare_cached(sql)?;
+        let v = st
+            .query_map(params![alert.id, released], |r| r.get::<_, i64>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(v)
+    };
+    Ok(Figures {
+        handover: Spread::of(col(
+            "SELECT sent_at - ?2 FROM deliveries WHERE alert_id = ?1 AND escalation = 0 AND sent_at IS NOT NULL",
+        )?),
+        delivery: Spread::of(col(
+            "SELECT delivered_at - ?2 FROM deliveries WHERE alert_id = ?1 AND escalation = 0 AND delivered_at IS NOT NULL",
+        )?),
+        confirmation: Spread::of(col(
+            "SELECT acked_at - ?2 FROM recipients WHERE alert_id = ?1 AND acked_at IS NOT NULL",
+        )?),
+    })
+}
+
+/// The escalation stage, apart from the first deliveries.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EscalationStatus {
+    pub started_at: Option<i64>,
+    /// End of its retry window.
+    pub until: Option<i64>,
+    pub deliveries: i64,
+    /// Escalation deliveries per state.
+    pub totals: BTreeMap<String, i64>,
+    /// Recipients confirmed after escalation started.
+    pub confirmed_after: i64,
+}
+
 /// Progress of one alert, as the API and `klaxon status` show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertStatus {
     #[serde(flatten)]
     pub alert: AlertRow,
-    /// Deliveries per channel and state.
+    /// First deliveries per channel and state.
     pub channels: BTreeMap<String, BTreeMap<String, i64>>,
-    /// Deliveries per state, all channels.
+    /// First deliveries per state, all channels.
     pub totals: BTreeMap<String, i64>,
     /// Recipients who have at least one delivery handed over.
     pub reached: i64,
+    /// Recipients whose delivery a provider reported delivered.
+    pub delivered: i64,
     pub acknowledged: i64,
-    /// Acknowledgements per choice (pickup plans).
+    /// Pickup answers per choice (one per student and guardian).
     pub choices: BTreeMap<String, i64>,
-    /// When the last delivery was handed to a provider.
+    /// Students whose guardians gave different answers.
+    pub conflicts: i64,
+    /// When the last first delivery was handed to a provider.
     pub last_handover_at: Option<i64>,
-    /// true/false once known; null while sending and before the deadline.
-    pub deadline_met: Option<bool>,
+    pub escalation: EscalationStatus,
+    pub figures: Figures,
+    /// Messages from recipients that were not confirmations.
+    pub inbox: i64,
 }
 
-pub fn status(conn: &Connection, id: i64, now: i64) -> Result<AlertStatus, StoreError> {
+pub fn status(conn: &Connection, id: AlertId) -> Result<AlertStatus, StoreError> {
     let alert = get(conn, id)?;
     let mut channels: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
     let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+    let mut escalation = EscalationStatus {
+        started_at: alert.escalated_at,
+        until: alert.escalate_until,
+        ..Default::default()
+    };
     {
         let mut stmt = conn.prepare_cached(
-            "SELECT channel, state, count(*) FROM deliveries WHERE alert_id = ?1 GROUP BY channel, state",
+            "SELECT channel, state, escalation, count(*) FROM deliveries WHERE alert_id = ?1 GROUP BY channel, state, escalation",
         )?;
-        let mut rows = stmt.query([id])?;
+        let mut rows = stmt.query([id.0])?;
         while let Some(r) = rows.next()? {
-            let (ch, st, n): (String, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-            *channels
-                .entry(ch)
-                .or_default()
-                .entry(st.clone())
-                .or_default() += n;
-            *totals.entry(st).or_default() += n;
+            let (ch, st, esc, n): (String, String, bool, i64) =
+                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
+            if esc {
+                escalation.deliveries += n;
+                *escalation.totals.entry(st).or_default() += n;
+            } else {
+                *channels
+                    .entry(ch)
+                    .or_default()
+                    .entry(st.clone())
+                    .or_default() += n;
+                *totals.entry(st).or_default() += n;
+            }
         }
     }
     let last_handover_at: Option<i64> = conn
-        .prepare_cached("SELECT max(sent_at) FROM deliveries WHERE alert_id = ?1")?
-        .query_row([id], |r| r.get(0))?;
-    let reached: i64 = conn
         .prepare_cached(
-            "SELECT count(DISTINCT recipient_id) FROM deliveries
-             WHERE alert_id = ?1 AND state IN ('sent', 'delivered')",
+            "SELECT max(sent_at) FROM deliveries WHERE alert_id = ?1 AND escalation = 0",
         )?
-        .query_row([id], |r| r.get(0))?;
+        .query_row([id.0], |r| r.get(0))?;
+    let (reached, delivered): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT count(DISTINCT CASE WHEN state IN ('sent', 'delivered') THEN recipient_id END),
+                    count(DISTINCT CASE WHEN state = 'delivered' THEN recipient_id END)
+             FROM deliveries WHERE alert_id = ?1",
+        )?
+        .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let acknowledged: i64 = conn
         .prepare_cached(
             "SELECT count(*) FROM recipients WHERE alert_id = ?1 AND acked_at IS NOT NULL",
         )?
-        .query_row([id], |r| r.get(0))?;
+        .query_row([id.0], |r| r.get(0))?;
+    if let Some(at) = alert.escalated_at {
+        escalation.confirmed_after = conn
+            .prepare_cached(
+                "SELECT count(*) FROM recipients WHERE alert_id = ?1 AND acked_at >= ?2",
+            )?
+            .query_row(params![id.0, at], |r| r.get(0))?;
+    }
     let mut choices = BTreeMap::new();
     {
         let mut stmt = conn.prepare_cached(
-            "SELECT ack_choice, count(*) FROM recipients WHERE alert_id = ?1 AND ack_choice IS NOT NULL GROUP BY ack_choice",
+            "SELECT choice, count(*) FROM pickups WHERE alert_id = ?1 GROUP BY choice",
         )?;
-        let mut rows = stmt.query([id])?;
+        let mut rows = stmt.query([id.0])?;
         while let Some(r) = rows.next()? {
             choices.insert(r.get::<_, String>(0)?, r.get::<_, i64>(1)?);
         }
     }
-    let deadline_met = match (alert.notify_deadline, alert.settled_at) {
-        (Some(d), Some(s)) => Some(last_handover_at.unwrap_or(s) <= d),
-        (Some(d), None) if now > d && alert.state == "sending" => Some(false),
-        _ => None,
-    };
+    let conflicts: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM (SELECT student_id FROM pickups WHERE alert_id = ?1
+                                   GROUP BY student_id HAVING count(DISTINCT choice) > 1)",
+        )?
+        .query_row([id.0], |r| r.get(0))?;
+    let inbox: i64 = conn
+        .prepare_cached("SELECT count(*) FROM replies WHERE alert_id = ?1 AND kind = 'message'")?
+        .query_row([id.0], |r| r.get(0))?;
+    let figures = figures(conn, &alert)?;
     Ok(AlertStatus {
         alert,
         channels,
         totals,
         reached,
+        delivered,
         acknowledged,
         choices,
+        conflicts,
         last_handover_at,
-        deadline_met,
+        escalation,
+        figures,
+        inbox,
     })
 }
 
@@ -460,36 +947,50 @@ fn recipient_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RecipientRow> {
 const RECIPIENT_COLUMNS: &str =
     "id, alert_id, person_id, role, name, language, students, acked_at, ack_choice, ack_via";
 
+/// The recipient a presented acknowledgement token belongs to: its MAC must
+/// verify and the stored hash must match. Tokens of alerts created before
+/// tokens were derived are still found by their stored value.
 pub fn recipient_by_token(
     conn: &Connection,
-    token: &str,
+    key: &AckKey,
+    presented: &str,
 ) -> Result<Option<RecipientRow>, StoreError> {
+    if let Some((token, id)) = AckToken::verify(key, presented) {
+        return Ok(conn
+            .prepare_cached(&format!(
+                "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE id = ?1 AND token = ?2"
+            ))?
+            .query_row(params![id.0, token.hash()], recipient_from_row)
+            .optional()?);
+    }
     Ok(conn
         .prepare_cached(&format!(
             "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE token = ?1"
         ))?
-        .query_row([token], recipient_from_row)
+        .query_row([presented], recipient_from_row)
         .optional()?)
+}
+
+pub fn recipient(conn: &Connection, id: RecipientId) -> Result<RecipientRow, StoreError> {
+    conn.prepare_cached(&format!(
+        "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE id = ?1"
+    ))?
+    .query_row([id.0], recipient_from_row)
+    .optional()?
+    .ok_or_else(|| StoreError::NotFound(format!("recipient {id}")))
 }
 
 /// Recipients of an alert who have confirmed, with their answer.
 pub fn answered(
     conn: &Connection,
-    alert_id: i64,
+    alert_id: AlertId,
     limit: i64,
 ) -> Result<Vec<RecipientRow>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE alert_id = ?1 AND acked_at IS NOT NULL ORDER BY name LIMIT ?2"
     ))?;
-    let rows = stmt.query_map(params![alert_id, limit], recipient_from_row)?;
+    let rows = stmt.query_map(params![alert_id.0, limit], recipient_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
-}
-
-pub fn recipient_language(conn: &Connection, id: i64) -> Result<String, StoreError> {
-    conn.prepare_cached("SELECT language FROM recipients WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()?
-        .ok_or_else(|| StoreError::NotFound(format!("recipient {id}")))
 }
 
 /// Recipients of an alert who are not yet confirmed, with why: never
@@ -502,9 +1003,11 @@ pub struct Outstanding {
     pub reason: String,
 }
 
+/// One page of the outstanding list, in recipient id order after `after`.
 pub fn outstanding(
     conn: &Connection,
-    alert_id: i64,
+    alert_id: AlertId,
+    after: i64,
     limit: i64,
 ) -> Result<Vec<Outstanding>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
@@ -512,9 +1015,9 @@ pub fn outstanding(
             (SELECT count(*) FROM deliveries d WHERE d.recipient_id = recipients.id) AS total,
             (SELECT count(*) FROM deliveries d WHERE d.recipient_id = recipients.id AND d.state IN ('sent','delivered')) AS ok,
             (SELECT count(*) FROM deliveries d WHERE d.recipient_id = recipients.id AND d.state IN ('queued','sending','held')) AS pending
-         FROM recipients WHERE alert_id = ?1 AND acked_at IS NULL ORDER BY name LIMIT ?2"
+         FROM recipients WHERE alert_id = ?1 AND acked_at IS NULL AND id > ?2 ORDER BY id LIMIT ?3"
     ))?;
-    let rows = stmt.query_map(params![alert_id, limit], |r| {
+    let rows = stmt.query_map(params![alert_id.0, after, limit], |r| {
         let rec = recipient_from_row(r)?;
         let (total, ok, pending): (i64, i64, i64) = (r.get(10)?, r.get(11)?, r.get(12)?);
         let reason = if total == 0 {
@@ -534,147 +1037,417 @@ pub fn outstanding(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// How a person answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// "I have received this" (no choices, an SMS "1", a key on a call).
+    Confirm,
+    /// A pickup choice per student (student id → choice key).
+    PerStudent(Vec<(String, String)>),
+}
+
 /// What recording an acknowledgement did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum AckOutcome {
     /// First confirmation.
     Recorded,
-    /// The choice changed.
+    /// An answer changed.
     Changed,
     /// Same as already recorded: nothing written.
     Unchanged,
-    /// The choice may no longer be changed (past the ack deadline).
+    /// Answers may no longer be changed (past the ack deadline).
     Locked,
+    /// The alert is closed: nothing recorded.
+    Closed,
+    /// The alert was cancelled: nothing recorded.
+    Cancelled,
 }
 
-/// Records an acknowledgement. Idempotent: repeating the same choice writes
-/// nothing. A different choice replaces the old one until the ack deadline.
+/// Records an acknowledgement. Idempotent: repeating an answer writes
+/// nothing. A different pickup choice for a student replaces this guardian's
+/// earlier one until the ack deadline; each guardian's answer is kept apart.
 pub fn acknowledge(
     conn: &Connection,
-    recipient_id: i64,
-    choice: Option<&str>,
+    recipient_id: RecipientId,
+    answer: &Answer,
     via: &str,
     now: i64,
 ) -> Result<AckOutcome, StoreError> {
-    let (alert_id, acked_at, old_choice, ack_deadline): (
+    let (alert_id, acked_at, ack_deadline, state, reason): (
         i64,
         Option<i64>,
-        Option<String>,
         Option<i64>,
+        String,
+        Option<String>,
     ) = conn
         .prepare_cached(
-            "SELECT r.alert_id, r.acked_at, r.ack_choice, a.ack_deadline
+            "SELECT r.alert_id, r.acked_at, a.ack_deadline, a.state, a.closed_reason
              FROM recipients r JOIN alerts a ON a.id = r.alert_id WHERE r.id = ?1",
         )?
-        .query_row([recipient_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        .query_row([recipient_id.0], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .optional()?
         .ok_or_else(|| StoreError::NotFound(format!("recipient {recipient_id}")))?;
-    let outcome = match acked_at {
-        None => AckOutcome::Recorded,
-        Some(_) if choice.is_none() || old_choice.as_deref() == choice => {
-            return Ok(AckOutcome::Unchanged);
-        }
-        Some(_) if ack_deadline.is_some_and(|d| now > d) => return Ok(AckOutcome::Locked),
-        Some(_) => AckOutcome::Changed,
+    match (AlertState::parse(&state), reason.as_deref()) {
+        (_, Some("cancelled")) => return Ok(AckOutcome::Cancelled),
+        (Some(AlertState::Closed), _) => return Ok(AckOutcome::Closed),
+        (Some(AlertState::Held), _) => return Ok(AckOutcome::Closed),
+        _ => {}
+    }
+    let past_deadline = ack_deadline.is_some_and(|d| now > d);
+    let mut outcome = if acked_at.is_none() {
+        AckOutcome::Recorded
+    } else {
+        AckOutcome::Unchanged
     };
+    if let Answer::PerStudent(picks) = answer {
+        let mut old_q = conn.prepare_cached(
+            "SELECT choice FROM pickups WHERE alert_id = ?1 AND student_id = ?2 AND recipient_id = ?3",
+        )?;
+        let mut upsert = conn.prepare_cached(
+            "INSERT INTO pickups (alert_id, student_id, recipient_id, choice, at, via) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (alert_id, student_id, recipient_id) DO UPDATE SET choice = excluded.choice, at = excluded.at, via = excluded.via",
+        )?;
+        let mut changes = Vec::new();
+        for (student, choice) in picks {
+            let old: Option<String> = old_q
+                .query_row(params![alert_id, student, recipient_id.0], |r| r.get(0))
+                .optional()?;
+            match old {
+                Some(o) if &o == choice => {}
+                Some(_) if past_deadline => return Ok(AckOutcome::Locked),
+                Some(_) => changes.push((student, choice, true)),
+                None => changes.push((student, choice, false)),
+            }
+        }
+        for (student, choice, _) in &changes {
+            upsert.execute(params![alert_id, student, recipient_id.0, choice, now, via])?;
+        }
+        if !changes.is_empty() {
+            if outcome == AckOutcome::Unchanged {
+                outcome = AckOutcome::Changed;
+            }
+            // The recipient's summary: the one choice if all children share it.
+            let summary: Option<String> = conn
+                .prepare_cached(
+                    "SELECT CASE WHEN count(DISTINCT choice) = 1 THEN max(choice) ELSE 'several' END
+                     FROM pickups WHERE alert_id = ?1 AND recipient_id = ?2",
+                )?
+                .query_row(params![alert_id, recipient_id.0], |r| r.get(0))?;
+            conn.prepare_cached(
+                "UPDATE recipients SET ack_choice = ?2, ack_changed_at = ?3 WHERE id = ?1",
+            )?
+            .execute(params![recipient_id.0, summary, now])?;
+        }
+    }
+    if outcome == AckOutcome::Unchanged {
+        return Ok(outcome);
+    }
     conn.prepare_cached(
-        "UPDATE recipients SET acked_at = coalesce(acked_at, ?2), ack_choice = coalesce(?3, ack_choice),
-                ack_via = coalesce(ack_via, ?4), ack_changed_at = ?2 WHERE id = ?1",
+        "UPDATE recipients SET acked_at = coalesce(acked_at, ?2), ack_via = coalesce(ack_via, ?3) WHERE id = ?1",
     )?
-    .execute(params![recipient_id, now, choice, via])?;
+    .execute(params![recipient_id.0, now, via])?;
+    let choice = match answer {
+        Answer::Confirm => None,
+        Answer::PerStudent(p) => serde_json::to_string(p).ok(),
+    };
     conn.prepare_cached("INSERT INTO ack_events (recipient_id, alert_id, at, choice, via) VALUES (?1, ?2, ?3, ?4, ?5)")?
-        .execute(params![recipient_id, alert_id, now, choice, via])?;
+        .execute(params![recipient_id.0, alert_id, now, choice, via])?;
     Ok(outcome)
 }
 
-/// Sets an alert's state with an audit entry; `held → sending` releases it.
+/// This guardian's recorded choice per student.
+pub fn pickups_of(
+    conn: &Connection,
+    recipient_id: RecipientId,
+) -> Result<BTreeMap<String, String>, StoreError> {
+    let mut st =
+        conn.prepare_cached("SELECT student_id, choice FROM pickups WHERE recipient_id = ?1")?;
+    let rows = st.query_map([recipient_id.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// One guardian's answer for one student.
+#[derive(Debug, Clone, Serialize)]
+pub struct PickupAnswer {
+    pub guardian_id: String,
+    pub guardian: String,
+    pub choice: String,
+    pub at: i64,
+    pub via: String,
+}
+
+/// The plan for one student: every guardian's answer, and whether they differ.
+#[derive(Debug, Clone, Serialize)]
+pub struct StudentPlan {
+    pub student_id: String,
+    pub student: String,
+    pub school: String,
+    pub grade: String,
+    pub answers: Vec<PickupAnswer>,
+    /// Guardians chose differently.
+    pub conflict: bool,
+}
+
+/// One page of the pickup plan, by student id after `after`: every student
+/// of the alert's guardians, answered or not.
+pub fn pickup_plan(
+    conn: &Connection,
+    alert_id: AlertId,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<StudentPlan>, StoreError> {
+    let mut students = conn.prepare_cached(
+        "SELECT j.value ->> 'id' AS sid, max(j.value ->> 'name'), max(j.value ->> 'school_name'), max(j.value ->> 'grade')
+         FROM recipients r, json_each(r.students) j
+         WHERE r.alert_id = ?1 AND (j.value ->> 'id') > ?2
+         GROUP BY sid ORDER BY sid LIMIT ?3",
+    )?;
+    let rows: Vec<(String, String, String, String)> = students
+        .query_map(params![alert_id.0, after, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let mut answers = conn.prepare_cached(
+        "SELECT r.person_id, r.name, p.choice, p.at, p.via FROM pickups p JOIN recipients r ON r.id = p.recipient_id
+         WHERE p.alert_id = ?1 AND p.student_id = ?2 ORDER BY p.at",
+    )?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (sid, name, school, grade) in rows {
+        let a: Vec<PickupAnswer> = answers
+            .query_map(params![alert_id.0, sid], |r| {
+                Ok(PickupAnswer {
+                    guardian_id: r.get(0)?,
+                    guardian: r.get(1)?,
+                    choice: r.get(2)?,
+                    at: r.get(3)?,
+                    via: r.get(4)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        let conflict = a.iter().any(|x| x.choice != a[0].choice);
+        out.push(StudentPlan {
+            student_id: sid,
+            student: name,
+            school,
+            grade,
+            answers: a,
+            conflict,
+        });
+    }
+    Ok(out)
+}
+
+/// What a release did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    Now,
+    /// It was already released: the first approve's effect stands.
+    Already,
+}
+
+/// `held → sending`: starts the clocks and queues every held delivery,
+/// including those of chunks still being written (they read the state).
 pub fn release(
     conn: &Connection,
-    id: i64,
+    id: AlertId,
     now: i64,
     actor: &str,
-    notify_ms: i64,
-    ack_ms: i64,
-) -> Result<(), StoreError> {
+    windows: (i64, i64, i64),
+) -> Result<Released, StoreError> {
     let a = get(conn, id)?;
-    if a.state != "held" {
-        return Err(StoreError::Conflict(format!(
-            "alert {id} is {}, not held for approval",
-            a.state
-        )));
+    match a.state {
+        AlertState::Held => {}
+        AlertState::Sending | AlertState::Settled => return Ok(Released::Already),
+        AlertState::Closed => {
+            return Err(StoreError::Conflict(format!(
+                "alert {id} is closed ({}); it cannot be released",
+                a.closed_reason.map(|r| r.as_str()).unwrap_or("closed")
+            )));
+        }
     }
+    let d = deadlines(now, windows.0, windows.1, windows.2);
     conn.prepare_cached(
-        "UPDATE alerts SET state = 'sending', released_at = ?2, notify_deadline = ?3, ack_deadline = ?4 WHERE id = ?1",
+        "UPDATE alerts SET state = 'sending', released_at = ?2, notify_deadline = ?3, ack_deadline = ?4,
+                escalate_until = ?5, close_at = ?6 WHERE id = ?1",
     )?
-    .execute(params![id, now, now + notify_ms, now + ack_ms])?;
+    .execute(params![id.0, now, d.notify, d.ack, d.escalate_until, d.close_at])?;
     conn.prepare_cached(
         "UPDATE deliveries SET state = 'queued', next_attempt_at = ?2, updated_at = ?2 WHERE alert_id = ?1 AND state = 'held'",
     )?
-    .execute(params![id, now])?;
-    audit::record(conn, now, actor, "alert.approve", Some(id), "{}")
+    .execute(params![id.0, now])?;
+    audit::record(conn, now, actor, "alert.approve", Some(id.0), "{}")?;
+    settle_if_done(conn, id, now)?;
+    Ok(Released::Now)
 }
 
-/// Cancels an alert: nothing more is sent; what was sent stays on record.
-pub fn cancel(conn: &Connection, id: i64, now: i64, actor: &str) -> Result<i64, StoreError> {
+/// Cancels an alert: it closes, and every delivery not yet handed over is
+/// cancelled in the same transaction. A second cancel answers as the first.
+/// Returns how many deliveries were stopped.
+pub fn cancel(conn: &Connection, id: AlertId, now: i64, actor: &str) -> Result<i64, StoreError> {
     let a = get(conn, id)?;
-    if a.state == "cancelled" {
+    if a.is_cancelled() {
+        let first: Option<i64> = conn
+            .prepare_cached("SELECT cancel_unsent FROM alerts WHERE id = ?1")?
+            .query_row([id.0], |r| r.get(0))?;
+        return Ok(first.unwrap_or(0));
+    }
+    if a.state == AlertState::Closed {
         return Err(StoreError::Conflict(format!(
-            "alert {id} is already cancelled"
+            "alert {id} is already closed ({}); there is nothing left to cancel",
+            a.closed_reason.map(|r| r.as_str()).unwrap_or("closed")
         )));
     }
-    conn.prepare_cached("UPDATE alerts SET state = 'cancelled', cancelled_at = ?2, settled_at = coalesce(settled_at, ?2) WHERE id = ?1")?
-        .execute(params![id, now])?;
     let n = conn
         .prepare_cached(
             "UPDATE deliveries SET state = 'cancelled', updated_at = ?2 WHERE alert_id = ?1 AND state IN ('queued', 'held')",
         )?
-        .execute(params![id, now])?;
+        .execute(params![id.0, now])? as i64;
+    conn.prepare_cached(
+        "UPDATE alerts SET state = 'closed', closed_reason = 'cancelled', closed_at = ?2, cancelled_at = ?2,
+                cancel_unsent = ?3, settled_at = coalesce(settled_at, ?2) WHERE id = ?1",
+    )?
+    .execute(params![id.0, now, n])?;
     audit::record(
         conn,
         now,
         actor,
         "alert.cancel",
-        Some(id),
+        Some(id.0),
         &serde_json::json!({"unsent": n}).to_string(),
     )?;
-    Ok(n as i64)
+    Ok(n)
 }
 
-/// The recipients of an alert, as audience for a follow-up (all-clear goes
-/// to exactly the people the alert went to).
-pub fn audience_of(conn: &Connection, id: i64) -> Result<Vec<Recipient>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT person_id, role, name, language, students, addresses FROM recipients WHERE alert_id = ?1 ORDER BY id",
-    )?;
-    let rows = stmt.query_map([id], |r| {
-        let role: String = r.get(1)?;
-        let students: String = r.get(4)?;
-        let addresses: String = r.get(5)?;
-        Ok((
-            r.get::<_, String>(0)?,
-            role,
-            r.get::<_, String>(2)?,
-            r.get::<_, String>(3)?,
-            students,
-            addresses,
-        ))
-    })?;
-    let mut out = Vec::new();
-    for row in rows {
-        let (person_id, role, name, language, students, addresses) = row?;
-        out.push(Recipient {
-            person_id,
-            role: crate::domain::Role::parse(&role)
-                .ok_or_else(|| StoreError::Corrupt(format!("role `{role}`")))?,
-            name,
-            language,
-            students: serde_json::from_str(&students)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            addresses: serde_json::from_str(&addresses)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        });
+/// Closes an alert for `reason`: replies no longer match it and nothing more
+/// is escalated (queued escalation calls are cancelled). First deliveries
+/// still queued keep going unless the window itself is over, so everyone
+/// hears the alert before its all-clear.
+pub fn close(
+    conn: &Connection,
+    id: AlertId,
+    now: i64,
+    reason: CloseReason,
+    actor: &str,
+) -> Result<bool, StoreError> {
+    let state = state_of(conn, id)?;
+    if !state.can_move_to(AlertState::Closed) {
+        return Ok(false);
     }
-    Ok(out)
+    let which = if reason == CloseReason::Expired {
+        "1"
+    } else {
+        "escalation = 1"
+    };
+    conn.prepare_cached(&format!(
+        "UPDATE deliveries SET state = 'cancelled', updated_at = ?2
+         WHERE alert_id = ?1 AND state IN ('queued', 'held') AND {which}"
+    ))?
+    .execute(params![id.0, now])?;
+    conn.prepare_cached(
+        "UPDATE alerts SET state = 'closed', closed_reason = ?3, closed_at = ?2 WHERE id = ?1",
+    )?
+    .execute(params![id.0, now, reason.as_str()])?;
+    audit::record(
+        conn,
+        now,
+        actor,
+        "alert.close",
+        Some(id.0),
+        &serde_json::json!({"reason": reason.as_str()}).to_string(),
+    )?;
+    Ok(true)
+}
+
+/// Records the all-clear's id on the original, so a repeat answers with it.
+pub fn set_all_clear(
+    conn: &Connection,
+    original: AlertId,
+    clear: AlertId,
+) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE alerts SET all_clear_id = ?2 WHERE id = ?1 AND all_clear_id IS NULL",
+    )?
+    .execute(params![original.0, clear.0])?;
+    Ok(())
+}
+
+/// Escalates the unconfirmed recipients of a materialized alert: one new
+/// delivery each on `channel`, or on their next channel when they have no
+/// usable address there. Addresses that proved undeliverable are never used.
+/// Returns how many deliveries were added.
+pub fn escalate(
+    conn: &Connection,
+    alert_id: AlertId,
+    order: &[Channel],
+    now: i64,
+) -> Result<i64, StoreError> {
+    let priority: i64 = conn
+        .prepare_cached("SELECT priority FROM alerts WHERE id = ?1")?
+        .query_row([alert_id.0], |r| r.get(0))?;
+    let rows: Vec<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT r.id, r.addresses FROM recipients r WHERE r.alert_id = ?1 AND r.acked_at IS NULL",
+        )?
+        .query_map([alert_id.0], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let mut bad = conn.prepare_cached(
+        "SELECT 1 FROM deliveries WHERE address = ?1 AND state = 'undeliverable' LIMIT 1",
+    )?;
+    let mut n = 0;
+    for (rid, addresses) in rows {
+        let addresses: Vec<(Channel, String)> =
+            serde_json::from_str(&addresses).unwrap_or_default();
+        for ch in order {
+            let Some((_, addr)) = addresses
+                .iter()
+                .find(|(c, a)| c == ch && !bad.exists([a]).unwrap_or(true))
+            else {
+                continue;
+            };
+            if *ch == Channel::Sms && opted_out(conn, addr)? {
+                continue;
+            }
+            insert_delivery(
+                conn,
+                alert_id,
+                rid,
+                *ch,
+                addr,
+                DeliveryState::Queued,
+                priority,
+                now,
+                true,
+            )?;
+            n += 1;
+            break;
+        }
+    }
+    conn.prepare_cached("UPDATE alerts SET escalated_at = ?2 WHERE id = ?1")?
+        .execute(params![alert_id.0, now])?;
+    audit::record(
+        conn,
+        now,
+        "klaxon",
+        "alert.escalate",
+        Some(alert_id.0),
+        &serde_json::json!({"channels": order, "deliveries": n}).to_string(),
+    )?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_takes_nearest_rank_percentiles() {
+        let s = Spread::of((1..=100).map(|i| i * 1000).collect());
+        assert_eq!(s.count, 100);
+        assert_eq!(s.p50, Some(50.0));
+        assert_eq!(s.p95, Some(95.0));
+        assert_eq!(s.max, Some(100.0));
+        assert_eq!(Spread::of(vec![]).p50, None);
+    }
 }

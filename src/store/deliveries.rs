@@ -17,14 +17,16 @@ use std::collections::BTreeSet;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
-use super::{StoreError, audit};
-use crate::domain::Channel;
+use super::{StoreError, alerts, audit};
+use crate::domain::{AlertId, Channel, DeliveryState, RecipientId};
 
 /// A claimed delivery with what is needed to render and send it.
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub id: i64,
     pub alert_id: i64,
+    /// For a follow-up, the original alert's recipient: their link opens the
+    /// original's page.
     pub recipient_id: i64,
     pub channel: Channel,
     pub address: String,
@@ -35,10 +37,12 @@ pub struct Claimed {
     pub place: String,
     pub message: Option<String>,
     pub drill: bool,
-    pub ack_deadline: Option<i64>,
+    pub released_at: Option<i64>,
+    /// No attempt after this: the ack deadline for a first delivery, the end
+    /// of the escalation stage for an escalation.
+    pub retry_until: Option<i64>,
     pub language: String,
     pub students_json: String,
-    pub token: String,
     pub escalation: bool,
 }
 
@@ -55,7 +59,23 @@ struct ClaimRow {
     due: i64,
 }
 
+/// The alert fields a claimed delivery needs, read once per alert and batch.
+struct AlertPart {
+    playbook: String,
+    title: String,
+    message: Option<String>,
+    drill: bool,
+    ack_deadline: Option<i64>,
+    escalate_until: Option<i64>,
+    place: String,
+    released_at: Option<i64>,
+    cancelled: bool,
+}
+
 /// Claims up to `limit` due deliveries of one channel, most urgent first.
+/// Rows of a cancelled alert, and escalations for someone who has confirmed
+/// in the meantime, are closed here instead of being handed out: the claim
+/// runs on the writer, after every acknowledgement committed before it.
 pub fn claim(
     conn: &Connection,
     channel: Channel,
@@ -86,35 +106,56 @@ pub fn claim(
         })?
         .collect::<Result<_, _>>()?;
     rows.sort_by_key(|r| (r.priority, r.due, r.id));
-    type AlertPart = (String, String, Option<String>, bool, Option<i64>, String);
     let mut alerts: std::collections::HashMap<i64, AlertPart> = std::collections::HashMap::new();
     let mut alert_q = conn.prepare_cached(
-        "SELECT playbook, title, message, drill, ack_deadline, place FROM alerts WHERE id = ?1",
+        "SELECT playbook, title, message, drill, ack_deadline, place, released_at, escalate_until,
+                closed_reason = 'cancelled'
+         FROM alerts WHERE id = ?1",
     )?;
-    let mut recipient_q =
-        conn.prepare_cached("SELECT language, students, token FROM recipients WHERE id = ?1")?;
+    let mut recipient_q = conn.prepare_cached(
+        "SELECT language, students, acked_at IS NOT NULL FROM recipients WHERE id = ?1",
+    )?;
+    let mut close_q = conn.prepare_cached(
+        "UPDATE deliveries SET state = ?2, error = ?3, updated_at = ?4 WHERE id = ?1",
+    )?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let alert_id = row.alert_id;
-        let (playbook, title, message, drill, ack_deadline, place) = match alerts.entry(alert_id) {
+        let a = match alerts.entry(alert_id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(alert_q.query_row([alert_id], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
+                    Ok(AlertPart {
+                        playbook: r.get(0)?,
+                        title: r.get(1)?,
+                        message: r.get(2)?,
+                        drill: r.get(3)?,
+                        ack_deadline: r.get(4)?,
+                        place: r.get(5)?,
+                        released_at: r.get(6)?,
+                        escalate_until: r.get(7)?,
+                        cancelled: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
+                    })
                 })?)
             }
         };
-        let (language, students_json, token): (String, String, String) = recipient_q
+        let (language, students_json, acked): (String, String, bool) = recipient_q
             .query_row([row.recipient_id], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?))
             })?;
+        if a.cancelled {
+            close_q.execute(params![row.id, "cancelled", "the alert was cancelled", now])?;
+            continue;
+        }
+        if row.escalation && acked {
+            close_q.execute(params![
+                row.id,
+                "cancelled",
+                "confirmed before the escalation left",
+                now
+            ])?;
+            continue;
+        }
         out.push(Claimed {
             id: row.id,
             alert_id,
@@ -123,15 +164,19 @@ pub fn claim(
             address: row.address,
             attempts: row.attempts,
             last_provider: row.last_provider,
-            playbook: playbook.clone(),
-            title: title.clone(),
-            place: place.clone(),
-            message: message.clone(),
-            drill: *drill,
-            ack_deadline: *ack_deadline,
+            playbook: a.playbook.clone(),
+            title: a.title.clone(),
+            place: a.place.clone(),
+            message: a.message.clone(),
+            drill: a.drill,
+            released_at: a.released_at,
+            retry_until: if row.escalation {
+                a.escalate_until
+            } else {
+                a.ack_deadline
+            },
             language,
             students_json,
-            token,
             escalation: row.escalation,
         });
     }
@@ -180,13 +225,17 @@ pub fn record(
 ) -> Result<Vec<i64>, StoreError> {
     let mut touched = BTreeSet::new();
     let mut sent = conn.prepare_cached(
-        "UPDATE deliveries SET state = 'sent', provider = ?2, provider_msg_id = ?3, attempts = attempts + 1,
-                sent_at = ?4, updated_at = ?4, error = NULL, error_code = NULL
+        "UPDATE deliveries SET state = coalesce(reported_state, 'sent'), provider = ?2,
+                provider_msg_id = coalesce(?3, provider_msg_id), attempts = attempts + 1,
+                sent_at = ?4, updated_at = ?4, error = NULL,
+                delivered_at = CASE WHEN reported_state = 'delivered' THEN ?4 ELSE delivered_at END
          WHERE id = ?1 AND state = 'sending' RETURNING alert_id",
     )?;
     let mut retry = conn.prepare_cached(
-        "UPDATE deliveries SET state = 'queued', provider = ?2, error = ?3, attempts = attempts + 1,
-                next_attempt_at = ?4, updated_at = ?5
+        "UPDATE deliveries SET provider = ?2, error = ?3, attempts = attempts + 1,
+                next_attempt_at = ?4, updated_at = ?5,
+                state = CASE WHEN (SELECT closed_reason FROM alerts a WHERE a.id = deliveries.alert_id) = 'cancelled'
+                             THEN 'cancelled' ELSE 'queued' END
          WHERE id = ?1 AND state = 'sending' RETURNING alert_id",
     )?;
     let mut bad = conn.prepare_cached(
@@ -237,108 +286,106 @@ pub fn record(
     }
     let mut settled = Vec::new();
     for alert in touched {
-        if settle_if_done(conn, alert, now)? {
+        if alerts::settle_if_done(conn, AlertId(alert), now)? {
             settled.push(alert);
         }
     }
     Ok(settled)
 }
 
-/// Marks the alert settled when nothing of it is queued or in flight.
-fn settle_if_done(conn: &Connection, alert: i64, now: i64) -> Result<bool, StoreError> {
-    // EXISTS stops at the first pending row: this runs after every batch of
-    // outcomes, and counting a 100k-row queue each time would cost seconds.
-    let pending = conn
-        .prepare_cached(
-            "SELECT 1 FROM deliveries WHERE alert_id = ?1 AND state IN ('queued', 'sending', 'held') LIMIT 1",
-        )?
-        .exists([alert])?;
-    if pending {
-        return Ok(false);
-    }
-    let n = conn
-        .prepare_cached("UPDATE alerts SET settled_at = ?2 WHERE id = ?1 AND settled_at IS NULL AND materialized = 1")?
-        .execute(params![alert, now])?;
-    Ok(n > 0)
-}
-
 /// After a permanent failure: if the recipient has nothing else on its way,
 /// their next address on another channel takes over.
 fn take_over(conn: &Connection, failed_id: i64, now: i64) -> Result<(), StoreError> {
-    let (alert_id, recipient_id, failed_addr, priority, addresses): (
+    let (alert_id, recipient_id, failed_addr, priority, escalation, addresses, cancelled): (
         i64,
         i64,
         String,
         i64,
+        bool,
         String,
+        bool,
     ) = conn
         .prepare_cached(
-            "SELECT d.alert_id, d.recipient_id, d.address, d.priority, r.addresses
-             FROM deliveries d JOIN recipients r ON r.id = d.recipient_id WHERE d.id = ?1",
+            "SELECT d.alert_id, d.recipient_id, d.address, d.priority, d.escalation, r.addresses,
+                    coalesce(a.closed_reason = 'cancelled', 0)
+             FROM deliveries d JOIN recipients r ON r.id = d.recipient_id JOIN alerts a ON a.id = d.alert_id
+             WHERE d.id = ?1",
         )?
         .query_row([failed_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
         })?;
+    if cancelled {
+        return Ok(());
+    }
     let alive: i64 = conn
         .prepare_cached(
-            "SELECT count(*) FROM deliveries WHERE recipient_id = ?1 AND state NOT IN ('undeliverable', 'failed', 'cancelled')",
+            "SELECT count(*) FROM deliveries WHERE alert_id = ?1 AND recipient_id = ?2
+               AND state NOT IN ('undeliverable', 'failed', 'cancelled')",
         )?
-        .query_row([recipient_id], |r| r.get(0))?;
+        .query_row(params![alert_id, recipient_id], |r| r.get(0))?;
     if alive > 0 {
         return Ok(());
     }
     let addresses: Vec<(Channel, String)> = serde_json::from_str(&addresses).unwrap_or_default();
     let mut used = conn.prepare_cached(
-        "SELECT 1 FROM deliveries WHERE recipient_id = ?1 AND channel = ?2 AND address = ?3",
+        "SELECT 1 FROM deliveries WHERE alert_id = ?1 AND recipient_id = ?2 AND channel = ?3 AND address = ?4",
     )?;
     for (ch, addr) in addresses {
-        if addr == failed_addr || used.exists(params![recipient_id, ch.as_str(), addr])? {
+        if addr == failed_addr || used.exists(params![alert_id, recipient_id, ch.as_str(), addr])? {
+            continue;
+        }
+        if ch == Channel::Sms && alerts::opted_out(conn, &addr)? {
             continue;
         }
         conn.prepare_cached(
-            "INSERT INTO deliveries (alert_id, recipient_id, channel, address, state, priority, next_attempt_at, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?6, ?6)",
+            "INSERT INTO deliveries (alert_id, recipient_id, channel, address, state, priority, next_attempt_at, escalation, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?6, ?6)",
         )?
-        .execute(params![alert_id, recipient_id, ch.as_str(), addr, priority, now])?;
+        .execute(params![alert_id, recipient_id, ch.as_str(), addr, priority, now, escalation])?;
         break;
     }
     Ok(())
 }
 
-fn rank(state: &str) -> i32 {
-    match state {
-        "held" | "queued" => 0,
-        "sending" => 1,
-        "sent" => 2,
-        _ => 3,
-    }
-}
-
 /// Applies a provider's status report. Monotonic: a late `sent` never
-/// overwrites `delivered`. Returns whether anything changed.
+/// overwrites `delivered`. A report that arrives before the engine has
+/// committed the send's outcome is kept beside the row and applied with it.
+/// Returns whether anything changed, and the delivery's alert and release
+/// time for the delivery figures when it became `delivered`.
 pub fn provider_status(
     conn: &Connection,
     now: i64,
     delivery_id: Option<i64>,
     provider_msg_id: &str,
-    new_state: &str,
+    new_state: DeliveryState,
     error_code: Option<&str>,
-) -> Result<bool, StoreError> {
-    let row: Option<(i64, String)> = match delivery_id {
+) -> Result<StatusApplied, StoreError> {
+    let row: Option<(i64, String, i64)> = match delivery_id {
         Some(id) => conn
-            .prepare_cached("SELECT id, state FROM deliveries WHERE id = ?1 AND (provider_msg_id = ?2 OR provider_msg_id IS NULL)")?
-            .query_row(params![id, provider_msg_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached("SELECT id, state, alert_id FROM deliveries WHERE id = ?1 AND (provider_msg_id = ?2 OR provider_msg_id IS NULL)")?
+            .query_row(params![id, provider_msg_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?,
         None => conn
-            .prepare_cached("SELECT id, state FROM deliveries WHERE provider_msg_id = ?1")?
-            .query_row([provider_msg_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached("SELECT id, state, alert_id FROM deliveries WHERE provider_msg_id = ?1")?
+            .query_row([provider_msg_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?,
     };
-    let Some((id, old)) = row else {
-        return Ok(false);
+    let Some((id, old, alert_id)) = row else {
+        return Ok(StatusApplied::Unknown);
     };
-    if rank(new_state) <= rank(&old) || old == "cancelled" {
-        return Ok(false);
+    let old = DeliveryState::parse(&old)
+        .ok_or_else(|| StoreError::Corrupt(format!("delivery state `{old}`")))?;
+    if old == DeliveryState::Sending {
+        // The send's outcome is not committed yet: remember the report.
+        conn.prepare_cached(
+            "UPDATE deliveries SET reported_state = ?2, provider_msg_id = coalesce(provider_msg_id, ?3),
+                    error_code = coalesce(?4, error_code) WHERE id = ?1",
+        )?
+        .execute(params![id, new_state.as_str(), provider_msg_id, error_code])?;
+        return Ok(StatusApplied::Deferred);
+    }
+    if !old.can_move_to(new_state) || old.is_pending() {
+        return Ok(StatusApplied::Unchanged);
     }
     conn.prepare_cached(
         "UPDATE deliveries SET state = ?2, updated_at = ?3,
@@ -347,16 +394,44 @@ pub fn provider_status(
             error_code = coalesce(?4, error_code)
          WHERE id = ?1",
     )?
-    .execute(params![id, new_state, now, error_code])?;
-    if new_state == "undeliverable" {
+    .execute(params![id, new_state.as_str(), now, error_code])?;
+    if new_state == DeliveryState::Undeliverable {
         take_over(conn, id, now)?;
     }
-    Ok(true)
+    let released: Option<i64> = conn
+        .prepare_cached("SELECT released_at FROM alerts WHERE id = ?1")?
+        .query_row([alert_id], |r| r.get(0))?;
+    Ok(StatusApplied::Applied {
+        alert: AlertId(alert_id),
+        released_at: released,
+    })
+}
+
+/// What a provider's report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusApplied {
+    /// No delivery has that id and provider message id.
+    Unknown,
+    /// Already there or further along.
+    Unchanged,
+    /// Kept until the send's outcome is committed.
+    Deferred,
+    Applied {
+        alert: AlertId,
+        released_at: Option<i64>,
+    },
 }
 
 /// After a crash: every delivery that was claimed but not recorded goes back
 /// to the queue. Returns how many.
 pub fn recover(conn: &Connection, now: i64) -> Result<usize, StoreError> {
+    // Rows of a cancelled alert are not sent again.
+    conn.prepare_cached(
+        "UPDATE deliveries SET state = 'cancelled', updated_at = ?1
+         WHERE state IN ('sending', 'queued', 'held')
+           AND alert_id IN (SELECT id FROM alerts WHERE closed_reason = 'cancelled')",
+    )?
+    .execute([now])?;
     let n = conn
         .prepare_cached("UPDATE deliveries SET state = 'queued', next_attempt_at = ?1, updated_at = ?1 WHERE state = 'sending'")?
         .execute([now])?;
@@ -373,85 +448,14 @@ pub fn recover(conn: &Connection, now: i64) -> Result<usize, StoreError> {
     Ok(n)
 }
 
-/// Escalates the unconfirmed recipients of an alert on `channel`: one new
-/// delivery each, for those with an address on it and none there yet.
-pub fn escalate(
+/// The recipient a delivery was made for.
+pub fn recipient_of(
     conn: &Connection,
-    alert_id: i64,
-    channel: Channel,
-    now: i64,
-) -> Result<i64, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT r.id, r.addresses, a.priority FROM recipients r JOIN alerts a ON a.id = r.alert_id
-         WHERE r.alert_id = ?1 AND r.acked_at IS NULL
-           AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.recipient_id = r.id AND d.channel = ?2)",
-    )?;
-    let rows: Vec<(i64, String, i64)> = stmt
-        .query_map(params![alert_id, channel.as_str()], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut ins = conn.prepare_cached(
-        "INSERT INTO deliveries (alert_id, recipient_id, channel, address, state, priority, next_attempt_at, escalation, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, 1, ?6, ?6)",
-    )?;
-    let mut n = 0;
-    for (rid, addresses, priority) in rows {
-        let addresses: Vec<(Channel, String)> =
-            serde_json::from_str(&addresses).unwrap_or_default();
-        if let Some((_, addr)) = addresses.iter().find(|(c, _)| *c == channel) {
-            ins.execute(params![
-                alert_id,
-                rid,
-                channel.as_str(),
-                addr,
-                priority,
-                now
-            ])?;
-            n += 1;
-        }
-    }
-    conn.prepare_cached("UPDATE alerts SET escalated_at = ?2, settled_at = CASE WHEN ?3 > 0 THEN NULL ELSE settled_at END WHERE id = ?1")?
-        .execute(params![alert_id, now, n])?;
-    audit::record(
-        conn,
-        now,
-        "klaxon",
-        "alert.escalate",
-        Some(alert_id),
-        &serde_json::json!({"channel": channel, "deliveries": n}).to_string(),
-    )?;
-    Ok(n)
-}
-
-/// Alerts still sending whose ack deadline has passed and that have an
-/// escalation channel are found by the tracker through this.
-pub fn pending_escalations(conn: &Connection) -> Result<Vec<(i64, String, i64)>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, playbook, ack_deadline FROM alerts
-         WHERE state = 'sending' AND escalated_at IS NULL AND ack_deadline IS NOT NULL ORDER BY ack_deadline",
-    )?;
-    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// The recipient a reply from `phone` most likely answers: the newest
-/// unconfirmed recipient that was texted or called at that number.
-pub fn recipient_for_reply(conn: &Connection, phone: &str) -> Result<Option<i64>, StoreError> {
+    delivery_id: i64,
+) -> Result<Option<(RecipientId, String)>, StoreError> {
     Ok(conn
-        .prepare_cached(
-            "SELECT r.id FROM deliveries d JOIN recipients r ON r.id = d.recipient_id JOIN alerts a ON a.id = d.alert_id
-             WHERE d.address = ?1 AND d.channel IN ('sms', 'voice') AND a.state = 'sending'
-             ORDER BY (r.acked_at IS NULL) DESC, d.alert_id DESC LIMIT 1",
-        )?
-        .query_row([phone], |r| r.get(0))
-        .optional()?)
-}
-
-pub fn recipient_of(conn: &Connection, delivery_id: i64) -> Result<Option<i64>, StoreError> {
-    Ok(conn
-        .prepare_cached("SELECT recipient_id FROM deliveries WHERE id = ?1")?
-        .query_row([delivery_id], |r| r.get(0))
+        .prepare_cached("SELECT recipient_id, address FROM deliveries WHERE id = ?1")?
+        .query_row([delivery_id], |r| Ok((RecipientId(r.get(0)?), r.get(1)?)))
         .optional()?)
 }
 
@@ -473,7 +477,11 @@ pub fn contactability(conn: &Connection) -> Result<Vec<ContactProblem>, StoreErr
         "SELECT r.person_id, r.name, d.channel, d.address, d.error_code, d.error, max(d.updated_at), count(*)
          FROM deliveries d JOIN recipients r ON r.id = d.recipient_id
          WHERE d.state = 'undeliverable'
-         GROUP BY r.person_id, d.channel, d.address ORDER BY r.name, d.channel",
+         GROUP BY r.person_id, d.channel, d.address
+         UNION ALL
+         SELECT r.person_id, r.name, 'sms', o.address, 'opt-out', 'replied STOP: no SMS (emergencies still call and email)', o.at, 0
+         FROM opt_outs o JOIN recipients r ON r.id = (SELECT d.recipient_id FROM deliveries d WHERE d.address = o.address ORDER BY d.id DESC LIMIT 1)
+         ORDER BY 2, 3",
     )?;
     let rows = stmt.query_map([], |r| {
         Ok(ContactProblem {

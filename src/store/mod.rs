@@ -13,6 +13,8 @@
 pub mod alerts;
 pub mod audit;
 pub mod deliveries;
+pub mod keyfile;
+pub mod replies;
 pub mod schema;
 pub mod tokens;
 

@@ -117,6 +117,55 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX deliveries_address;
     CREATE INDEX deliveries_address ON deliveries (address);
     "#,
+    // 4: the alert lifecycle as typed states (held → sending → settled →
+    // closed), follow-ups (updates, all-clears) that reuse the original's
+    // recipients, a notify-deadline verdict decided once, the escalation
+    // stage with its own window, per-student pickup answers, the reply inbox
+    // and opt-outs. Acknowledgement tokens are derived (`AckToken`), only
+    // their SHA-256 is kept in `recipients.token` from now on.
+    r#"
+    ALTER TABLE alerts ADD COLUMN kind TEXT NOT NULL DEFAULT 'alert';   -- alert | update | all-clear
+    ALTER TABLE alerts ADD COLUMN confirm INTEGER NOT NULL DEFAULT 1;   -- asks its recipients to confirm
+    ALTER TABLE alerts ADD COLUMN closed_at INTEGER;
+    ALTER TABLE alerts ADD COLUMN closed_reason TEXT;                   -- expired | all-clear | cancelled | delivered
+    ALTER TABLE alerts ADD COLUMN close_at INTEGER;                     -- when its window (with escalation) ends
+    ALTER TABLE alerts ADD COLUMN escalate_until INTEGER;               -- end of the escalation stage's window
+    ALTER TABLE alerts ADD COLUMN handed_over_at INTEGER;               -- last first delivery handed over
+    ALTER TABLE alerts ADD COLUMN deadline_met INTEGER;                 -- the notify verdict, decided once
+    ALTER TABLE alerts ADD COLUMN cancel_unsent INTEGER;                -- the first cancel's answer, repeated
+    ALTER TABLE alerts ADD COLUMN all_clear_id INTEGER;                 -- the first all-clear's id, repeated
+    UPDATE alerts SET closed_reason = 'cancelled', closed_at = cancelled_at, state = 'closed' WHERE state = 'cancelled';
+    UPDATE alerts SET state = 'settled' WHERE state = 'sending' AND settled_at IS NOT NULL;
+    UPDATE alerts SET kind = 'all-clear', confirm = 0 WHERE parent_id IS NOT NULL;
+    CREATE INDEX alerts_open ON alerts (state) WHERE state <> 'closed';
+    CREATE INDEX alerts_undecided ON alerts (id) WHERE deadline_met IS NULL;
+    ALTER TABLE deliveries ADD COLUMN reported_state TEXT;              -- a provider report that arrived before the outcome was committed
+    CREATE INDEX IF NOT EXISTS deliveries_provider_msg ON deliveries (provider_msg_id) WHERE provider_msg_id IS NOT NULL;
+    CREATE TABLE pickups (
+        alert_id     INTEGER NOT NULL REFERENCES alerts(id),
+        student_id   TEXT NOT NULL,
+        recipient_id INTEGER NOT NULL REFERENCES recipients(id),
+        choice       TEXT NOT NULL,
+        at           INTEGER NOT NULL,
+        via          TEXT NOT NULL,
+        PRIMARY KEY (alert_id, student_id, recipient_id)
+    );
+    CREATE TABLE replies (
+        id           INTEGER PRIMARY KEY,
+        alert_id     INTEGER REFERENCES alerts(id),
+        recipient_id INTEGER REFERENCES recipients(id),
+        channel      TEXT NOT NULL,
+        address      TEXT NOT NULL,
+        body         TEXT NOT NULL,
+        kind         TEXT NOT NULL,                                     -- message | late-confirmation | opt-out | opt-in
+        received_at  INTEGER NOT NULL
+    );
+    CREATE INDEX replies_alert ON replies (alert_id, id);
+    CREATE TABLE opt_outs (
+        address      TEXT PRIMARY KEY,
+        at           INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -1,46 +1,145 @@
-//! Triggers: every way an alert starts ends here.
+//! The alert lifecycle, owned here: create, approve, cancel, update,
+//! all-clear (and `track` closes alerts whose window is over). Every way an
+//! alert starts (API, CLI, demo, feeds) ends in `create`.
 //!
 //! `create` freezes the audience first: the alert row is committed with a
 //! hard link to the current SIS file (a later import replaces `sis.db` by
 //! rename, so the link keeps this version). The first school's recipients are
 //! resolved and committed with it, and the engine starts sending at once; the
 //! rest of the audience follows in committed chunks, and the alert is marked
-//! materialized. If the daemon dies in between, `resume` completes the
-//! alert from the frozen snapshot at start-up, idempotently: nobody is
-//! missed, nobody gets a second token.
+//! materialized. The chunks are written by a task of their own, so a client
+//! that hangs up does not abandon the alert; if the daemon dies in between,
+//! `resume` completes it from the frozen snapshot at start-up, idempotently:
+//! nobody is missed, nobody is added twice.
+//!
+//! Follow-ups (updates, the all-clear) are alerts of their own that reuse the
+//! original's recipients: they reach exactly its people, their links open
+//! the original's page, and they wait for the original to be fully written.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::app::AppState;
 use crate::audience::{AudienceSpec, Recipient};
-use crate::domain::Channel;
-use crate::playbook::PlaybookConfig;
-use crate::store::alerts::{self, Fanout, NewAlert};
-use crate::store::{StoreError, now_ms};
+use crate::domain::{AlertId, AlertState, Channel, CloseReason};
+use crate::playbook::{PlaybookConfig, Severity};
+use crate::services::Services;
+use crate::store::StoreError;
+use crate::store::alerts::{self, AlertKind, AlertRow, Fanout, NewAlert, Released};
 
 /// Recipients per committed chunk after the first wave: small enough that a
 /// chunk's names and addresses are a few hundred kilobytes.
 const CHUNK: usize = 1_000;
 
+/// Longest operator message.
+const MAX_MESSAGE: usize = 1000;
+
 /// Chunks of recipients on their way to the store; an error ends the stream.
 type Chunks = tokio::sync::mpsc::Receiver<Result<Vec<Recipient>, String>>;
+
+/// What the API (and `klaxon trigger`) sends.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerRequest {
+    pub playbook: String,
+    #[serde(default)]
+    pub audience: AudienceSpec,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub drill: bool,
+    /// Create the alert but send nothing until `approve`.
+    #[serde(default)]
+    pub hold: bool,
+}
+
+/// The answer: `201 {id, recipients, deadline}` plus what an operator needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TriggerResponse {
+    pub id: i64,
+    /// alert, update or all-clear.
+    pub kind: String,
+    pub state: String,
+    pub recipients: i64,
+    pub unreachable: i64,
+    pub deliveries: i64,
+    /// Notify deadline, RFC 3339; null while held.
+    pub deadline: Option<String>,
+    pub drill: bool,
+    pub held: bool,
+    /// Estimated time to hand everything to the providers, in seconds.
+    pub estimate_seconds: f64,
+    /// Set when the configured rates cannot meet the deadline, or when
+    /// something the operator should know happened (text cleaned, …).
+    pub warning: Option<String>,
+    /// The alert a follow-up belongs to.
+    pub parent_id: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TriggerError {
+    #[error("unknown playbook `{0}`; configured playbooks: {1}")]
+    UnknownPlaybook(String, String),
+    #[error("{0}")]
+    BadRequest(String),
+    /// The request is fine but the alert is not in a state that allows it.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("cannot resolve the audience: {0}")]
+    Audience(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+fn playbook(sv: &Services, name: &str) -> Result<PlaybookConfig, TriggerError> {
+    sv.config.playbooks.get(name).cloned().ok_or_else(|| {
+        TriggerError::UnknownPlaybook(
+            name.to_string(),
+            sv.config
+                .playbooks
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    })
+}
+
+/// Cleans and bounds the operator's text; says what was removed.
+fn clean_message(m: Option<String>) -> Result<(Option<String>, Option<String>), TriggerError> {
+    let Some(m) = m else {
+        return Ok((None, None));
+    };
+    if m.chars().count() > MAX_MESSAGE {
+        return Err(TriggerError::BadRequest(format!(
+            "message is longer than {MAX_MESSAGE} characters"
+        )));
+    }
+    let (text, removed) = crate::domain::text::clean(&m);
+    let note = (removed > 0).then(|| {
+        format!("{removed} control or text-direction character(s) were removed from the message")
+    });
+    Ok(((!text.is_empty()).then_some(text), note))
+}
 
 /// Streams the audience of `spec` from a SIS file in chunks: the plan (who)
 /// is computed once, the details (names, addresses, children) per chunk, so
 /// a district-wide alert never holds every recipient in memory at once.
-fn stream_plan(app: &AppState, sis: PathBuf, spec: AudienceSpec) -> Chunks {
-    let groups = app.config.groups.clone();
+fn stream_plan(sv: &Services, sis: PathBuf, spec: AudienceSpec) -> Chunks {
+    let groups = sv.config.groups.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
         let run = || -> Result<(), String> {
-            let conn = rusqlite::Connection::open_with_flags(
-                &sis,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            )
-            .map_err(|e| format!("cannot open the SIS copy {}: {e}", sis.display()))?;
+            let conn = crate::sis::open_at(&sis).map_err(|e| e.to_string())?;
             let read = conn.unchecked_transaction().map_err(|e| e.to_string())?;
             let plan = crate::audience::plan(&conn, &spec, &groups).map_err(|e| e.to_string())?;
             let mut i = 0;
@@ -63,87 +162,6 @@ fn stream_plan(app: &AppState, sis: PathBuf, spec: AudienceSpec) -> Chunks {
     rx
 }
 
-/// Streams recipients already in memory (an all-clear's, a resumed one's).
-fn stream_vec(mut recipients: Vec<Recipient>) -> Chunks {
-    let (tx, rx) = tokio::sync::mpsc::channel(recipients.len() / CHUNK + 1);
-    while !recipients.is_empty() {
-        let chunk: Vec<Recipient> = recipients.drain(..recipients.len().min(CHUNK)).collect();
-        let _ = tx.try_send(Ok(chunk));
-    }
-    rx
-}
-
-/// What the API (and `klaxon trigger`) sends.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct TriggerRequest {
-    pub playbook: String,
-    #[serde(default)]
-    pub audience: AudienceSpec,
-    #[serde(default)]
-    pub message: Option<String>,
-    #[serde(default)]
-    pub drill: bool,
-    /// Create the alert but send nothing until `approve`.
-    #[serde(default)]
-    pub hold: bool,
-}
-
-/// The answer: `201 {id, recipients, deadline}` plus what an operator needs.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TriggerResponse {
-    pub id: i64,
-    pub recipients: i64,
-    pub unreachable: i64,
-    pub deliveries: i64,
-    /// Notify deadline, RFC 3339; null while held.
-    pub deadline: Option<String>,
-    pub drill: bool,
-    pub held: bool,
-    /// Estimated time to hand everything to the providers, in seconds.
-    pub estimate_seconds: f64,
-    /// Set when the configured rates cannot meet the deadline.
-    pub warning: Option<String>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TriggerError {
-    #[error("unknown playbook `{0}`; configured playbooks: {1}")]
-    UnknownPlaybook(String, String),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("cannot resolve the audience: {0}")]
-    Audience(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-pub fn rfc3339(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
-
-/// Resolves `spec` against a SIS file, off the async threads.
-async fn resolve_at(
-    app: &AppState,
-    sis: PathBuf,
-    spec: AudienceSpec,
-) -> Result<Vec<Recipient>, TriggerError> {
-    let groups = app.config.groups.clone();
-    tokio::task::spawn_blocking(move || {
-        let conn =
-            rusqlite::Connection::open_with_flags(&sis, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .map_err(|e| format!("cannot open the SIS copy {}: {e}", sis.display()))?;
-        crate::audience::resolve(&conn, &spec, &groups)
-            .map(|a| a.recipients)
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| TriggerError::Audience(e.to_string()))?
-    .map_err(TriggerError::Audience)
-}
-
 /// Freezes the current SIS copy for one alert: a hard link, so it costs
 /// nothing and survives the next import's rename.
 fn freeze(store_dir: &Path) -> Result<PathBuf, TriggerError> {
@@ -160,7 +178,7 @@ fn freeze(store_dir: &Path) -> Result<PathBuf, TriggerError> {
     getrandom::fill(&mut rnd).map_err(|e| TriggerError::Audience(e.to_string()))?;
     let name = format!(
         "alert-{}-{}.db",
-        now_ms(),
+        crate::clock::Clock::system().now_ms(),
         rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
     );
     let snap = dir.join(name);
@@ -171,193 +189,193 @@ fn freeze(store_dir: &Path) -> Result<PathBuf, TriggerError> {
     Ok(snap)
 }
 
-/// The first wave: the first school the alert concerns (the first listed,
-/// or the district's first), so sending starts before the whole district is
-/// resolved. None when the spec names only groups.
-fn first_wave(sis: &Path, spec: &AudienceSpec) -> Option<AudienceSpec> {
+/// What the alert says about where it is, and the first wave: the first
+/// school the alert concerns (the first listed, or the district's first), so
+/// sending starts before the whole district is resolved. No first wave when
+/// the spec names only groups.
+fn place_and_first_wave(
+    sis: &Path,
+    spec: &AudienceSpec,
+) -> Result<(String, Option<AudienceSpec>), TriggerError> {
+    let conn = crate::sis::open_at(sis).map_err(|e| TriggerError::Audience(e.to_string()))?;
+    let place = if spec.schools.is_empty() {
+        "all district schools".to_string()
+    } else {
+        let names = crate::sis::school_names(&conn, &spec.schools)
+            .map_err(|e| TriggerError::Audience(e.to_string()))?;
+        if names.is_empty() {
+            spec.schools.join(", ")
+        } else {
+            let mut n = names;
+            n.sort();
+            n.dedup();
+            n.join(", ")
+        }
+    };
     let only_groups = !spec.groups.is_empty()
         && spec.schools.is_empty()
         && spec.grades.is_empty()
         && spec.classes.is_empty();
     if only_groups {
-        return None;
+        return Ok((place, None));
     }
     let school = match spec.schools.first() {
-        Some(s) => s.clone(),
+        Some(s) => Some(s.clone()),
         None => {
-            let conn = rusqlite::Connection::open_with_flags(
-                sis,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-            )
-            .ok()?;
-            conn.query_row("SELECT id FROM schools ORDER BY id LIMIT 1", [], |r| {
-                r.get(0)
-            })
-            .ok()?
+            crate::sis::first_school(&conn).map_err(|e| TriggerError::Audience(e.to_string()))?
         }
     };
-    Some(AudienceSpec {
-        schools: vec![school],
-        groups: Vec::new(),
-        ..spec.clone()
-    })
+    Ok((
+        place,
+        school.map(|s| AudienceSpec {
+            schools: vec![s],
+            groups: Vec::new(),
+            ..spec.clone()
+        }),
+    ))
 }
 
-/// The schools an alert concerns, as a message names them.
-fn place_of(sis: &Path, spec: &AudienceSpec) -> String {
-    if spec.schools.is_empty() {
-        return "all district schools".into();
+fn fanout(sv: &Services, pb: &PlaybookConfig, priority: i64) -> Fanout {
+    Fanout {
+        channels: pb.channels.clone(),
+        available: sv.engine.channels(),
+        priority,
+        routine: pb.severity == Severity::Routine,
     }
-    let names: Option<BTreeSet<String>> = (|| {
-        let conn =
-            rusqlite::Connection::open_with_flags(sis, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-                .ok()?;
-        let mut st = conn
-            .prepare("SELECT name FROM schools WHERE id = ?1")
-            .ok()?;
-        spec.schools
-            .iter()
-            .map(|id| st.query_row([id], |r| r.get::<_, String>(0)).ok())
-            .collect()
-    })();
-    match names {
-        Some(n) if !n.is_empty() => n.into_iter().collect::<Vec<_>>().join(", "),
-        _ => spec.schools.join(", "),
-    }
+}
+
+fn windows(pb: &PlaybookConfig) -> (i64, i64, i64) {
+    (
+        pb.notify_within.0.as_millis() as i64,
+        pb.ack_within.0.as_millis() as i64,
+        if pb.escalate.is_some() {
+            pb.escalate_within.0.as_millis() as i64
+        } else {
+            0
+        },
+    )
 }
 
 /// Creates an alert for `req`, on behalf of `actor`, from `source`.
+/// Answers once every recipient is committed; the writing goes on in its own
+/// task even if the caller goes away.
 pub async fn create(
-    app: &AppState,
+    sv: &Arc<Services>,
     req: TriggerRequest,
     actor: &str,
     source: &str,
 ) -> Result<TriggerResponse, TriggerError> {
-    let pb = app
-        .config
-        .playbooks
-        .get(&req.playbook)
-        .cloned()
-        .ok_or_else(|| {
-            TriggerError::UnknownPlaybook(
-                req.playbook.clone(),
-                app.config
-                    .playbooks
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            )
-        })?;
-    if let Some(m) = &req.message
-        && m.chars().count() > 1000
-    {
-        return Err(TriggerError::BadRequest(
-            "message is longer than 1000 characters".into(),
-        ));
-    }
+    let pb = playbook(sv, &req.playbook)?;
+    let (message, note) = clean_message(req.message.clone())?;
     let mut spec = req.audience.clone();
     if spec.roles.is_empty() {
         spec.roles = pb.roles.clone();
     }
     for g in &spec.groups {
-        if !app.config.groups.iter().any(|c| &c.name == g) {
+        if !sv.config.groups.iter().any(|c| &c.name == g) {
             return Err(TriggerError::BadRequest(format!("unknown group `{g}`")));
         }
     }
-    let snapshot = freeze(&app.config.store_dir())?;
-    let result = async {
-        let snap = snapshot.clone();
-        let s2 = spec.clone();
+    let snapshot = freeze(&sv.config.store_dir())?;
+    let first = async {
+        let (snap, s2) = (snapshot.clone(), spec.clone());
         let (place, first_spec) =
-            tokio::task::spawn_blocking(move || (place_of(&snap, &s2), first_wave(&snap, &s2)))
+            tokio::task::spawn_blocking(move || place_and_first_wave(&snap, &s2))
                 .await
-                .map_err(|e| TriggerError::Audience(e.to_string()))?;
+                .map_err(|e| TriggerError::Audience(e.to_string()))??;
         let first = match first_spec {
-            Some(fs) => resolve_at(app, snapshot.clone(), fs).await?,
+            Some(fs) => {
+                let snap = snapshot.clone();
+                let groups = sv.config.groups.clone();
+                tokio::task::spawn_blocking(move || {
+                    let conn = crate::sis::open_at(&snap).map_err(|e| e.to_string())?;
+                    crate::audience::resolve(&conn, &fs, &groups)
+                        .map(|a| a.recipients)
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| TriggerError::Audience(e.to_string()))?
+                .map_err(TriggerError::Audience)?
+            }
             None => Vec::new(),
         };
-        let new = new_alert(
-            &req,
-            &pb,
+        let (notify_ms, ack_ms, escalate_ms) = windows(&pb);
+        let new = NewAlert {
+            kind: AlertKind::Alert,
+            playbook: req.playbook.clone(),
+            title: pb.title.clone(),
             place,
-            &spec,
-            actor,
-            source,
-            None,
-            Some(snapshot.display().to_string()),
-        );
-        let id = start(app, &pb, new, first).await?;
-        count_created(app, &req);
-        let rest = stream_plan(app, snapshot.clone(), spec.clone());
-        complete(app, id, &pb, &req, rest).await
+            priority: pb.severity.priority(),
+            audience_json: serde_json::to_string(&spec).unwrap_or_else(|_| "{}".into()),
+            message: message.clone(),
+            drill: req.drill,
+            held: req.hold,
+            confirm: pb.confirm,
+            source: source.to_string(),
+            created_by: actor.to_string(),
+            notify_within_ms: notify_ms,
+            ack_within_ms: ack_ms,
+            escalate_within_ms: escalate_ms,
+            parent_id: None,
+            warning: note.clone(),
+            snapshot: Some(snapshot.display().to_string()),
+        };
+        start(sv, &pb, new, first).await
     }
     .await;
-    let _ = std::fs::remove_file(&snapshot);
-    result
-}
-
-#[allow(clippy::too_many_arguments)]
-fn new_alert(
-    req: &TriggerRequest,
-    pb: &PlaybookConfig,
-    place: String,
-    spec: &AudienceSpec,
-    actor: &str,
-    source: &str,
-    parent_id: Option<i64>,
-    snapshot: Option<String>,
-) -> NewAlert {
-    NewAlert {
-        playbook: req.playbook.clone(),
-        title: pb.title.clone(),
-        place,
-        priority: pb.severity.priority(),
-        audience_json: serde_json::to_string(spec).unwrap_or_else(|_| "{}".into()),
-        message: req.message.clone(),
-        drill: req.drill,
-        held: req.hold,
-        source: source.to_string(),
-        created_by: actor.to_string(),
-        notify_within_ms: pb.notify_within.0.as_millis() as i64,
-        ack_within_ms: pb.ack_within.0.as_millis() as i64,
-        parent_id,
-        estimate_ms: None,
-        warning: None,
-        snapshot,
+    let id = match first {
+        Ok(id) => id,
+        Err(e) => {
+            // Nothing was committed: the snapshot is not needed.
+            let _ = std::fs::remove_file(&snapshot);
+            return Err(e);
+        }
+    };
+    count_created(sv, &req.playbook, AlertKind::Alert, req.drill);
+    let rest = stream_plan(sv, snapshot.clone(), spec);
+    let task = {
+        let sv = sv.clone();
+        tokio::spawn(async move {
+            let out = complete(&sv, id, &pb, rest).await;
+            // The snapshot goes only once the audience is fully written;
+            // otherwise `resume` needs it after a restart.
+            if out.is_ok() {
+                let _ = std::fs::remove_file(&snapshot);
+            }
+            out
+        })
+    };
+    let mut resp = task
+        .await
+        .map_err(|e| TriggerError::Audience(format!("writing the audience failed: {e}")))??;
+    if resp.warning.is_none() {
+        resp.warning = note;
     }
-}
-
-fn fanout(app: &AppState, pb: &PlaybookConfig, held: bool) -> Fanout {
-    Fanout {
-        channels: pb.channels.clone(),
-        available: app.engine.channels(),
-        priority: pb.severity.priority(),
-        held,
-    }
+    Ok(resp)
 }
 
 /// Commits the alert row with its first wave and wakes the engine.
 async fn start(
-    app: &AppState,
+    sv: &Services,
     pb: &PlaybookConfig,
     new: NewAlert,
     first: Vec<Recipient>,
-) -> Result<i64, TriggerError> {
-    let f = fanout(app, pb, new.held);
-    let now = now_ms();
-    let (id, added) = app
+) -> Result<AlertId, TriggerError> {
+    let f = fanout(sv, pb, new.priority);
+    let now = sv.now_ms();
+    let key = sv.ack_key.clone();
+    let (id, added) = sv
         .store
         .write(move |c| {
             let id = alerts::insert(c, now, &new)?;
-            let added = alerts::add_recipients(c, id, now, &f, &first)?;
+            let added = alerts::add_recipients(c, id, now, &f, &key, &first)?;
             Ok((id, added))
         })
         .await?;
-    app.engine.kick();
-    app.tracker.notify_one();
+    sv.engine.kick();
+    sv.tracker.notify_one();
     tracing::info!(
-        alert = id,
+        alert = id.0,
         first_wave = added.0,
         "Alert created; first wave committed."
     );
@@ -367,14 +385,13 @@ async fn start(
 /// Writes the rest of the audience as its chunks arrive, then finishes the
 /// alert with its counts and capacity estimate.
 async fn complete(
-    app: &AppState,
-    id: i64,
+    sv: &Services,
+    id: AlertId,
     pb: &PlaybookConfig,
-    req: &TriggerRequest,
     mut chunks: Chunks,
 ) -> Result<TriggerResponse, TriggerError> {
-    let available = app.engine.channels();
-    let f = fanout(app, pb, req.hold);
+    let available = sv.engine.channels();
+    let f = fanout(sv, pb, pb.severity.priority());
     let mut counts: HashMap<Channel, i64> = HashMap::new();
     while let Some(chunk) = chunks.recv().await {
         let chunk = match chunk {
@@ -382,7 +399,7 @@ async fn complete(
             Err(e) => {
                 // What was written is being sent; say that the rest is missing.
                 let msg = format!("the audience could not be fully resolved: {e}");
-                let _ = finish(app, id, Some(msg.clone())).await;
+                finish(sv, id, None, Some(msg.clone())).await?;
                 return Err(TriggerError::Audience(msg));
             }
         };
@@ -391,15 +408,24 @@ async fn complete(
                 *counts.entry(*ch).or_default() += 1;
             }
         }
-        let f = f.clone();
-        let now = now_ms();
-        app.store
-            .write(move |c| alerts::add_recipients(c, id, now, &f, &chunk))
+        let (f, key, now) = (f.clone(), sv.ack_key.clone(), sv.now_ms());
+        sv.store
+            .write(move |c| alerts::add_recipients(c, id, now, &f, &key, &chunk))
             .await?;
-        app.engine.kick();
+        sv.engine.kick();
     }
+    finish_with_estimate(sv, id, pb, &counts).await
+}
+
+/// Marks the alert materialized with the capacity estimate for `counts`.
+async fn finish_with_estimate(
+    sv: &Services,
+    id: AlertId,
+    pb: &PlaybookConfig,
+    counts: &HashMap<Channel, i64>,
+) -> Result<TriggerResponse, TriggerError> {
     // Capacity: what the engine can hand over at the configured rates, against the deadline.
-    let estimate = app.engine.estimate(&counts);
+    let estimate = sv.engine.estimate(counts);
     let warning = (estimate > pb.notify_within.0).then(|| {
         format!(
             "at the configured provider rates handing over takes about {:.0} s, longer than the playbook's {} deadline",
@@ -408,150 +434,373 @@ async fn complete(
         )
     });
     if let Some(w) = &warning {
-        tracing::warn!(alert = id, warning = %w, "The deadline cannot be met at the configured rates.");
+        tracing::warn!(alert = id.0, warning = %w, "The deadline cannot be met at the configured rates.");
     }
     let estimate_ms = estimate.as_millis().min(i64::MAX as u128) as i64;
-    let created = {
-        let w = warning.clone();
-        let now = now_ms();
-        app.store
-            .write(move |c| alerts::finish(c, id, now, Some(estimate_ms), w.as_deref()))
-            .await?
-    };
+    finish(sv, id, Some(estimate_ms), warning).await?;
+    let alert = sv.store.read(move |c| alerts::get(c, id)).await?;
     tracing::info!(
-        alert = id,
-        playbook = %req.playbook,
-        recipients = created.recipients,
-        deliveries = created.deliveries,
-        drill = req.drill,
-        held = req.hold,
+        alert = id.0,
+        playbook = %alert.playbook,
+        recipients = alert.recipients,
+        drill = alert.drill,
         "Alert materialized."
     );
-    Ok(TriggerResponse {
-        id,
-        recipients: created.recipients,
-        unreachable: created.unreachable,
-        deliveries: created.deliveries,
-        deadline: created.deadline.map(rfc3339),
-        drill: req.drill,
-        held: req.hold,
-        estimate_seconds: estimate.as_secs_f64(),
-        warning,
-    })
+    response(sv, &alert).await
 }
 
-/// Closes materialization early with a warning the operator will see.
-async fn finish(app: &AppState, id: i64, warning: Option<String>) -> Result<(), TriggerError> {
-    let now = now_ms();
-    app.store
-        .write(move |c| alerts::finish(c, id, now, None, warning.as_deref()).map(|_| ()))
+async fn finish(
+    sv: &Services,
+    id: AlertId,
+    estimate_ms: Option<i64>,
+    warning: Option<String>,
+) -> Result<(), TriggerError> {
+    let now = sv.now_ms();
+    sv.store
+        .write(move |c| alerts::finish(c, id, now, estimate_ms, warning.as_deref()).map(|_| ()))
         .await?;
+    sv.tracker.notify_one();
     Ok(())
 }
 
-/// Sends the all-clear for an alert to the same recipients.
-pub async fn all_clear(
-    app: &AppState,
-    alert_id: i64,
-    message: Option<String>,
-    actor: &str,
-) -> Result<TriggerResponse, TriggerError> {
-    let parent = app.store.read(move |c| alerts::get(c, alert_id)).await?;
-    let mut recipients = app
+/// The 201 answer for a stored alert (also what a repeated request gets).
+async fn response(sv: &Services, a: &AlertRow) -> Result<TriggerResponse, TriggerError> {
+    let id = AlertId(a.id);
+    let deliveries = sv
         .store
-        .read(move |c| alerts::audience_of(c, alert_id))
+        .read(move |c| alerts::delivery_count(c, id))
         .await?;
-    let pb = app
-        .config
-        .playbooks
-        .get("all-clear")
-        .cloned()
-        .ok_or_else(|| TriggerError::UnknownPlaybook("all-clear".into(), String::new()))?;
-    let spec: AudienceSpec = serde_json::from_value(parent.audience.clone()).unwrap_or_default();
-    let req = TriggerRequest {
-        playbook: "all-clear".into(),
-        audience: spec.clone(),
-        message,
-        drill: parent.drill,
-        hold: false,
-    };
-    let new = new_alert(
-        &req,
-        &pb,
-        parent.place.clone(),
-        &spec,
-        actor,
-        &format!("all-clear:{alert_id}"),
-        Some(alert_id),
-        None,
-    );
-    let first: Vec<Recipient> = recipients.drain(..recipients.len().min(CHUNK)).collect();
-    let id = start(app, &pb, new, first).await?;
-    count_created(app, &req);
-    complete(app, id, &pb, &req, stream_vec(recipients)).await
+    Ok(TriggerResponse {
+        id: a.id,
+        kind: a.kind.as_str().into(),
+        state: a.state.as_str().into(),
+        recipients: a.recipients,
+        unreachable: a.unreachable,
+        deliveries,
+        deadline: a.notify_deadline.map(rfc3339),
+        drill: a.drill,
+        held: a.state == AlertState::Held,
+        estimate_seconds: a.estimate_ms.unwrap_or(0) as f64 / 1000.0,
+        warning: a.warning.clone(),
+        parent_id: a.parent_id,
+    })
 }
 
-fn count_created(app: &AppState, req: &TriggerRequest) {
-    app.metrics.inc(
+fn count_created(sv: &Services, playbook: &str, kind: AlertKind, drill: bool) {
+    sv.metrics.inc(
         "klaxon_alerts_created_total",
         &[
-            ("playbook", &req.playbook),
-            ("drill", if req.drill { "true" } else { "false" }),
+            ("playbook", playbook),
+            ("kind", kind.as_str()),
+            ("drill", if drill { "true" } else { "false" }),
         ],
     );
 }
 
+/// Releases a held alert. A second approve answers as the first.
+pub async fn approve(sv: &Services, id: AlertId, actor: &str) -> Result<Released, TriggerError> {
+    let alert = sv.store.read(move |c| alerts::get(c, id)).await?;
+    let pb = sv.config.playbooks.get(&alert.playbook).ok_or_else(|| {
+        TriggerError::Conflict(format!(
+            "playbook `{}` is no longer configured",
+            alert.playbook
+        ))
+    })?;
+    let w = windows(pb);
+    let now = sv.now_ms();
+    let actor = actor.to_string();
+    let released = sv
+        .store
+        .write(move |c| alerts::release(c, id, now, &actor, w))
+        .await
+        .map_err(conflict)?;
+    sv.engine.kick();
+    sv.tracker.notify_one();
+    if released == Released::Now {
+        tracing::info!(alert = id.0, "Held alert approved and released.");
+    }
+    Ok(released)
+}
+
+fn conflict(e: StoreError) -> TriggerError {
+    match e {
+        StoreError::Conflict(m) => TriggerError::Conflict(m),
+        other => TriggerError::Store(other),
+    }
+}
+
+/// Cancels an alert: nothing more of it is sent, including chunks still
+/// being written and retries. A second cancel answers as the first.
+pub async fn cancel(sv: &Services, id: AlertId, actor: &str) -> Result<i64, TriggerError> {
+    let now = sv.now_ms();
+    let actor = actor.to_string();
+    let unsent = sv
+        .store
+        .write(move |c| alerts::cancel(c, id, now, &actor))
+        .await
+        .map_err(conflict)?;
+    sv.metrics
+        .inc("klaxon_alerts_closed_total", &[("reason", "cancelled")]);
+    sv.tracker.notify_one();
+    tracing::info!(alert = id.0, unsent, "Alert cancelled.");
+    Ok(unsent)
+}
+
+/// Sends the all-clear for an alert to exactly its people and closes it.
+/// A second all-clear answers with the first.
+pub async fn all_clear(
+    sv: &Arc<Services>,
+    id: AlertId,
+    message: Option<String>,
+    actor: &str,
+) -> Result<TriggerResponse, TriggerError> {
+    let original = sv.store.read(move |c| alerts::get(c, id)).await?;
+    if let Some(first) = original.all_clear_id {
+        let a = sv
+            .store
+            .read(move |c| alerts::get(c, AlertId(first)))
+            .await?;
+        return response(sv, &a).await;
+    }
+    follow_up(sv, original, AlertKind::AllClear, message, actor).await
+}
+
+/// Sends a follow-up ("Parents may now pick up at the north gate") to
+/// exactly the people of the original alert.
+pub async fn update(
+    sv: &Arc<Services>,
+    id: AlertId,
+    message: String,
+    actor: &str,
+) -> Result<TriggerResponse, TriggerError> {
+    let original = sv.store.read(move |c| alerts::get(c, id)).await?;
+    if message.trim().is_empty() {
+        return Err(TriggerError::BadRequest(
+            "an update needs a message: what has changed?".into(),
+        ));
+    }
+    follow_up(sv, original, AlertKind::Update, Some(message), actor).await
+}
+
+async fn follow_up(
+    sv: &Arc<Services>,
+    original: AlertRow,
+    kind: AlertKind,
+    message: Option<String>,
+    actor: &str,
+) -> Result<TriggerResponse, TriggerError> {
+    let id = AlertId(original.id);
+    let what = kind.as_str();
+    if original.kind != AlertKind::Alert {
+        return Err(TriggerError::Conflict(format!(
+            "alert {id} is itself a follow-up ({}); send the {what} for alert {}",
+            original.kind.as_str(),
+            original.parent_id.unwrap_or(original.id)
+        )));
+    }
+    if original.state == AlertState::Held {
+        return Err(TriggerError::Conflict(format!(
+            "alert {id} is held and was never sent; approve it or cancel it instead of sending an {what}"
+        )));
+    }
+    if original.is_cancelled() {
+        return Err(TriggerError::Conflict(format!(
+            "alert {id} was cancelled; an {what} would reach people who may never have received it"
+        )));
+    }
+    if kind == AlertKind::Update && original.closed_reason == Some(CloseReason::AllClear) {
+        return Err(TriggerError::Conflict(format!(
+            "alert {id} has had its all-clear, which is the last update"
+        )));
+    }
+    let name = if kind == AlertKind::AllClear {
+        "all-clear"
+    } else {
+        "update"
+    };
+    let pb = playbook(sv, name)?;
+    let (message, note) = clean_message(message)?;
+    let (notify_ms, ack_ms, escalate_ms) = windows(&pb);
+    let new = NewAlert {
+        kind,
+        playbook: name.into(),
+        // An update speaks of the original ("UPDATE: Lockdown at …").
+        title: if kind == AlertKind::Update {
+            original.title.clone()
+        } else {
+            pb.title.clone()
+        },
+        place: original.place.clone(),
+        priority: pb.severity.priority().min(original.priority),
+        audience_json: original.audience.to_string(),
+        message,
+        drill: original.drill,
+        held: false,
+        confirm: pb.confirm,
+        source: format!("{what}:{id}"),
+        created_by: actor.to_string(),
+        notify_within_ms: notify_ms,
+        ack_within_ms: ack_ms,
+        escalate_within_ms: escalate_ms,
+        parent_id: Some(id),
+        warning: note,
+        snapshot: None,
+    };
+    let now = sv.now_ms();
+    let actor_s = actor.to_string();
+    let follow = sv
+        .store
+        .write(move |c| {
+            if kind == AlertKind::AllClear {
+                // Two all-clears racing: the second one finds the first here.
+                let again: Option<i64> = c
+                    .prepare_cached("SELECT all_clear_id FROM alerts WHERE id = ?1")?
+                    .query_row([id.0], |r| r.get(0))?;
+                if let Some(first) = again {
+                    return Ok((AlertId(first), false));
+                }
+            }
+            let fid = alerts::insert(c, now, &new)?;
+            if kind == AlertKind::AllClear {
+                alerts::set_all_clear(c, id, fid)?;
+                alerts::close(c, id, now, CloseReason::AllClear, &actor_s)?;
+            }
+            Ok((fid, true))
+        })
+        .await?;
+    let (fid, created) = follow;
+    if !created {
+        let a = sv.store.read(move |c| alerts::get(c, fid)).await?;
+        return response(sv, &a).await;
+    }
+    if kind == AlertKind::AllClear {
+        sv.metrics
+            .inc("klaxon_alerts_closed_total", &[("reason", "all-clear")]);
+    }
+    count_created(sv, name, kind, original.drill);
+    let task = {
+        let sv = sv.clone();
+        tokio::spawn(async move { complete_follow_up(&sv, fid, id, &pb).await })
+    };
+    task.await
+        .map_err(|e| TriggerError::Audience(format!("writing the follow-up failed: {e}")))?
+}
+
+/// Writes a follow-up's deliveries from the original's recipients, a chunk
+/// at a time by recipient id (streaming, never the whole audience in
+/// memory). While the original is still being written, it waits for more.
+async fn complete_follow_up(
+    sv: &Services,
+    follow: AlertId,
+    original: AlertId,
+    pb: &PlaybookConfig,
+) -> Result<TriggerResponse, TriggerError> {
+    let f = fanout(sv, pb, pb.severity.priority());
+    let mut after = 0i64;
+    let mut counts: HashMap<Channel, i64> = HashMap::new();
+    loop {
+        let (f2, now) = (f.clone(), sv.now_ms());
+        let (last, added) = sv
+            .store
+            .write(move |c| {
+                alerts::add_follow_up_chunk(c, follow, original, after, CHUNK as i64, now, &f2)
+            })
+            .await?;
+        if added > 0 {
+            sv.engine.kick();
+            // Rough per-channel split for the estimate: the playbook's first channel.
+            if let Some(ch) = pb.channels.first() {
+                *counts.entry(*ch).or_default() += added;
+            }
+        }
+        match last {
+            Some(l) => after = l,
+            None => {
+                let done = sv
+                    .store
+                    .read(move |c| Ok(alerts::get(c, original)?.materialized))
+                    .await?;
+                if done {
+                    // One more pass: rows written just before materialized turned 1.
+                    let (f2, now) = (f.clone(), sv.now_ms());
+                    let (_, more) = sv
+                        .store
+                        .write(move |c| {
+                            alerts::add_follow_up_chunk(
+                                c,
+                                follow,
+                                original,
+                                after,
+                                i64::MAX,
+                                now,
+                                &f2,
+                            )
+                        })
+                        .await?;
+                    if more > 0 {
+                        sv.engine.kick();
+                    }
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    finish_with_estimate(sv, follow, pb, &counts).await
+}
+
 /// Completes alerts whose materialization a crash interrupted: the frozen
-/// snapshot (or, for an all-clear, the parent's recipients) is resolved
-/// again and written idempotently. Runs once at start-up.
-pub async fn resume(app: &AppState) -> Result<usize, TriggerError> {
-    let pending = app.store.read(alerts::unmaterialized).await?;
+/// snapshot (or, for a follow-up, the original's recipients) is read again
+/// and written idempotently. Runs once at start-up.
+pub async fn resume(sv: &Arc<Services>) -> Result<usize, TriggerError> {
+    let pending = sv.store.read(alerts::unmaterialized).await?;
     let n = pending.len();
     for (id, snapshot) in pending {
-        let alert = app.store.read(move |c| alerts::get(c, id)).await?;
-        let Some(pb) = app.config.playbooks.get(&alert.playbook).cloned() else {
+        let alert = sv.store.read(move |c| alerts::get(c, id)).await?;
+        let remove_snapshot = || {
+            if let Some(s) = &snapshot {
+                let _ = std::fs::remove_file(s);
+            }
+        };
+        if alert.state == AlertState::Closed && alert.kind == AlertKind::Alert {
+            // Cancelled (or closed) before it was fully written: nothing more is owed.
+            finish(sv, id, None, None).await?;
+            remove_snapshot();
+            continue;
+        }
+        let Some(pb) = sv.config.playbooks.get(&alert.playbook).cloned() else {
             let msg = format!(
                 "playbook `{}` is no longer configured; the audience was not completed",
                 alert.playbook
             );
-            finish(app, id, Some(msg)).await?;
+            finish(sv, id, None, Some(msg)).await?;
             continue;
         };
-        let spec: AudienceSpec = serde_json::from_value(alert.audience.clone()).unwrap_or_default();
-        let chunks = match (alert.parent_id, snapshot.as_deref()) {
-            (Some(parent), None) => stream_vec(
-                app.store
-                    .read(move |c| alerts::audience_of(c, parent))
-                    .await?,
-            ),
+        let created = match (alert.parent_id, snapshot.as_deref()) {
+            (Some(parent), _) if alert.kind != AlertKind::Alert => {
+                complete_follow_up(sv, id, AlertId(parent), &pb).await?
+            }
             (_, Some(snap)) if Path::new(snap).exists() => {
-                stream_plan(app, PathBuf::from(snap), spec.clone())
+                let spec: AudienceSpec =
+                    serde_json::from_value(alert.audience.clone()).unwrap_or_default();
+                let chunks = stream_plan(sv, PathBuf::from(snap), spec);
+                complete(sv, id, &pb, chunks).await?
             }
             _ => {
                 tracing::error!(
-                    alert = id,
+                    alert = id.0,
                     "The audience snapshot of an interrupted alert is gone; keeping the recipients already written."
                 );
-                finish(app, id, Some("the audience snapshot was lost in a crash; only the recipients written before it were sent to".into())).await?;
+                finish(sv, id, None, Some("the audience snapshot was lost in a crash; only the recipients written before it were sent to".into())).await?;
                 continue;
             }
         };
-        let req = TriggerRequest {
-            playbook: alert.playbook.clone(),
-            audience: spec,
-            message: alert.message.clone(),
-            drill: alert.drill,
-            hold: alert.state == "held",
-        };
-        let created = complete(app, id, &pb, &req, chunks).await?;
         tracing::warn!(
-            alert = id,
+            alert = id.0,
             recipients = created.recipients,
             "Completed an alert interrupted by a crash."
         );
-        if let Some(s) = snapshot {
-            let _ = std::fs::remove_file(s);
-        }
+        remove_snapshot();
     }
     Ok(n)
 }
