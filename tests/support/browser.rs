@@ -3,13 +3,14 @@
 //! read the way a parent or an operator would.
 //!
 //! Why WebDriver (`fantoccini` + Debian's `chromium-driver`) and not CDP
-//! (`chromiumoxide`): both are maintained and neither has a RustSec advisory
-//! (checked 2026-11-23), both run on tokio. fantoccini without its TLS
-//! features adds ~20 small crates on top of the hyper 1 / hyper-util we
-//! already build; chromiumoxide brings a WebSocket stack and its generated
-//! CDP bindings, a very large crate to compile on a 2-core CI. WebDriver is
-//! also a W3C standard, so a test reads as "find, click, read" and does not
-//! depend on Chromium's internal protocol version.
+//! (`chromiumoxide`): neither has an entry in the RustSec advisory database
+//! (checked 2026-11-23) and both run on tokio. fantoccini (jonhoo, 0.22.1)
+//! without its TLS features adds 23 small crates to Cargo.lock on top of the
+//! hyper 1 / hyper-util we already build. chromiumoxide (0.6) brings a
+//! second reqwest (0.12, we use 0.13), a WebSocket stack and its generated
+//! CDP bindings, a very large crate to compile on a 2-core CI, and defaults
+//! to async-std. WebDriver is also a W3C standard, so a test reads as "find,
+//! click, read" and does not follow Chromium's internal protocol versions.
 //!
 //! Process hygiene: chromedriver runs in its own process group, and every
 //! process of the browser names the test's temporary folder on its command
