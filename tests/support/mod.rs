@@ -2,12 +2,16 @@
 //! a Twilio REST API that validates every request against Twilio's OpenAPI
 //! spec, a SendGrid Mail Send endpoint and a real SMTP server. Each binds
 //! `127.0.0.1:0`, records what it received and takes faults at run time.
+//! Also: Debian's Chromium driven over WebDriver (`browser`) and Prometheus's
+//! `promtool` checking a `/metrics` scrape (`promtool`).
 //!
 //! Use from a test file with `mod support;`.
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod browser;
+pub mod promtool;
 pub mod sendgrid_server;
 pub mod smtp_server;
 pub mod twilio_server;
