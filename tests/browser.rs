@@ -42,19 +42,39 @@ async fn a_spanish_speaking_guardian_answers_the_early_dismissal_page_in_chromiu
     app.wait_settled(id).await;
 
     // The fixture's Spanish-speaking guardian with two children at the two
-    // schools: Maria Garcia (Ana at S1, Carlos at S2).
-    let (recipient_id, token, students): (i64, String, String) = read_only(&app)
+    // schools: Maria Garcia (Ana at S1, Carlos at S2). Her link is in the
+    // messages sent (the store keeps only a hash of it).
+    let (recipient_id, students): (i64, String) = read_only(&app)
         .query_row(
-            "SELECT id, token, students FROM recipients
+            "SELECT id, students FROM recipients
               WHERE alert_id = ?1 AND language LIKE 'es%' AND json_array_length(students) = 2",
             [id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .expect("a Spanish-speaking guardian with two children was alerted");
-    assert!(
-        students.contains("Ana Garcia") && students.contains("Carlos Garcia"),
-        "{students}"
-    );
+    let kids: Vec<serde_json::Value> = serde_json::from_str(&students).unwrap();
+    let kid = |name: &str| -> String {
+        kids.iter()
+            .find(|k| k["name"] == name)
+            .and_then(|k| k["id"].as_str())
+            .unwrap_or_else(|| panic!("{name} in {students}"))
+            .to_string()
+    };
+    let (ana, carlos) = (kid("Ana Garcia"), kid("Carlos Garcia"));
+    let delivery: i64 = read_only(&app)
+        .query_row(
+            "SELECT id FROM deliveries WHERE recipient_id = ?1 ORDER BY id LIMIT 1",
+            [recipient_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let link = app
+        .outbox()
+        .into_iter()
+        .find(|m| m["delivery_id"] == delivery)
+        .and_then(|m| m["ack_url"].as_str().map(str::to_string))
+        .expect("her message carries her link");
+    let token = link.rsplit('/').next().unwrap().to_string();
 
     // A phone-sized window: parents open the link from an SMS.
     browser.resize(390, 844).await;
@@ -63,12 +83,13 @@ async fn a_spanish_speaking_guardian_answers_the_early_dismissal_page_in_chromiu
     assert_eq!(browser.attr("html", "lang").await.as_deref(), Some("es"));
     let page = browser.page_text().await;
     for words in [
+        // The alert's own words, in Spanish, with the operator's message.
+        "SALIDA ANTICIPADA hoy en",
+        "Corte de luz.",
         "Este mensaje es para Maria Garcia.",
         "Sus hijos en las escuelas afectadas",
         "Ana Garcia",
         "Carlos Garcia",
-        "Corte de luz.",
-        "Elija una opción",
         "Recogeré a mi hijo",
         "Envíe a mi hijo a casa en el autobús",
     ] {
@@ -79,15 +100,27 @@ async fn a_spanish_speaking_guardian_answers_the_early_dismissal_page_in_chromiu
         "no English on a Spanish page:\n{page}"
     );
     assert_eq!(
+        browser.count("fieldset").await,
+        2,
+        "one set of choices per child"
+    );
+    assert_eq!(
         browser.count("input[type=radio]:checked").await,
         0,
         "nothing is chosen before the parent answers"
     );
-
-    // Pick "bus" by its label, as a person taps the words, then send.
-    browser.click("label[for=c2]").await;
-    assert_eq!(browser.attr("#c2", "value").await.as_deref(), Some("bus"));
-    assert_eq!(browser.count("input[value=bus]:checked").await, 1);
+    // A different plan per child, tapped on the words as a person does.
+    let pick =
+        |student: &str, value: &str| format!("input[name='choice-{student}'][value='{value}']");
+    let label_of = |input_id: String| format!("label[for='{input_id}']");
+    let ana_bus = browser.attr(&pick(&ana, "bus"), "id").await.unwrap();
+    let carlos_self = browser
+        .attr(&pick(&carlos, "pickup-self"), "id")
+        .await
+        .unwrap();
+    browser.click(&label_of(ana_bus)).await;
+    browser.click(&label_of(carlos_self)).await;
+    assert_eq!(browser.count("input[type=radio]:checked").await, 2);
     browser.submit("form").await;
     browser
         .wait_for(
@@ -100,38 +133,56 @@ async fn a_spanish_speaking_guardian_answers_the_early_dismissal_page_in_chromiu
         "POST/redirect/GET: {}",
         browser.url().await
     );
-    let status = browser.text_of("p.ok:not([role])").await;
+    let recorded = browser.text_of("ul.recorded").await;
     assert!(
-        status.starts_with("Confirmado a las")
-            && status.contains("Su respuesta: Envíe a mi hijo a casa en el autobús."),
-        "the page says what was recorded: {status}"
+        recorded.contains("Ana Garcia: Envíe a mi hijo a casa en el autobús")
+            && recorded.contains("Carlos Garcia: Recogeré a mi hijo"),
+        "the page says what was recorded for each child: {recorded}"
     );
     assert_eq!(
-        browser.count("input[value=bus]:checked").await,
+        browser.count(&pick(&ana, "bus")).await,
         1,
-        "the form shows the recorded answer"
+        "the form shows the recorded answers"
+    );
+    assert_eq!(
+        browser
+            .count(&format!("{}:checked", pick(&ana, "bus")))
+            .await,
+        1
+    );
+    assert_eq!(
+        browser
+            .count(&format!("{}:checked", pick(&carlos, "pickup-self")))
+            .await,
+        1
     );
 
-    // Committed before the page said so.
+    // Committed before the page said so: one answer per child.
     let db = read_only(&app);
-    let (acked_at, choice, via): (Option<i64>, Option<String>, Option<String>) = db
+    let (acked_at, via): (Option<i64>, Option<String>) = db
         .query_row(
-            "SELECT acked_at, ack_choice, ack_via FROM recipients WHERE id = ?1",
+            "SELECT acked_at, ack_via FROM recipients WHERE id = ?1",
             [recipient_id],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
     assert!(acked_at.is_some());
-    assert_eq!(choice.as_deref(), Some("bus"));
     assert_eq!(via.as_deref(), Some("web"));
-    let events: Vec<(Option<String>, String)> = db
-        .prepare("SELECT choice, via FROM ack_events WHERE recipient_id = ?1 ORDER BY id")
+    let plans: Vec<(String, String)> = db
+        .prepare(
+            "SELECT student_id, choice FROM pickups WHERE recipient_id = ?1 ORDER BY student_id",
+        )
         .unwrap()
         .query_map([recipient_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(events, vec![(Some("bus".to_string()), "web".to_string())]);
+    let mut want = vec![
+        (ana.clone(), "bus".to_string()),
+        (carlos.clone(), "pickup-self".to_string()),
+    ];
+    want.sort();
+    assert_eq!(plans, want);
     let others: i64 = db
         .query_row(
             "SELECT count(*) FROM recipients WHERE alert_id = ?1 AND id != ?2 AND acked_at IS NOT NULL",

@@ -119,7 +119,7 @@ pub async fn status(
         } else {
             output::alert_status(&s, &config.server.timezone);
         }
-        let settled = !s["settled_at"].is_null() || s["state"] != "sending";
+        let settled = s["state"] != "sending" && s["state"] != "held";
         if !watch || settled {
             return Ok(ExitCode::SUCCESS);
         }
@@ -151,9 +151,13 @@ pub async fn action(
         return Ok(ExitCode::SUCCESS);
     }
     match what {
-        "all-clear" => {
+        "all-clear" | "updates" => {
             let created: TriggerResponse = serde_json::from_value(v)?;
-            println!("All-clear for alert {id} created.");
+            if what == "all-clear" {
+                println!("All-clear for alert {id} sent; alert {id} is closed.");
+            } else {
+                println!("Update for alert {id} sent to the same people.");
+            }
             output::created(&created);
             println!("{}", created.id);
         }

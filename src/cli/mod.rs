@@ -113,6 +113,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a follow-up to exactly the people of an alert; it shows on their
+    /// acknowledgement page above the choices.
+    #[command(
+        after_help = "Example:\n  klaxon update 42 --message \"Parents may now pick up at the north gate.\""
+    )]
+    Update {
+        alert_id: i64,
+        #[arg(long, value_name = "TEXT")]
+        message: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel an alert: nothing more is sent.
     #[command(after_help = "Example:\n  klaxon cancel 42")]
     Cancel {
@@ -341,6 +353,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let config = load_config(&cli.config)?;
             client::action(&config, alert_id, "all-clear", message, json).await
+        }
+        Command::Update {
+            alert_id,
+            message,
+            json,
+        } => {
+            let config = load_config(&cli.config)?;
+            client::action(&config, alert_id, "updates", Some(message), json).await
         }
         Command::Cancel { alert_id, json } => {
             let config = load_config(&cli.config)?;

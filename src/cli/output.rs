@@ -102,7 +102,10 @@ pub fn alert_status(s: &serde_json::Value, tz: &str) {
         s["title"].as_str().unwrap_or(""),
         s["place"].as_str().unwrap_or("")
     );
-    println!("State:        {}", s["state"].as_str().unwrap_or(""));
+    match s["closed_reason"].as_str() {
+        Some(r) => println!("State:        closed ({r})"),
+        None => println!("State:        {}", s["state"].as_str().unwrap_or("")),
+    }
     let verdict = match s["deadline_met"].as_bool() {
         Some(true) => "met".to_string(),
         Some(false) => "MISSED".to_string(),
@@ -116,12 +119,50 @@ pub fn alert_status(s: &serde_json::Value, tz: &str) {
         local(s["notify_deadline"].as_i64(), tz)
     );
     if let Some(h) = s["handover_seconds"].as_f64() {
-        println!("Handed over:  everything in {h:.1} s");
+        println!("Handed over:  every first delivery in {h:.1} s");
     }
     println!(
-        "Recipients:   {} ({} with no usable address); reached {}; confirmed {}",
-        s["recipients"], s["unreachable"], s["reached"], s["acknowledged"]
+        "Recipients:   {} ({} with no usable address); reached {}; delivered {}; confirmed {}",
+        s["recipients"], s["unreachable"], s["reached"], s["delivered"], s["acknowledged"]
     );
+    let spread =
+        |v: &serde_json::Value| match (v["p50"].as_f64(), v["p95"].as_f64(), v["max"].as_f64()) {
+            (Some(a), Some(b), Some(c)) => format!("p50 {a:.1} s, p95 {b:.1} s, max {c:.1} s"),
+            _ => "—".into(),
+        };
+    let f = &s["figures"];
+    println!(
+        "Time to:      hand-over {}; delivery {}; confirmation {}",
+        spread(&f["handover"]),
+        spread(&f["delivery"]),
+        spread(&f["confirmation"])
+    );
+    let e = &s["escalation"];
+    if e["started_at"].is_i64() {
+        let by: Vec<String> = e["totals"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
+            .unwrap_or_default();
+        println!(
+            "Escalation:   started {}, {} delivery(ies): {}; confirmed since: {}",
+            local(e["started_at"].as_i64(), tz),
+            e["deliveries"],
+            by.join(", "),
+            e["confirmed_after"]
+        );
+    }
+    if s["conflicts"].as_i64().unwrap_or(0) > 0 {
+        println!(
+            "Pickup:       {} student(s) whose guardians answered differently; see /api/v1/alerts/{}/pickup",
+            s["conflicts"], s["id"]
+        );
+    }
+    if s["inbox"].as_i64().unwrap_or(0) > 0 {
+        println!(
+            "Inbox:        {} message(s) from recipients; see /api/v1/alerts/{}/inbox",
+            s["inbox"], s["id"]
+        );
+    }
     if let Some(w) = s["warning"].as_str() {
         println!("WARNING:      {w}");
     }

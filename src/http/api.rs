@@ -369,7 +369,12 @@ pub async fn audit(
     ))
 }
 
-pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+/// OpenMetrics when the scraper asks for it, the classic text format otherwise.
+pub async fn metrics(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let open_metrics = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/openmetrics-text"));
     let depth = state
         .store
         .read(deliveries::queue_depth)
@@ -401,7 +406,15 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         }
         m.set_gauge("klaxon_start_time_seconds", &[], (started / 1000) as f64);
     });
-    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], out).into_response()
+    if open_metrics {
+        ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], out).into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, crate::metrics::TEXT_CONTENT_TYPE)],
+            crate::metrics::to_prometheus_text(&out),
+        )
+            .into_response()
+    }
 }
 
 pub async fn healthz() -> &'static str {

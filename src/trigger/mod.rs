@@ -257,9 +257,22 @@ fn windows(pb: &PlaybookConfig) -> (i64, i64, i64) {
 }
 
 /// Creates an alert for `req`, on behalf of `actor`, from `source`.
-/// Answers once every recipient is committed; the writing goes on in its own
-/// task even if the caller goes away.
+/// Answers once every recipient is committed. The work runs in a task of its
+/// own: once a trigger is received, a caller that goes away (a client
+/// time-out, a dropped connection) does not stop the alert.
 pub async fn create(
+    sv: &Arc<Services>,
+    req: TriggerRequest,
+    actor: &str,
+    source: &str,
+) -> Result<TriggerResponse, TriggerError> {
+    let (sv, actor, source) = (sv.clone(), actor.to_string(), source.to_string());
+    tokio::spawn(async move { create_now(&sv, req, &actor, &source).await })
+        .await
+        .map_err(|e| TriggerError::Audience(format!("creating the alert failed: {e}")))?
+}
+
+async fn create_now(
     sv: &Arc<Services>,
     req: TriggerRequest,
     actor: &str,
@@ -333,21 +346,13 @@ pub async fn create(
     };
     count_created(sv, &req.playbook, AlertKind::Alert, req.drill);
     let rest = stream_plan(sv, snapshot.clone(), spec);
-    let task = {
-        let sv = sv.clone();
-        tokio::spawn(async move {
-            let out = complete(&sv, id, &pb, rest).await;
-            // The snapshot goes only once the audience is fully written;
-            // otherwise `resume` needs it after a restart.
-            if out.is_ok() {
-                let _ = std::fs::remove_file(&snapshot);
-            }
-            out
-        })
-    };
-    let mut resp = task
-        .await
-        .map_err(|e| TriggerError::Audience(format!("writing the audience failed: {e}")))??;
+    let out = complete(sv, id, &pb, rest).await;
+    // The snapshot goes only once the audience is fully written; otherwise
+    // `resume` needs it after a restart.
+    if out.is_ok() {
+        let _ = std::fs::remove_file(&snapshot);
+    }
+    let mut resp = out?;
     if resp.warning.is_none() {
         resp.warning = note;
     }
@@ -562,7 +567,7 @@ pub async fn all_clear(
             .await?;
         return response(sv, &a).await;
     }
-    follow_up(sv, original, AlertKind::AllClear, message, actor).await
+    spawn_follow_up(sv, original, AlertKind::AllClear, message, actor).await
 }
 
 /// Sends a follow-up ("Parents may now pick up at the north gate") to
@@ -579,7 +584,22 @@ pub async fn update(
             "an update needs a message: what has changed?".into(),
         ));
     }
-    follow_up(sv, original, AlertKind::Update, Some(message), actor).await
+    spawn_follow_up(sv, original, AlertKind::Update, Some(message), actor).await
+}
+
+/// Runs the follow-up in its own task, like `create`: a caller that goes
+/// away does not leave it half written.
+async fn spawn_follow_up(
+    sv: &Arc<Services>,
+    original: AlertRow,
+    kind: AlertKind,
+    message: Option<String>,
+    actor: &str,
+) -> Result<TriggerResponse, TriggerError> {
+    let (sv, actor) = (sv.clone(), actor.to_string());
+    tokio::spawn(async move { follow_up(&sv, original, kind, message, &actor).await })
+        .await
+        .map_err(|e| TriggerError::Audience(format!("sending the follow-up failed: {e}")))?
 }
 
 async fn follow_up(
@@ -678,12 +698,7 @@ async fn follow_up(
             .inc("klaxon_alerts_closed_total", &[("reason", "all-clear")]);
     }
     count_created(sv, name, kind, original.drill);
-    let task = {
-        let sv = sv.clone();
-        tokio::spawn(async move { complete_follow_up(&sv, fid, id, &pb).await })
-    };
-    task.await
-        .map_err(|e| TriggerError::Audience(format!("writing the follow-up failed: {e}")))?
+    complete_follow_up(sv, fid, id, &pb).await
 }
 
 /// Writes a follow-up's deliveries from the original's recipients, a chunk

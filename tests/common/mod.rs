@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use klaxon::app::App;
+use klaxon::clock::Clock;
 use klaxon::config::Config;
 use klaxon::store::tokens::{self, ApiRole};
 use klaxon::store::{Store, now_ms};
@@ -20,6 +21,8 @@ pub struct TestApp {
     pub viewer: String,
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// The daemon's clock: tests move it instead of sleeping.
+    pub clock: Clock,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -88,8 +91,44 @@ pub async fn spawn_app_with(extra: &str) -> TestApp {
     start(dir, admin, viewer).await
 }
 
+/// A copy of the fixture district with `edit` applied to its users.csv
+/// (shared phones, extra contacts), for tests that need such a family.
+pub fn fixture_variant(edit: impl Fn(&str) -> String) -> tempfile::TempDir {
+    let out = tempfile::tempdir().expect("tempdir");
+    for e in std::fs::read_dir(FIXTURE).expect("fixture") {
+        let e = e.unwrap();
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let text = if e.file_name() == "users.csv" {
+            edit(&text)
+        } else {
+            text
+        };
+        std::fs::write(out.path().join(e.file_name()), text).unwrap();
+    }
+    out
+}
+
+/// The daemon with `extra` config, the district in `export`, and `clock`.
+pub async fn spawn_app_full(extra: &str, export: &Path, clock: Clock) -> TestApp {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("klaxon.toml"), config_text(extra)).expect("config");
+    import(dir.path(), export);
+    let admin = make_token(dir.path(), ApiRole::Admin).await;
+    let viewer = make_token(dir.path(), ApiRole::Viewer).await;
+    start_with_clock(dir, admin, viewer, clock).await
+}
+
 /// Starts (or restarts) the daemon on the folder's config.
 pub async fn start(dir: tempfile::TempDir, admin: String, viewer: String) -> TestApp {
+    start_with_clock(dir, admin, viewer, Clock::system()).await
+}
+
+pub async fn start_with_clock(
+    dir: tempfile::TempDir,
+    admin: String,
+    viewer: String,
+    clock: Clock,
+) -> TestApp {
     // KLAXON_TEST_LOG=debug shows the daemon's log while debugging a test.
     if let Ok(filter) = std::env::var("KLAXON_TEST_LOG") {
         let _ = tracing_subscriber::fmt()
@@ -98,7 +137,9 @@ pub async fn start(dir: tempfile::TempDir, admin: String, viewer: String) -> Tes
             .try_init();
     }
     let config = Config::load(&dir.path().join("klaxon.toml")).expect("config loads");
-    let app = App::build(config).await.expect("app builds");
+    let app = App::build_with_clock(config, clock.clone())
+        .await
+        .expect("app builds");
     let base = format!("http://{}", app.addr());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let handle = tokio::spawn(app.run(async move {
@@ -115,6 +156,7 @@ pub async fn start(dir: tempfile::TempDir, admin: String, viewer: String) -> Tes
         viewer,
         dir,
         http,
+        clock,
         stop: Some(tx),
         handle: Some(handle),
     }
@@ -169,6 +211,63 @@ impl TestApp {
             assert!(Instant::now() < until, "alert {id} did not settle: {s}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// POSTs JSON with the admin token.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.admin)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GETs JSON with the viewer token.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.viewer)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// Polls until `check` holds for the alert's status (the tracker and
+    /// engine run on their own tasks).
+    pub async fn wait_status(
+        &self,
+        id: i64,
+        what: &str,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status(id).await;
+            if check(&s) {
+                return s;
+            }
+            assert!(Instant::now() < until, "alert {id}: {what}: {s}");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
+    /// The acknowledgement link of one delivery, from the log provider's
+    /// outbox, pointed at this daemon (messages carry the public URL).
+    pub fn link_of(&self, to: &str, alert: i64) -> Option<String> {
+        self.outbox()
+            .into_iter()
+            .find(|m| m["to"] == to && m["alert_id"] == alert)
+            .and_then(|m| m["ack_url"].as_str().map(|l| self.local(l)))
+    }
+
+    /// A link from a message, pointed at this daemon.
+    pub fn local(&self, link: &str) -> String {
+        link.replacen("http://127.0.0.1:9", &self.base, 1)
     }
 
     /// Lines of the log provider's outbox.
