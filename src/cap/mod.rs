@@ -6,7 +6,7 @@
 pub mod geo;
 // pub mod inspect;
 pub mod parse;
-// pub mod rules;
+pub mod rules;
 mod xml;
 
 #[cfg(test)]

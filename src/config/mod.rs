@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 pub use types::{ConfigIssue, Dur, Issues, Secret, relative_to, resolve_secret};
 
 use crate::audience::GroupConfig;
+use crate::cap::rules::{RuleConfig, SchoolGeo};
 use crate::deliver::providers::ProviderConfig;
 use crate::domain::Channel;
 use crate::playbook::PlaybookConfig;
@@ -33,6 +34,10 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub delivery: DeliveryConfig,
     pub playbooks: BTreeMap<String, PlaybookConfig>,
+    /// CAP rules (`[[rules]]`): which alerts start which playbook.
+    pub rules: Vec<RuleConfig>,
+    /// Where schools are (`[schools."ID"]`), for per-school CAP targeting.
+    pub schools: BTreeMap<String, SchoolGeo>,
     /// Things that work but deserve a look; `check-config` prints them.
     pub warnings: Vec<ConfigIssue>,
 }
@@ -320,10 +325,12 @@ impl Config {
             }
         }
 
+        let (rules, schools) = take_cap_sections(&mut root, &mut issues);
+
         for key in root.keys() {
             issues.push(
                 key.clone(),
-                "unknown section; expected server, store, sis, delivery, groups, providers or playbooks",
+                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules or schools",
             );
         }
 
@@ -373,6 +380,8 @@ impl Config {
             providers,
             delivery: delivery.unwrap_or_default(),
             playbooks,
+            rules,
+            schools,
         };
         config.validate(&mut issues);
         let mut config = config;
@@ -494,6 +503,7 @@ impl Config {
                 }
             }
         }
+        crate::cap::rules::validate(&self.rules, &self.schools, &self.playbooks, issues);
         for (i, g) in self.groups.iter().enumerate() {
             if self.groups[..i].iter().any(|o| o.name == g.name) {
                 issues.push(
@@ -515,6 +525,38 @@ impl Config {
             .filter(|p| p.common().channels.contains(&channel))
             .collect()
     }
+}
+
+/// `[[rules]]` and `[schools."ID"]`: CAP rules and where schools are.
+fn take_cap_sections(
+    root: &mut toml::Table,
+    issues: &mut Issues,
+) -> (Vec<RuleConfig>, BTreeMap<String, SchoolGeo>) {
+    let mut rules = Vec::new();
+    match root.remove("rules") {
+        Some(toml::Value::Array(items)) => {
+            for (i, item) in items.into_iter().enumerate() {
+                if let Some(r) = section::<RuleConfig>(&format!("rules[{i}]"), item, issues) {
+                    rules.push(r);
+                }
+            }
+        }
+        Some(_) => issues.push("rules", "must be an array of tables: [[rules]]"),
+        None => {}
+    }
+    let mut schools = BTreeMap::new();
+    match root.remove("schools") {
+        Some(toml::Value::Table(t)) => {
+            for (id, body) in t {
+                if let Some(s) = section::<SchoolGeo>(&format!("schools.{id}"), body, issues) {
+                    schools.insert(id, s);
+                }
+            }
+        }
+        Some(_) => issues.push("schools", "must be a table of schools: [schools.\"ID\"]"),
+        None => {}
+    }
+    (rules, schools)
 }
 
 fn take_required<T: DeserializeOwned>(
