@@ -3,8 +3,9 @@
 //! api.weather.gov GeoJSON), the rules that map an alert to a playbook and the
 //! schools it reaches, and `klaxon cap inspect`.
 
+pub mod decide;
 pub mod geo;
-// pub mod inspect;
+pub mod inspect;
 pub mod parse;
 pub mod rules;
 mod xml;
@@ -108,10 +109,12 @@ impl CapAlert {
         let mut out: Vec<String> = Vec::new();
         for area in self.infos.iter().flat_map(|i| &i.areas) {
             for (name, value) in &area.geocodes {
-                if is_zone_code(name) && !value.trim().is_empty() {
-                    let v = value.trim().to_ascii_uppercase();
-                    if !out.contains(&v) {
-                        out.push(v);
+                // The NWS ATOM index lists several codes in one value.
+                if is_zone_code(name) {
+                    for v in value.split_whitespace().map(str::to_ascii_uppercase) {
+                        if !out.contains(&v) {
+                            out.push(v);
+                        }
                     }
                 }
             }

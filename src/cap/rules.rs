@@ -182,12 +182,15 @@ pub enum Skip {
     NotAnAlert {
         msg_type: MsgType,
     },
-    /// Status Test/Exercise/System/Draft or an EAS test code.
+    /// Status Test/Exercise/System/Draft or an EAS test code; `rule` is the
+    /// rule it would otherwise match.
     Test {
         why: String,
+        rule: Option<String>,
     },
     Expired {
         at: Timestamp,
+        rule: Option<String>,
     },
     /// No rule names this event.
     NoRule,
@@ -213,8 +216,8 @@ impl Skip {
             Skip::NotAnAlert { msg_type } => {
                 format!("a CAP {msg_type} message is not an alert; nothing to do")
             }
-            Skip::Test { why } => format!("a test ({why}); nothing is sent"),
-            Skip::Expired { at } => format!("expired at {at}; nothing is sent"),
+            Skip::Test { why, .. } => format!("a test ({why}); nothing is sent"),
+            Skip::Expired { at, .. } => format!("expired at {at}; nothing is sent"),
             Skip::NoRule => "no rule matches this event".into(),
             Skip::BelowThreshold { rule, why } => {
                 format!("rule `{rule}` names this event, but {why}")
@@ -270,9 +273,7 @@ pub fn evaluate(
         });
     }
     let test = test_reason(alert);
-    if let Some(at) = alert.expires().filter(|t| *t <= now) {
-        return Verdict::Skip(Skip::Expired { at });
-    }
+    let expired = alert.expires().filter(|t| *t <= now);
     let zones = alert.zones();
     let mut best: Option<Skip> = None;
     for (idx, rule) in rules.iter().enumerate() {
@@ -284,15 +285,13 @@ pub fn evaluate(
         if named.is_empty() {
             continue;
         }
-        if let Some(why) = named
-            .iter()
-            .find_map(|i| below(rule, i))
-            .filter(|_| !named.iter().any(|i| below(rule, i).is_none()))
-        {
-            best.get_or_insert(Skip::BelowThreshold {
-                rule: rule.name.clone(),
-                why,
-            });
+        if named.iter().all(|i| below(rule, i).is_some()) {
+            if let Some(why) = named.iter().find_map(|i| below(rule, i)) {
+                best.get_or_insert(Skip::BelowThreshold {
+                    rule: rule.name.clone(),
+                    why,
+                });
+            }
             continue;
         }
         if !rule.zones.is_empty()
@@ -315,6 +314,12 @@ pub fn evaluate(
             });
             continue;
         }
+        if let Some(at) = expired {
+            return Verdict::Skip(Skip::Expired {
+                at,
+                rule: Some(rule.name.clone()),
+            });
+        }
         return match test {
             None => Verdict::Act {
                 rule: idx,
@@ -333,11 +338,17 @@ pub fn evaluate(
                     targets,
                 }
             }
-            Some(why) => Verdict::Skip(Skip::Test { why }),
+            Some(why) => Verdict::Skip(Skip::Test {
+                why,
+                rule: Some(rule.name.clone()),
+            }),
         };
     }
     if let Some(why) = test {
-        return Verdict::Skip(Skip::Test { why });
+        return Verdict::Skip(Skip::Test { why, rule: None });
+    }
+    if let Some(at) = expired {
+        return Verdict::Skip(Skip::Expired { at, rule: None });
     }
     Verdict::Skip(best.unwrap_or(Skip::NoRule))
 }

@@ -16,7 +16,6 @@ pub struct El {
     pub ns: Option<String>,
     /// Local name, without prefix.
     pub name: String,
-    pub attrs: Vec<(String, String)>,
     pub children: Vec<El>,
     /// Character data directly inside this element, entities resolved.
     pub text: String,
@@ -36,13 +35,6 @@ impl El {
         self.child(name)
             .map(|c| c.text.trim().to_string())
             .filter(|t| !t.is_empty())
-    }
-
-    pub fn attr(&self, name: &str) -> Option<&str> {
-        self.attrs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -129,21 +121,10 @@ pub fn parse(text: &str) -> Result<El, String> {
 }
 
 fn element(ns: Option<String>, e: &quick_xml::events::BytesStart<'_>) -> Result<El, String> {
-    let name = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
-    let mut attrs = Vec::new();
-    for a in e.attributes() {
-        let a = a.map_err(|err| format!("bad attribute in `<{name}>`: {err}"))?;
-        let key = String::from_utf8_lossy(a.key.local_name().as_ref()).into_owned();
-        let value = a
-            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
-            .map_err(|err| format!("bad attribute `{key}` in `<{name}>`: {err}"))?
-            .into_owned();
-        attrs.push((key, value));
-    }
+    // Attributes carry nothing CAP needs; they are not read.
     Ok(El {
         ns,
-        name,
-        attrs,
+        name: String::from_utf8_lossy(e.local_name().as_ref()).into_owned(),
         ..El::default()
     })
 }
@@ -160,7 +141,6 @@ mod tests {
         let b = root.child("b").unwrap();
         assert_eq!(b.ns.as_deref(), Some("urn:p"));
         assert_eq!(b.text, "1 & 2 A");
-        assert_eq!(b.attr("k"), Some("v"));
         assert!(root.child("c").is_some());
     }
 

@@ -117,6 +117,27 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX deliveries_address;
     CREATE INDEX deliveries_address ON deliveries (address);
     "#,
+    // 4 (CAP trigger sources, issue 8): each CAP message handled once, keyed
+    // by identifier + sender + sent, across feeds and restarts.
+    r#"
+    CREATE TABLE cap_messages (
+        id           INTEGER PRIMARY KEY,
+        identifier   TEXT NOT NULL,
+        sender       TEXT NOT NULL,
+        sent         INTEGER NOT NULL,
+        msg_type     TEXT NOT NULL,          -- Alert | Update | Cancel | ...
+        source       TEXT NOT NULL,          -- feed:<name> | webhook:<name> | watch-folder
+        received_at  INTEGER NOT NULL,
+        outcome      TEXT NOT NULL,          -- pending | sent | held | drill | recorded | skipped | failed
+        detail       TEXT,                   -- why, in words
+        rule         TEXT,                   -- the rule that matched
+        alert_id     INTEGER REFERENCES alerts(id),
+        refers_to    INTEGER REFERENCES cap_messages(id),
+        cancelled_at INTEGER,
+        UNIQUE (identifier, sender, sent)
+    );
+    CREATE INDEX alerts_source ON alerts (source);
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -1,0 +1,221 @@
+//! What klaxon does with one CAP message, given what the store knows about
+//! it and the messages it references. Pure, so `klaxon cap inspect` and the
+//! daemon (feeds, webhook, drop folder) give the same answer.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::Serialize;
+
+use super::rules::{self, Follow, RuleConfig, SchoolGeo, Skip, Targets, Verdict};
+use super::{CapAlert, MsgType};
+use crate::store::cap::{PENDING, Seen};
+
+/// What the store knows. Empty when there is no store (inspect before the
+/// daemon ever ran).
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    /// This very message, if seen before.
+    pub seen: Option<Seen>,
+    /// The referenced messages klaxon has seen, each with whether the alert
+    /// it started went out.
+    pub referenced: Vec<(Seen, bool)>,
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "kebab-case")]
+pub enum Action {
+    /// Start an alert.
+    Create {
+        rule: String,
+        playbook: String,
+        drill: bool,
+        hold: bool,
+        targets: Targets,
+        message: String,
+        /// The earlier message this one updates (for `on_update = "notify"`).
+        refers_to: Option<i64>,
+    },
+    /// Send the rescinding notice for the alert a Cancel references.
+    Rescind {
+        rule: String,
+        original_alert: i64,
+        refers_to: i64,
+        text: String,
+    },
+    /// Stored, nothing sent (an ignored Update or Cancel).
+    Record {
+        refers_to: Option<i64>,
+        cancels: bool,
+        why: String,
+    },
+    /// Seen before: handled once.
+    AlreadyHandled {
+        outcome: String,
+        alert_id: Option<i64>,
+    },
+    Skip(Skip),
+}
+
+impl Action {
+    /// One sentence for operators.
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Create {
+                playbook,
+                drill,
+                hold,
+                targets,
+                ..
+            } => {
+                let who = match targets {
+                    Targets::District => "the whole district".to_string(),
+                    Targets::Schools(s) => format!("{} school(s): {}", s.len(), s.join(", ")),
+                };
+                format!(
+                    "would start a {}`{playbook}` alert for {who}{}",
+                    if *drill { "DRILL " } else { "" },
+                    if *hold {
+                        ", held for approval (`klaxon approve ID`)"
+                    } else {
+                        ", sent at once"
+                    }
+                )
+            }
+            Action::Rescind { original_alert, .. } => {
+                format!("would send a rescinding notice to the people of alert {original_alert}")
+            }
+            Action::Record { why, .. } => format!("recorded, nothing sent: {why}"),
+            Action::AlreadyHandled { outcome, alert_id } => match alert_id {
+                Some(id) => format!("already handled ({outcome}, alert {id}); nothing more"),
+                None => format!("already handled ({outcome}); nothing more"),
+            },
+            Action::Skip(s) => s.describe(),
+        }
+    }
+}
+
+/// The rule an earlier message acted under, by name.
+fn rule_named<'a>(rules: &'a [RuleConfig], name: Option<&str>) -> Option<&'a RuleConfig> {
+    name.and_then(|n| rules.iter().find(|r| r.name == n))
+}
+
+/// Decides for `alert` at `now`.
+pub fn decide(
+    alert: &CapAlert,
+    known: &Known,
+    rules: &[RuleConfig],
+    schools: &BTreeMap<String, SchoolGeo>,
+    tz: &str,
+    now: Timestamp,
+) -> Action {
+    if let Some(seen) = known.seen.as_ref().filter(|s| s.outcome != PENDING) {
+        return Action::AlreadyHandled {
+            outcome: seen.outcome.clone(),
+            alert_id: seen.alert_id,
+        };
+    }
+    // The earlier message klaxon acted on, if this one refers to one.
+    let acted = known
+        .referenced
+        .iter()
+        .find(|(s, _)| s.alert_id.is_some() && s.msg_type != "Cancel");
+    match alert.msg_type {
+        MsgType::Cancel => {
+            let Some((orig, went_out)) = acted else {
+                return Action::Record {
+                    refers_to: known.referenced.first().map(|(s, _)| s.id),
+                    cancels: true,
+                    why: "cancels an alert klaxon did not act on".into(),
+                };
+            };
+            let original_alert = orig.alert_id.unwrap_or_default();
+            match rule_named(rules, orig.rule.as_deref()) {
+                Some(rule) if rule.on_cancel == Follow::Notify && *went_out => Action::Rescind {
+                    rule: rule.name.clone(),
+                    original_alert,
+                    refers_to: orig.id,
+                    text: rescind_text(alert),
+                },
+                Some(rule) if rule.on_cancel == Follow::Notify => Action::Record {
+                    refers_to: Some(orig.id),
+                    cancels: true,
+                    why: format!(
+                        "alert {original_alert} never went out, so there is nothing to rescind"
+                    ),
+                },
+                _ => Action::Record {
+                    refers_to: Some(orig.id),
+                    cancels: true,
+                    why: format!(
+                        "cancellation of alert {original_alert} recorded (on_cancel = \"ignore\")"
+                    ),
+                },
+            }
+        }
+        MsgType::Update if acted.is_some() => {
+            let (orig, _) = acted.expect("checked");
+            let notify = rule_named(rules, orig.rule.as_deref())
+                .is_some_and(|r| r.on_update == Follow::Notify);
+            if !notify {
+                return Action::Record {
+                    refers_to: Some(orig.id),
+                    cancels: false,
+                    why: format!(
+                        "update of alert {} recorded (on_update = \"ignore\")",
+                        orig.alert_id.unwrap_or_default()
+                    ),
+                };
+            }
+            create(alert, rules, schools, tz, now, Some(orig.id))
+        }
+        _ => create(alert, rules, schools, tz, now, None),
+    }
+}
+
+fn create(
+    alert: &CapAlert,
+    rules: &[RuleConfig],
+    schools: &BTreeMap<String, SchoolGeo>,
+    tz: &str,
+    now: Timestamp,
+    refers_to: Option<i64>,
+) -> Action {
+    match rules::evaluate(alert, rules, schools, now) {
+        Verdict::Act {
+            rule,
+            drill,
+            targets,
+        } => {
+            let r = &rules[rule];
+            let message = rules::render_message(r, alert, tz).unwrap_or_else(|_| {
+                rules::primary_info(alert)
+                    .map(|i| i.event.clone())
+                    .unwrap_or_default()
+            });
+            Action::Create {
+                rule: r.name.clone(),
+                playbook: r.playbook.clone(),
+                drill,
+                hold: r.approval == rules::Approval::Manual,
+                targets,
+                message,
+                refers_to,
+            }
+        }
+        Verdict::Skip(s) => Action::Skip(s),
+    }
+}
+
+fn rescind_text(cancel: &CapAlert) -> String {
+    match rules::primary_info(cancel) {
+        Some(i) => format!(
+            "The {} is cancelled by the issuing authority; the earlier notice no longer applies.",
+            i.event
+        ),
+        None => {
+            "The earlier alert is cancelled by the issuing authority; it no longer applies.".into()
+        }
+    }
+}
