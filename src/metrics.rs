@@ -10,6 +10,7 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct Metrics {
     counters: Mutex<BTreeMap<&'static str, BTreeMap<String, u64>>>,
+    gauges: Mutex<BTreeMap<&'static str, BTreeMap<String, f64>>>,
 }
 
 /// Help text for each counter, printed as `# HELP`.
@@ -38,6 +39,26 @@ const HELP: &[(&str, &str)] = &[
         "klaxon_http_auth_failures_total",
         "Requests refused for a missing or wrong token or signature.",
     ),
+    (
+        "klaxon_feed_polls_total",
+        "CAP feed polls, by feed and outcome (ok, not-modified, error).",
+    ),
+    (
+        "klaxon_cap_messages_total",
+        "CAP messages handled, by source and outcome.",
+    ),
+];
+
+/// Help text for each gauge (set with `set_gauge`).
+const GAUGE_HELP: &[(&str, &str)] = &[
+    (
+        "klaxon_feed_up",
+        "1 when the CAP feed's last poll succeeded, 0 when it failed.",
+    ),
+    (
+        "klaxon_feed_last_success_timestamp_seconds",
+        "When the CAP feed last answered usable content (Unix time).",
+    ),
 ];
 
 impl Metrics {
@@ -53,6 +74,22 @@ impl Metrics {
             .join(",");
         let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
         *c.entry(name).or_default().entry(key).or_default() += n;
+    }
+
+    pub fn set_gauge(&self, name: &'static str, labels: &[(&str, &str)], value: f64) {
+        let key = labels
+            .iter()
+            .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut g = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
+        g.entry(name).or_default().insert(key, value);
+    }
+
+    /// A gauge's value; `labels` as rendered, e.g. `feed="nws"`.
+    pub fn gauge(&self, name: &str, labels: &str) -> Option<f64> {
+        let g = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
+        g.get(name).and_then(|m| m.get(labels)).copied()
     }
 
     pub fn get(&self, name: &str, labels: &str) -> u64 {
@@ -76,6 +113,14 @@ impl Metrics {
                         let _ = writeln!(out, "{name}{{{labels}}} {v}");
                     }
                 }
+            }
+        }
+        drop(c);
+        let g = self.gauges.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, help) in GAUGE_HELP {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (labels, v) in g.get(name).into_iter().flatten() {
+                let _ = writeln!(out, "{name}{{{labels}}} {v}");
             }
         }
     }

@@ -19,6 +19,7 @@ use crate::deliver::providers::ProviderConfig;
 use crate::domain::Channel;
 use crate::playbook::PlaybookConfig;
 use crate::sis::SisConfig;
+use crate::trigger::feed::FeedConfig;
 
 /// The whole configuration, after validation.
 #[derive(Debug, Clone)]
@@ -38,6 +39,8 @@ pub struct Config {
     pub rules: Vec<RuleConfig>,
     /// Where schools are (`[schools."ID"]`), for per-school CAP targeting.
     pub schools: BTreeMap<String, SchoolGeo>,
+    /// CAP feeds polled by the daemon (`[[feeds]]`).
+    pub feeds: Vec<FeedConfig>,
     /// Things that work but deserve a look; `check-config` prints them.
     pub warnings: Vec<ConfigIssue>,
 }
@@ -326,11 +329,25 @@ impl Config {
         }
 
         let (rules, schools) = take_cap_sections(&mut root, &mut issues);
+        let mut feeds = Vec::new();
+        match root.remove("feeds") {
+            Some(toml::Value::Array(items)) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    if let Some(f) =
+                        section::<FeedConfig>(&format!("feeds[{i}]"), item, &mut issues)
+                    {
+                        feeds.push(f);
+                    }
+                }
+            }
+            Some(_) => issues.push("feeds", "must be an array of tables: [[feeds]]"),
+            None => {}
+        }
 
         for key in root.keys() {
             issues.push(
                 key.clone(),
-                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules or schools",
+                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools or feeds",
             );
         }
 
@@ -382,6 +399,7 @@ impl Config {
             playbooks,
             rules,
             schools,
+            feeds,
         };
         config.validate(&mut issues);
         let mut config = config;
@@ -504,6 +522,7 @@ impl Config {
             }
         }
         crate::cap::rules::validate(&self.rules, &self.schools, &self.playbooks, issues);
+        crate::trigger::feed::validate(&self.feeds, issues);
         for (i, g) in self.groups.iter().enumerate() {
             if self.groups[..i].iter().any(|o| o.name == g.name) {
                 issues.push(

@@ -260,8 +260,11 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .await
         .is_ok();
     let sis_ok = crate::sis::current_path(&state.config.store_dir()).exists();
-    let body = serde_json::json!({ "store": store_ok, "sis": sis_ok });
-    let status = if store_ok && sis_ok {
+    // CAP feeds failing for more than three intervals.
+    let feeds_failing = crate::trigger::feed::failing(&state);
+    let body =
+        serde_json::json!({ "store": store_ok, "sis": sis_ok, "feeds_failing": feeds_failing });
+    let status = if store_ok && sis_ok && feeds_failing.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

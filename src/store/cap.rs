@@ -153,3 +153,12 @@ pub fn open_read_only(dir: &std::path::Path) -> Option<Connection> {
     conn.prepare("SELECT 1 FROM cap_messages LIMIT 1").ok()?;
     Some(conn)
 }
+
+/// Gives a claim back (the action failed): the next poll tries again.
+pub fn release(conn: &Connection, id: i64) -> Result<(), StoreError> {
+    conn.execute(
+        "DELETE FROM cap_messages WHERE id = ?1 AND outcome = ?2",
+        params![id, PENDING],
+    )?;
+    Ok(())
+}

@@ -9,6 +9,9 @@
 //! alert from the frozen snapshot at start-up, idempotently: nobody is
 //! missed, nobody gets a second token.
 
+pub mod cap_act;
+pub mod feed;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
