@@ -165,7 +165,8 @@ impl App {
         let engine_tasks = state.engine.spawn(stop_rx.clone());
         let tracker = tokio::spawn(crate::track::run(state.clone(), stop_rx.clone()));
         let watcher = spawn_sis_watch(&state, stop_rx.clone());
-        let feeds = crate::trigger::feed::spawn_all(&state, stop_rx.clone());
+        let mut feeds = crate::trigger::feed::spawn_all(&state, stop_rx.clone());
+        feeds.extend(crate::trigger::watch::spawn(&state, stop_rx.clone()));
         // Alerts a crash interrupted while their audience was being written.
         let resumer = state.clone();
         tokio::spawn(async move {

@@ -47,6 +47,10 @@ const HELP: &[(&str, &str)] = &[
         "klaxon_cap_messages_total",
         "CAP messages handled, by source and outcome.",
     ),
+    (
+        "klaxon_webhook_refusals_total",
+        "Signed webhook triggers refused, by source and reason (nothing recorded).",
+    ),
 ];
 
 /// Help text for each gauge (set with `set_gauge`).

@@ -17,9 +17,11 @@ use crate::audience::GroupConfig;
 use crate::cap::rules::{RuleConfig, SchoolGeo};
 use crate::deliver::providers::ProviderConfig;
 use crate::domain::Channel;
+use crate::http::hook_trigger::WebhookConfig;
 use crate::playbook::PlaybookConfig;
 use crate::sis::SisConfig;
 use crate::trigger::feed::FeedConfig;
+use crate::trigger::watch::TriggersConfig;
 
 /// The whole configuration, after validation.
 #[derive(Debug, Clone)]
@@ -41,6 +43,10 @@ pub struct Config {
     pub schools: BTreeMap<String, SchoolGeo>,
     /// CAP feeds polled by the daemon (`[[feeds]]`).
     pub feeds: Vec<FeedConfig>,
+    /// Sources of signed webhook triggers (`[webhooks.NAME]`).
+    pub webhooks: BTreeMap<String, WebhookConfig>,
+    /// `[triggers]`: the CAP drop folder.
+    pub triggers: TriggersConfig,
     /// Things that work but deserve a look; `check-config` prints them.
     pub warnings: Vec<ConfigIssue>,
 }
@@ -343,11 +349,26 @@ impl Config {
             Some(_) => issues.push("feeds", "must be an array of tables: [[feeds]]"),
             None => {}
         }
+        let mut webhooks = BTreeMap::new();
+        match root.remove("webhooks") {
+            Some(toml::Value::Table(t)) => {
+                for (name, body) in t {
+                    if let Some(w) =
+                        section::<WebhookConfig>(&format!("webhooks.{name}"), body, &mut issues)
+                    {
+                        webhooks.insert(name, w);
+                    }
+                }
+            }
+            Some(_) => issues.push("webhooks", "must be a table of sources: [webhooks.NAME]"),
+            None => {}
+        }
+        let triggers = take_optional::<TriggersConfig>(&mut root, "triggers", &mut issues);
 
         for key in root.keys() {
             issues.push(
                 key.clone(),
-                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools or feeds",
+                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools, feeds, webhooks or triggers",
             );
         }
 
@@ -400,6 +421,8 @@ impl Config {
             rules,
             schools,
             feeds,
+            webhooks,
+            triggers: triggers.unwrap_or_default(),
         };
         config.validate(&mut issues);
         let mut config = config;
@@ -523,6 +546,7 @@ impl Config {
         }
         crate::cap::rules::validate(&self.rules, &self.schools, &self.playbooks, issues);
         crate::trigger::feed::validate(&self.feeds, issues);
+        crate::http::hook_trigger::validate(&self.webhooks, &self.playbooks, issues);
         for (i, g) in self.groups.iter().enumerate() {
             if self.groups[..i].iter().any(|o| o.name == g.name) {
                 issues.push(

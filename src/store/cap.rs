@@ -162,3 +162,24 @@ pub fn release(conn: &Connection, id: i64) -> Result<(), StoreError> {
     )?;
     Ok(())
 }
+
+/// Records a webhook signature; false when it was seen before (a replay).
+/// Signatures older than `keep_ms` are forgotten: their timestamp is refused
+/// as stale anyway.
+pub fn record_signature(
+    conn: &Connection,
+    source: &str,
+    signature: &str,
+    now: i64,
+    keep_ms: i64,
+) -> Result<bool, StoreError> {
+    conn.execute(
+        "DELETE FROM webhook_signatures WHERE seen_at < ?1",
+        [now - keep_ms],
+    )?;
+    let n = conn.execute(
+        "INSERT OR IGNORE INTO webhook_signatures (source, signature, seen_at) VALUES (?1, ?2, ?3)",
+        params![source, signature, now],
+    )?;
+    Ok(n == 1)
+}

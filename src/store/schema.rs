@@ -137,6 +137,14 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (identifier, sender, sent)
     );
     CREATE INDEX alerts_source ON alerts (source);
+    -- Signatures of signed webhook triggers, kept past their validity
+    -- window so a replayed request is refused, also across a restart.
+    CREATE TABLE webhook_signatures (
+        source     TEXT NOT NULL,
+        signature  TEXT NOT NULL,
+        seen_at    INTEGER NOT NULL,
+        PRIMARY KEY (source, signature)
+    );
     "#,
 ];
 

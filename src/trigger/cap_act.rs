@@ -205,3 +205,24 @@ async fn act(
         detail,
     })
 }
+
+/// A signed webhook's JSON trigger (the signature and the source's allowed
+/// playbooks are checked by `http::hook_trigger`).
+pub async fn webhook(
+    state: &AppState,
+    source: &str,
+    playbook: String,
+    audience: AudienceSpec,
+    message: Option<String>,
+    drill: bool,
+) -> Result<crate::trigger::TriggerResponse, TriggerError> {
+    let label = format!("webhook:{source}");
+    let req = TriggerRequest {
+        playbook,
+        audience,
+        message,
+        drill,
+        hold: false,
+    };
+    crate::trigger::create(state, req, &label, &label).await
+}

@@ -11,6 +11,7 @@
 
 pub mod cap_act;
 pub mod feed;
+pub mod watch;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
