@@ -607,7 +607,8 @@ mod tests {
         assert_eq!(
             v,
             Verdict::Skip(Skip::Test {
-                why: "EAS test code RMT".into()
+                why: "EAS test code RMT".into(),
+                rule: Some("r".into())
             })
         );
         r.test_as_drill = true;

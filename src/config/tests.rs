@@ -181,3 +181,19 @@ fn cap_rules_and_schools_are_checked_with_their_keys() {
         "{bad:?}"
     );
 }
+
+#[test]
+fn feeds_and_webhooks_are_checked_with_their_keys() {
+    let text = format!(
+        "{GOOD}\n[[feeds]]\nname = \"nws\"\nkind = \"nws-api\"\nurl = \"https://api.weather.gov/alerts/active?zone=TXZ213\"\n\n[[feeds]]\nname = \"nws\"\nkind = \"rss\"\nurl = \"ftp://x\"\n\n[webhooks.panic]\nplaybooks = [\"lockdown\", \"fire-drill\"]\n\n[webhooks.eoc]\nsecret = \"hunter2\"\nplaybooks = [\"lockdown\"]\n"
+    );
+    let found = issues(&text);
+    let keys: Vec<&str> = found.iter().map(|i| i.key.as_str()).collect();
+    // nws-api without a User-Agent naming a contact.
+    assert!(keys.contains(&"feeds[0].user_agent"), "{found:?}");
+    assert!(keys.contains(&"feeds[1].kind"), "{found:?}");
+    assert!(keys.contains(&"webhooks.panic.secret_env"), "{found:?}");
+    assert!(keys.contains(&"webhooks.panic.playbooks"), "{found:?}");
+    let literal = found.iter().find(|i| i.key == "webhooks.eoc.secret").unwrap();
+    assert!(literal.message.contains("secret_env"), "{literal:?}");
+}
