@@ -21,11 +21,14 @@ struct Served {
     status: u16,
 }
 
+/// (path, If-None-Match, If-Modified-Since) of one request.
+type Request = (String, Option<String>, Option<String>);
+
 #[derive(Default)]
 struct FeedServer {
     served: Mutex<Served>,
     /// (path, If-None-Match, If-Modified-Since) of every request.
-    requests: Mutex<Vec<(String, Option<String>, Option<String>)>>,
+    requests: Mutex<Vec<Request>>,
 }
 
 impl FeedServer {

@@ -679,7 +679,7 @@ mod tests {
         // Not placed: not in a targeted audience.
         schools.insert("unplaced".to_string(), SchoolGeo::default());
         let r = rule(&["Severe Thunderstorm Warning"], &["ILC013", "ILC083"]);
-        let v = evaluate(&a, &[r.clone()], &schools, before(&a));
+        let v = evaluate(&a, std::slice::from_ref(&r), &schools, before(&a));
         assert_eq!(
             v,
             Verdict::Act {
