@@ -233,3 +233,28 @@ fn a_document_that_cannot_be_understood_exits_non_zero_naming_the_problem() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot read /nonexistent.xml"), "{err}");
 }
+
+#[test]
+fn check_config_reads_webhook_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("klaxon.toml"),
+        format!(
+            "{CONFIG}\n[webhooks.panic]\nsecret_env = \"KLAXON_TEST_SURELY_UNSET_PANIC\"\nplaybooks = [\"lockdown\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config")
+        .arg(dir.path().join("klaxon.toml"))
+        .arg("check-config")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("webhooks.panic.secret_env")
+            && text.contains("KLAXON_TEST_SURELY_UNSET_PANIC"),
+        "{text}"
+    );
+}

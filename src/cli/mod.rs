@@ -455,10 +455,12 @@ fn check_config(path: &Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> 
     let mut issues = match Config::load(&path) {
         Ok(config) => {
             warnings = config.warnings.clone();
-            match crate::app::build_providers(&config) {
+            let mut issues = match crate::app::build_providers(&config) {
                 Ok(_) => Vec::new(),
                 Err(issues) => issues,
-            }
+            };
+            issues.extend(crate::http::hook_trigger::check_secrets(&config));
+            issues
         }
         Err(ConfigError::Invalid { issues, .. }) => issues,
         Err(e) => bail!(e),

@@ -194,6 +194,9 @@ fn feeds_and_webhooks_are_checked_with_their_keys() {
     assert!(keys.contains(&"feeds[1].kind"), "{found:?}");
     assert!(keys.contains(&"webhooks.panic.secret_env"), "{found:?}");
     assert!(keys.contains(&"webhooks.panic.playbooks"), "{found:?}");
-    let literal = found.iter().find(|i| i.key == "webhooks.eoc.secret").unwrap();
+    let literal = found
+        .iter()
+        .find(|i| i.key == "webhooks.eoc.secret")
+        .unwrap();
     assert!(literal.message.contains("secret_env"), "{literal:?}");
 }

@@ -82,6 +82,27 @@ pub fn validate(
     }
 }
 
+/// Reads every webhook secret, as `check-config` does for providers, so a
+/// missing one is found before a panic button is pressed.
+pub fn check_secrets(config: &crate::config::Config) -> Vec<crate::config::ConfigIssue> {
+    let mut issues = Issues::default();
+    for (name, h) in &config.webhooks {
+        let file = h
+            .secret_file
+            .as_ref()
+            .map(|f| relative_to(&config.base_dir, f));
+        resolve_secret(
+            &format!("webhooks.{name}"),
+            "secret",
+            h.secret_env.as_deref(),
+            file.as_deref(),
+            true,
+            &mut issues,
+        );
+    }
+    issues.list
+}
+
 /// A JSON trigger body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
