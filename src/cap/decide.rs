@@ -219,3 +219,152 @@ fn rescind_text(cancel: &CapAlert) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cap::rules::{Approval, DEFAULT_MESSAGE};
+    use crate::cap::{Reference, parse_document};
+
+    fn update_doc() -> CapAlert {
+        let path = format!(
+            "{}/../shared/data/cap/oasis-examples/cap12-appendix-A3-earthquake-update-references.xml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        parse_document(&std::fs::read(path).unwrap())
+            .unwrap()
+            .alerts
+            .remove(0)
+    }
+
+    fn rule(on_update: Follow, on_cancel: Follow) -> RuleConfig {
+        RuleConfig {
+            name: "quake".into(),
+            events: vec!["Earthquake".into()],
+            event_codes: vec![],
+            zones: vec![],
+            min_severity: None,
+            min_urgency: None,
+            min_certainty: None,
+            playbook: "shelter".into(),
+            approval: Approval::Auto,
+            on_update,
+            on_cancel,
+            test_as_drill: false,
+            message: DEFAULT_MESSAGE.into(),
+        }
+    }
+
+    fn seen(id: i64, msg_type: &str, outcome: &str, alert_id: Option<i64>) -> Seen {
+        Seen {
+            id,
+            msg_type: msg_type.into(),
+            source: "feed:x".into(),
+            received_at: 0,
+            outcome: outcome.into(),
+            detail: None,
+            rule: Some("quake".into()),
+            alert_id,
+            cancelled_at: None,
+        }
+    }
+
+    fn run(alert: &CapAlert, known: &Known, r: RuleConfig) -> Action {
+        decide(alert, known, &[r], &BTreeMap::new(), "UTC", alert.sent)
+    }
+
+    #[test]
+    fn an_update_of_an_alert_acted_on_sends_only_when_the_rule_says_notify() {
+        let a = update_doc();
+        let known = Known {
+            seen: None,
+            referenced: vec![(seen(7, "Alert", "sent", Some(41)), true)],
+        };
+        assert!(matches!(
+            run(&a, &known, rule(Follow::Ignore, Follow::Ignore)),
+            Action::Record {
+                refers_to: Some(7),
+                cancels: false,
+                ..
+            }
+        ));
+        assert!(matches!(
+            run(&a, &known, rule(Follow::Notify, Follow::Ignore)),
+            Action::Create {
+                refers_to: Some(7),
+                ..
+            }
+        ));
+        // An update of something never acted on is judged as a new alert.
+        assert!(matches!(
+            run(&a, &Known::default(), rule(Follow::Ignore, Follow::Ignore)),
+            Action::Create {
+                refers_to: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_cancel_rescinds_only_when_notify_and_the_original_went_out() {
+        let mut c = update_doc();
+        c.msg_type = MsgType::Cancel;
+        c.references = vec![Reference {
+            sender: "s".into(),
+            identifier: "i".into(),
+            sent: c.sent,
+        }];
+        let out = Known {
+            seen: None,
+            referenced: vec![(seen(7, "Alert", "sent", Some(41)), true)],
+        };
+        assert!(matches!(
+            run(&c, &out, rule(Follow::Ignore, Follow::Notify)),
+            Action::Rescind {
+                original_alert: 41,
+                refers_to: 7,
+                ..
+            }
+        ));
+        assert!(matches!(
+            run(&c, &out, rule(Follow::Ignore, Follow::Ignore)),
+            Action::Record {
+                refers_to: Some(7),
+                cancels: true,
+                ..
+            }
+        ));
+        let held = Known {
+            seen: None,
+            referenced: vec![(seen(7, "Alert", "held", Some(41)), false)],
+        };
+        assert!(matches!(
+            run(&c, &held, rule(Follow::Ignore, Follow::Notify)),
+            Action::Record { cancels: true, ref why, .. } if why.contains("never went out")
+        ));
+    }
+
+    #[test]
+    fn a_message_seen_before_is_handled_once_unless_its_claim_was_left_pending() {
+        let a = update_doc();
+        let again = Known {
+            seen: Some(seen(9, "Update", "sent", Some(50))),
+            referenced: vec![],
+        };
+        assert_eq!(
+            run(&a, &again, rule(Follow::Notify, Follow::Notify)),
+            Action::AlreadyHandled {
+                outcome: "sent".into(),
+                alert_id: Some(50)
+            }
+        );
+        let pending = Known {
+            seen: Some(seen(9, "Update", PENDING, None)),
+            referenced: vec![],
+        };
+        assert!(matches!(
+            run(&a, &pending, rule(Follow::Notify, Follow::Notify)),
+            Action::Create { .. }
+        ));
+    }
+}
