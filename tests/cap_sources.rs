@@ -13,15 +13,20 @@ use sha2::Sha256;
 const SENDER: &str = "eoc@county.example.gov";
 
 fn cap(id: &str) -> String {
+    cap_with(id, &jiff::Timestamp::now().to_string(), "SPW", "Alert", "")
+}
+
+/// A CAP message with this SAME event code, type and references.
+fn cap_with(id: &str, sent: &str, code: &str, msg_type: &str, references: &str) -> String {
     let now = jiff::Timestamp::now();
     let expires = now + jiff::SignedDuration::from_hours(2);
     format!(
         r#"<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
-  <identifier>{id}</identifier><sender>{SENDER}</sender><sent>{now}</sent>
-  <status>Actual</status><msgType>Alert</msgType><scope>Public</scope>
-  <info><event>Shelter in Place Warning</event>
+  <identifier>{id}</identifier><sender>{SENDER}</sender><sent>{sent}</sent>
+  <status>Actual</status><msgType>{msg_type}</msgType><scope>Public</scope>{references}
+  <info><event>County warning</event>
     <urgency>Immediate</urgency><severity>Extreme</severity><certainty>Observed</certainty>
-    <eventCode><valueName>SAME</valueName><value>SPW</value></eventCode>
+    <eventCode><valueName>SAME</valueName><value>{code}</value></eventCode>
     <expires>{expires}</expires>
     <area><areaDesc>Example County</areaDesc>
       <geocode><valueName>SAME</valueName><value>048453</value></geocode></area>
@@ -46,6 +51,13 @@ event_codes = ["SPW"]
 zones = ["048453"]
 playbook = "shelter"
 approval = "auto"
+
+[[rules]]
+name = "county-evacuation"
+event_codes = ["EVI"]
+zones = ["048453"]
+playbook = "evacuation"
+approval = "manual"
 
 [triggers]
 watch_dir = "incoming"
@@ -185,6 +197,55 @@ async fn signed_webhook_triggers_and_refusals() {
     let list = alert_sources(&app);
     assert_eq!(list.len(), 2, "{list:?}");
     assert_eq!(list[1], ("shelter".into(), format!("cap:{SENDER}:X-1")));
+
+    // A held evacuation whose warning is then cancelled: withdrawn, never sent.
+    let sent = jiff::Timestamp::now().to_string();
+    let evi = cap_with("X-2", &sent, "EVI", "Alert", "");
+    let ts = now_s();
+    let (s, v) = post(
+        &app,
+        "county-eoc",
+        ts,
+        &sign("eoc-secret-456", ts, &evi),
+        &evi,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["handled"][0]["outcome"], "held", "{v}");
+    let held = v["handled"][0]["alert_id"].as_i64().unwrap();
+    let cancel = cap_with(
+        "X-3",
+        &jiff::Timestamp::now().to_string(),
+        "EVI",
+        "Cancel",
+        &format!("<references>{SENDER},X-2,{sent}</references>"),
+    );
+    let ts = now_s() + 2;
+    let (s, v) = post(
+        &app,
+        "county-eoc",
+        ts,
+        &sign("eoc-secret-456", ts, &cancel),
+        &cancel,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["handled"][0]["outcome"], "recorded", "{v}");
+    assert!(
+        v["handled"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("withdrawn"),
+        "{v}"
+    );
+    let state: String = app
+        .db()
+        .query_row("SELECT state FROM alerts WHERE id = ?1", [held], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(state, "cancelled");
+    assert_eq!(alert_sources(&app).len(), 3, "the cancel sends nothing");
 
     let m = app
         .http

@@ -49,6 +49,9 @@ pub enum Action {
         refers_to: Option<i64>,
         cancels: bool,
         why: String,
+        /// A held alert (never sent) started by the cancelled message: it is
+        /// withdrawn, so nobody approves a closure for a cancelled warning.
+        withdraw: Option<i64>,
     },
     /// Seen before: handled once.
     AlreadyHandled {
@@ -123,27 +126,31 @@ pub fn decide(
         .find(|(s, _)| s.alert_id.is_some() && s.msg_type != "Cancel");
     match alert.msg_type {
         MsgType::Cancel => {
-            let Some((orig, went_out)) = acted else {
+            let Some(&(ref orig, went_out)) = acted else {
                 return Action::Record {
                     refers_to: known.referenced.first().map(|(s, _)| s.id),
                     cancels: true,
                     why: "cancels an alert klaxon did not act on".into(),
+                    withdraw: None,
                 };
             };
             let original_alert = orig.alert_id.unwrap_or_default();
+            if !went_out {
+                return Action::Record {
+                    refers_to: Some(orig.id),
+                    cancels: true,
+                    why: format!(
+                        "alert {original_alert} never went out; it is withdrawn and nothing is sent"
+                    ),
+                    withdraw: Some(original_alert),
+                };
+            }
             match rule_named(rules, orig.rule.as_deref()) {
-                Some(rule) if rule.on_cancel == Follow::Notify && *went_out => Action::Rescind {
+                Some(rule) if rule.on_cancel == Follow::Notify => Action::Rescind {
                     rule: rule.name.clone(),
                     original_alert,
                     refers_to: orig.id,
                     text: rescind_text(alert),
-                },
-                Some(rule) if rule.on_cancel == Follow::Notify => Action::Record {
-                    refers_to: Some(orig.id),
-                    cancels: true,
-                    why: format!(
-                        "alert {original_alert} never went out, so there is nothing to rescind"
-                    ),
                 },
                 _ => Action::Record {
                     refers_to: Some(orig.id),
@@ -151,6 +158,7 @@ pub fn decide(
                     why: format!(
                         "cancellation of alert {original_alert} recorded (on_cancel = \"ignore\")"
                     ),
+                    withdraw: None,
                 },
             }
         }
@@ -162,6 +170,7 @@ pub fn decide(
                 return Action::Record {
                     refers_to: Some(orig.id),
                     cancels: false,
+                    withdraw: None,
                     why: format!(
                         "update of alert {} recorded (on_update = \"ignore\")",
                         orig.alert_id.unwrap_or_default()
@@ -340,7 +349,7 @@ mod tests {
         };
         assert!(matches!(
             run(&c, &held, rule(Follow::Ignore, Follow::Notify)),
-            Action::Record { cancels: true, ref why, .. } if why.contains("never went out")
+            Action::Record { cancels: true, withdraw: Some(41), ref why, .. } if why.contains("never went out")
         ));
     }
 

@@ -103,6 +103,7 @@ async fn act(
     row: i64,
     action: Action,
 ) -> Result<Handled, TriggerError> {
+    let mut withdraw = None;
     let (outcome, alert_id, detail, rule, refers_to, cancels) = match action {
         Action::Create {
             rule,
@@ -176,7 +177,11 @@ async fn act(
             refers_to,
             cancels,
             why,
-        } => ("recorded", None, why, None, refers_to, cancels),
+            withdraw: w,
+        } => {
+            withdraw = w;
+            ("recorded", None, why, None, refers_to, cancels)
+        }
         Action::AlreadyHandled { .. } | Action::Skip(_) => unreachable!("not claimed"),
     };
     let d = detail.clone();
@@ -195,6 +200,12 @@ async fn act(
             )?;
             if cancels && let Some(orig) = refers_to {
                 stored::mark_cancelled(c, orig, now)?;
+            }
+            // Withdraw a closure still held for approval: its warning is cancelled.
+            if let Some(id) = withdraw
+                && crate::store::alerts::get(c, id)?.state == "held"
+            {
+                crate::store::alerts::cancel(c, id, now, ACTOR)?;
             }
             Ok(())
         })
