@@ -247,6 +247,54 @@ async fn signed_webhook_triggers_and_refusals() {
     assert_eq!(state, "cancelled");
     assert_eq!(alert_sources(&app).len(), 3, "the cancel sends nothing");
 
+    // A held evacuation whose warning expires before anyone approves it: withdrawn.
+    let mut short = cap_with(
+        "X-4",
+        &jiff::Timestamp::now().to_string(),
+        "EVI",
+        "Alert",
+        "",
+    );
+    let (a, b) = (
+        short.find("<expires>").unwrap(),
+        short.find("</expires>").unwrap(),
+    );
+    let soon = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(2);
+    short.replace_range(a + "<expires>".len()..b, &soon.to_string());
+    let ts = now_s() + 3;
+    let (s, v) = post(
+        &app,
+        "county-eoc",
+        ts,
+        &sign("eoc-secret-456", ts, &short),
+        &short,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["handled"][0]["outcome"], "held", "{v}");
+    let held = v["handled"][0]["alert_id"].as_i64().unwrap();
+    let until = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (state, by): (String, String) = app
+            .db()
+            .query_row(
+                "SELECT a.state, coalesce((SELECT actor FROM audit WHERE alert_id = a.id AND action = 'alert.cancel'), '') FROM alerts a WHERE a.id = ?1",
+                [held],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        if state == "cancelled" {
+            assert_eq!(by, "cap-expired");
+            break;
+        }
+        assert_eq!(state, "held");
+        assert!(
+            Instant::now() < until,
+            "the expired held alert was not withdrawn"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     let m = app
         .http
         .get(format!("{}/metrics", app.base))

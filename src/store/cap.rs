@@ -113,6 +113,28 @@ pub fn finish(
     Ok(())
 }
 
+/// Sets when a claimed message expires (its held alert is withdrawn then).
+pub fn set_expires(conn: &Connection, id: i64, expires: Option<i64>) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE cap_messages SET expires = ?2 WHERE id = ?1",
+        params![id, expires],
+    )?;
+    Ok(())
+}
+
+/// Alerts started by CAP messages that have expired while the alert is
+/// still held for approval.
+pub fn held_and_expired(conn: &Connection, now: i64) -> Result<Vec<i64>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT m.alert_id FROM cap_messages m JOIN alerts a ON a.id = m.alert_id
+         WHERE m.outcome = 'held' AND m.expires IS NOT NULL AND m.expires <= ?1 AND a.state = 'held'",
+    )?;
+    let ids = st
+        .query_map([now], |r| r.get(0))?
+        .collect::<Result<Vec<i64>, _>>()?;
+    Ok(ids)
+}
+
 /// Marks a message as cancelled by a later one.
 pub fn mark_cancelled(conn: &Connection, id: i64, now: i64) -> Result<(), StoreError> {
     conn.execute(

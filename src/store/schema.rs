@@ -134,6 +134,7 @@ const MIGRATIONS: &[&str] = &[
         alert_id     INTEGER REFERENCES alerts(id),
         refers_to    INTEGER REFERENCES cap_messages(id),
         cancelled_at INTEGER,
+        expires      INTEGER,                -- the message's expiry: a held alert is withdrawn then
         UNIQUE (identifier, sender, sent)
     );
     CREATE INDEX alerts_source ON alerts (source);

@@ -186,6 +186,7 @@ async fn act(
     };
     let d = detail.clone();
     let now = now_ms();
+    let expires = alert.expires().map(|t| t.as_millisecond());
     state
         .store
         .write(move |c| {
@@ -198,6 +199,7 @@ async fn act(
                 alert_id,
                 refers_to,
             )?;
+            stored::set_expires(c, row, expires)?;
             if cancels && let Some(orig) = refers_to {
                 stored::mark_cancelled(c, orig, now)?;
             }
@@ -236,4 +238,37 @@ pub async fn webhook(
         hold: false,
     };
     crate::trigger::create(state, req, &label, &label).await
+}
+
+/// Withdraws closures held for approval whose CAP message has expired: an
+/// approval is only asked for while the warning stands. Returns the alerts
+/// withdrawn.
+pub async fn withdraw_expired(state: &AppState) -> Result<Vec<i64>, TriggerError> {
+    let now = now_ms();
+    let due = state
+        .store
+        .read(move |c| stored::held_and_expired(c, now))
+        .await?;
+    let mut done = Vec::new();
+    for id in due {
+        let withdrawn = state
+            .store
+            .write(move |c| {
+                // Approved meanwhile: leave it.
+                if crate::store::alerts::get(c, id)?.state != "held" {
+                    return Ok(false);
+                }
+                crate::store::alerts::cancel(c, id, now, "cap-expired")?;
+                Ok(true)
+            })
+            .await?;
+        if withdrawn {
+            tracing::info!(
+                alert = id,
+                "Held CAP alert withdrawn: its warning expired before approval."
+            );
+            done.push(id);
+        }
+    }
+    Ok(done)
 }

@@ -112,17 +112,37 @@ pub fn validate(feeds: &[FeedConfig], issues: &mut Issues) {
 /// Bodies larger than this are refused (the national NWS index is < 1 MB).
 const MAX_BODY: usize = crate::cap::parse::MAX_DOCUMENT_BYTES;
 
-/// Starts one poller per feed; each stops when `stop` turns true.
+/// Starts one poller per feed, and the task that withdraws held CAP alerts
+/// whose warning expired; each stops when `stop` turns true.
 pub fn spawn_all(
     state: &Arc<AppState>,
     stop: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    state
+    let mut tasks: Vec<_> = state
         .config
         .feeds
         .iter()
         .map(|f| tokio::spawn(run(state.clone(), f.clone(), stop.clone())))
-        .collect()
+        .collect();
+    if !state.config.rules.is_empty() {
+        tasks.push(tokio::spawn(expire_held(state.clone(), stop)));
+    }
+    tasks
+}
+
+/// How often held CAP alerts are checked against their message's expiry.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
+async fn expire_held(state: Arc<AppState>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(EXPIRY_CHECK) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        if let Err(e) = super::cap_act::withdraw_expired(&state).await {
+            tracing::error!(error = %e, "Cannot withdraw expired held CAP alerts.");
+        }
+    }
 }
 
 /// Validators from the last answer, sent back to get `304 Not Modified`.

@@ -54,15 +54,23 @@ pub fn spawn(
     let state = state.clone();
     Some(tokio::spawn(async move {
         let mut last: HashMap<PathBuf, Signature> = HashMap::new();
+        let mut failing: Option<String> = None;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
                 _ = stop.wait_for(|s| *s) => break,
             }
             let now = match scan(&dir) {
-                Ok(n) => n,
+                Ok(n) => {
+                    failing = None;
+                    n
+                }
                 Err(e) => {
-                    tracing::warn!(dir = %dir.display(), error = %e, "Cannot read the CAP drop folder.");
+                    // Once per kind of problem, not every poll.
+                    if failing.as_deref() != Some(&e.to_string()) {
+                        tracing::warn!(dir = %dir.display(), error = %e, "Cannot read the CAP drop folder.");
+                        failing = Some(e.to_string());
+                    }
                     continue;
                 }
             };
