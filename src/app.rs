@@ -197,6 +197,8 @@ impl App {
             )
         };
         let watcher = spawn_sis_watch(&state, stop_rx.clone());
+        let mut feeds = crate::trigger::feed::spawn_all(&state, stop_rx.clone());
+        feeds.extend(crate::trigger::watch::spawn(&state, stop_rx.clone()));
         // Alerts a crash interrupted while their audience was being written.
         let resumer = sv.clone();
         tokio::spawn(async move {
@@ -243,6 +245,16 @@ impl App {
         let _ = tokio::time::timeout(Duration::from_secs(2), tracker).await;
         if let Some(w) = watcher {
             let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+        }
+        for mut f in feeds {
+            if tokio::time::timeout(Duration::from_secs(2), &mut f)
+                .await
+                .is_err()
+            {
+                // A poll still waiting on the network: its message is not
+                // claimed yet, or is released, and is seen again after restart.
+                f.abort();
+            }
         }
         if let Some(w) = watchdog {
             w.abort();

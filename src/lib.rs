@@ -10,6 +10,7 @@
 pub mod ack;
 pub mod app;
 pub mod audience;
+pub mod cap;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -57,6 +57,18 @@ const COUNTERS: &[(&str, &str)] = &[
         "Background tasks that panicked and were restarted, by task",
     ),
     ("klaxon_alerts_closed_total", "Alerts closed, by reason"),
+    (
+        "klaxon_feed_polls_total",
+        "CAP feed polls, by feed and outcome (ok, not-modified, error)",
+    ),
+    (
+        "klaxon_cap_messages_total",
+        "CAP messages handled, by source and outcome",
+    ),
+    (
+        "klaxon_webhook_refusals_total",
+        "Signed webhook triggers refused, by source and reason (nothing recorded)",
+    ),
 ];
 
 /// Histograms of time to notify, in seconds from release.
@@ -84,6 +96,14 @@ const GAUGES: &[(&str, &str)] = &[
     (
         "klaxon_open_alerts",
         "Alerts not yet closed, by state and drill",
+    ),
+    (
+        "klaxon_feed_up",
+        "1 when the CAP feed's last poll succeeded, 0 when it failed",
+    ),
+    (
+        "klaxon_feed_last_success_timestamp_seconds",
+        "When the CAP feed last answered usable content (Unix time)",
     ),
 ];
 
@@ -192,6 +212,13 @@ impl Metrics {
             }
             None => debug_assert!(false, "gauge {name} is not registered"),
         }
+    }
+
+    /// A gauge's current value; `None` when it was never set.
+    pub fn gauge(&self, name: &'static str, l: &[(&str, &str)]) -> Option<f64> {
+        self.gauges
+            .get(name)
+            .and_then(|f| f.get(&labels(l)).map(|g| g.get()))
     }
 
     /// Renders every series as OpenMetrics text. `fill` sets the scrape-time

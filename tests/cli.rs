@@ -148,6 +148,7 @@ fn every_command_has_help_with_an_example() {
         vec!["report", "contactability"],
         vec!["demo"],
         vec!["token", "create"],
+        vec!["cap", "inspect"],
     ] {
         let out = Command::new(BIN).args(&cmd).arg("--help").output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);

@@ -3,9 +3,9 @@
 //! and exits non-zero with one clear line when something is wrong.
 
 mod client;
-mod output;
+pub(crate) mod output;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -150,6 +150,25 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// CAP weather and civil-defence alerts.
+    #[command(subcommand)]
+    Cap(CapCommand),
+}
+
+#[derive(Subcommand)]
+enum CapCommand {
+    /// What klaxon would do with each alert in a CAP XML, ATOM or api.weather.gov JSON file, and why.
+    #[command(
+        after_help = "Examples:\n  klaxon cap inspect storm.xml\n  klaxon cap inspect old-blizzard.xml --at 2021-12-27T12:00:00-06:00\n  curl -s -A 'district-it (it@example-isd.org)' 'https://api.weather.gov/alerts/active?zone=TXZ213' > now.json && klaxon cap inspect now.json --json\n\nNothing is sent. Exits non-zero only when the document cannot be understood."
+    )]
+    Inspect {
+        file: PathBuf,
+        /// Judge as of this time (RFC 3339), to replay a past storm against today's rules
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -389,6 +408,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::demo::run(confirm_share, keep, json).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cap(CapCommand::Inspect { file, at, json }) => {
+            cap_inspect(&cli.config, &file, at.as_deref(), json)
+        }
         Command::Token(TokenCommand::Create { role, name }) => {
             let config = load_config(&cli.config)?;
             let role = ApiRole::parse(&role).context("role must be admin, operator or viewer")?;
@@ -421,16 +443,44 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn cap_inspect(
+    config: &Option<PathBuf>,
+    file: &Path,
+    at: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let now = match at {
+        Some(t) => t.parse::<jiff::Timestamp>().with_context(|| {
+            format!("--at `{t}` is not a time; write it like 2021-12-27T12:00:00-06:00")
+        })?,
+        None => jiff::Timestamp::now(),
+    };
+    let config = load_config(config)?;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let doc = crate::cap::parse_document(&bytes)
+        .with_context(|| format!("{} cannot be understood", file.display()))?;
+    let conn = crate::store::cap::open_read_only(&config.store_dir());
+    let report = crate::cap::inspect::inspect(&doc, &config, conn.as_ref(), now);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        crate::cap::inspect::print(&report, &config.server.timezone);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn check_config(path: &Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     let path = path.clone().unwrap_or_else(Config::default_path);
     let mut warnings = Vec::new();
     let mut issues = match Config::load(&path) {
         Ok(config) => {
             warnings = config.warnings.clone();
-            match crate::app::build_providers(&config) {
+            let mut issues = match crate::app::build_providers(&config) {
                 Ok(_) => Vec::new(),
                 Err(issues) => issues,
-            }
+            };
+            issues.extend(crate::http::hook_trigger::check_secrets(&config));
+            issues
         }
         Err(ConfigError::Invalid { issues, .. }) => issues,
         Err(e) => bail!(e),

@@ -14,10 +14,14 @@ use serde::de::DeserializeOwned;
 pub use types::{ConfigIssue, Dur, Issues, Secret, relative_to, resolve_secret};
 
 use crate::audience::GroupConfig;
+use crate::cap::rules::{RuleConfig, SchoolGeo};
 use crate::deliver::providers::ProviderConfig;
 use crate::domain::Channel;
+use crate::http::hook_trigger::WebhookConfig;
 use crate::playbook::PlaybookConfig;
 use crate::sis::SisConfig;
+use crate::trigger::feed::FeedConfig;
+use crate::trigger::watch::TriggersConfig;
 
 /// The whole configuration, after validation.
 #[derive(Debug, Clone)]
@@ -33,6 +37,16 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub delivery: DeliveryConfig,
     pub playbooks: BTreeMap<String, PlaybookConfig>,
+    /// CAP rules (`[[rules]]`): which alerts start which playbook.
+    pub rules: Vec<RuleConfig>,
+    /// Where schools are (`[schools."ID"]`), for per-school CAP targeting.
+    pub schools: BTreeMap<String, SchoolGeo>,
+    /// CAP feeds polled by the daemon (`[[feeds]]`).
+    pub feeds: Vec<FeedConfig>,
+    /// Sources of signed webhook triggers (`[webhooks.NAME]`).
+    pub webhooks: BTreeMap<String, WebhookConfig>,
+    /// `[triggers]`: the CAP drop folder.
+    pub triggers: TriggersConfig,
     /// Things that work but deserve a look; `check-config` prints them.
     pub warnings: Vec<ConfigIssue>,
 }
@@ -320,10 +334,41 @@ impl Config {
             }
         }
 
+        let (rules, schools) = take_cap_sections(&mut root, &mut issues);
+        let mut feeds = Vec::new();
+        match root.remove("feeds") {
+            Some(toml::Value::Array(items)) => {
+                for (i, item) in items.into_iter().enumerate() {
+                    if let Some(f) =
+                        section::<FeedConfig>(&format!("feeds[{i}]"), item, &mut issues)
+                    {
+                        feeds.push(f);
+                    }
+                }
+            }
+            Some(_) => issues.push("feeds", "must be an array of tables: [[feeds]]"),
+            None => {}
+        }
+        let mut webhooks = BTreeMap::new();
+        match root.remove("webhooks") {
+            Some(toml::Value::Table(t)) => {
+                for (name, body) in t {
+                    if let Some(w) =
+                        section::<WebhookConfig>(&format!("webhooks.{name}"), body, &mut issues)
+                    {
+                        webhooks.insert(name, w);
+                    }
+                }
+            }
+            Some(_) => issues.push("webhooks", "must be a table of sources: [webhooks.NAME]"),
+            None => {}
+        }
+        let triggers = take_optional::<TriggersConfig>(&mut root, "triggers", &mut issues);
+
         for key in root.keys() {
             issues.push(
                 key.clone(),
-                "unknown section; expected server, store, sis, delivery, groups, providers or playbooks",
+                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools, feeds, webhooks or triggers",
             );
         }
 
@@ -373,6 +418,11 @@ impl Config {
             providers,
             delivery: delivery.unwrap_or_default(),
             playbooks,
+            rules,
+            schools,
+            feeds,
+            webhooks,
+            triggers: triggers.unwrap_or_default(),
         };
         config.validate(&mut issues);
         let mut config = config;
@@ -494,6 +544,9 @@ impl Config {
                 }
             }
         }
+        crate::cap::rules::validate(&self.rules, &self.schools, &self.playbooks, issues);
+        crate::trigger::feed::validate(&self.feeds, issues);
+        crate::http::hook_trigger::validate(&self.webhooks, &self.playbooks, issues);
         for (i, g) in self.groups.iter().enumerate() {
             if self.groups[..i].iter().any(|o| o.name == g.name) {
                 issues.push(
@@ -515,6 +568,38 @@ impl Config {
             .filter(|p| p.common().channels.contains(&channel))
             .collect()
     }
+}
+
+/// `[[rules]]` and `[schools."ID"]`: CAP rules and where schools are.
+fn take_cap_sections(
+    root: &mut toml::Table,
+    issues: &mut Issues,
+) -> (Vec<RuleConfig>, BTreeMap<String, SchoolGeo>) {
+    let mut rules = Vec::new();
+    match root.remove("rules") {
+        Some(toml::Value::Array(items)) => {
+            for (i, item) in items.into_iter().enumerate() {
+                if let Some(r) = section::<RuleConfig>(&format!("rules[{i}]"), item, issues) {
+                    rules.push(r);
+                }
+            }
+        }
+        Some(_) => issues.push("rules", "must be an array of tables: [[rules]]"),
+        None => {}
+    }
+    let mut schools = BTreeMap::new();
+    match root.remove("schools") {
+        Some(toml::Value::Table(t)) => {
+            for (id, body) in t {
+                if let Some(s) = section::<SchoolGeo>(&format!("schools.{id}"), body, issues) {
+                    schools.insert(id, s);
+                }
+            }
+        }
+        Some(_) => issues.push("schools", "must be a table of schools: [schools.\"ID\"]"),
+        None => {}
+    }
+    (rules, schools)
 }
 
 fn take_required<T: DeserializeOwned>(

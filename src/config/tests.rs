@@ -148,3 +148,55 @@ fn the_documented_example_config_is_valid() {
     assert_eq!(c.groups.len(), 2);
     assert_eq!(c.server.timezone, "America/Chicago");
 }
+
+#[test]
+fn cap_rules_and_schools_are_checked_with_their_keys() {
+    let text = format!(
+        "{GOOD}\n[[rules]]\nname = \"storm\"\nevents = [\"Winter Storm Warning\"]\nzones = [\"TXZ213\"]\nmin_severity = \"Severe\"\nplaybook = \"weather-closure\"\napproval = \"auto\"\n\n[[rules]]\nname = \"typo\"\nevents = [\"Blizzard Warning\"]\nzones = [\"TXZ213\"]\nplaybook = \"snow-day\"\n\n[schools.\"sch-a\"]\nzones = [\"TXZ213\"]\nlocation = [30.2, -97.7]\n"
+    );
+    let found = issues(&text);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].key, "rules[1].playbook");
+    assert!(found[0].message.contains("snow-day"));
+    // The line of the offending key in the file.
+    let line = text
+        .lines()
+        .position(|l| l == "playbook = \"snow-day\"")
+        .unwrap()
+        + 1;
+    assert_eq!(found[0].line, Some(line));
+
+    let ok = Config::from_str(
+        &text.replace("snow-day", "weather-closure"),
+        Path::new("/etc/klaxon/klaxon.toml"),
+    )
+    .unwrap();
+    assert_eq!(ok.rules.len(), 2);
+    assert_eq!(ok.rules[0].min_severity, Some(crate::cap::Severity::Severe));
+    assert_eq!(ok.schools["sch-a"].location, Some([30.2, -97.7]));
+
+    let bad = issues(&text.replace("min_severity = \"Severe\"", "min_severity = \"Awful\""));
+    assert!(
+        bad.iter().any(|i| i.key == "rules[0].min_severity"),
+        "{bad:?}"
+    );
+}
+
+#[test]
+fn feeds_and_webhooks_are_checked_with_their_keys() {
+    let text = format!(
+        "{GOOD}\n[[feeds]]\nname = \"nws\"\nkind = \"nws-api\"\nurl = \"https://api.weather.gov/alerts/active?zone=TXZ213\"\n\n[[feeds]]\nname = \"nws\"\nkind = \"rss\"\nurl = \"ftp://x\"\n\n[webhooks.panic]\nplaybooks = [\"lockdown\", \"fire-drill\"]\n\n[webhooks.eoc]\nsecret = \"hunter2\"\nplaybooks = [\"lockdown\"]\n"
+    );
+    let found = issues(&text);
+    let keys: Vec<&str> = found.iter().map(|i| i.key.as_str()).collect();
+    // nws-api without a User-Agent naming a contact.
+    assert!(keys.contains(&"feeds[0].user_agent"), "{found:?}");
+    assert!(keys.contains(&"feeds[1].kind"), "{found:?}");
+    assert!(keys.contains(&"webhooks.panic.secret_env"), "{found:?}");
+    assert!(keys.contains(&"webhooks.panic.playbooks"), "{found:?}");
+    let literal = found
+        .iter()
+        .find(|i| i.key == "webhooks.eoc.secret")
+        .unwrap();
+    assert!(literal.message.contains("secret_env"), "{literal:?}");
+}

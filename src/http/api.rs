@@ -431,12 +431,15 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .is_ok();
     let sis_ok = crate::sis::current_path(&state.config.store_dir()).exists();
     let panics = state.tasks.recent_panics(state.now_ms());
+    // CAP feeds failing for more than three intervals.
+    let feeds_failing = crate::trigger::feed::failing(&state);
     let body = serde_json::json!({
         "store": store_ok, "sis": sis_ok,
         "degraded": !panics.is_empty(),
         "tasks_restarted_recently": panics,
+        "feeds_failing": feeds_failing,
     });
-    let status = if store_ok && sis_ok {
+    let status = if store_ok && sis_ok && feeds_failing.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

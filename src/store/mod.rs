@@ -12,6 +12,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod cap;
 pub mod deliveries;
 pub mod keyfile;
 pub mod replies;

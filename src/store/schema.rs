@@ -166,6 +166,36 @@ const MIGRATIONS: &[&str] = &[
         at           INTEGER NOT NULL
     );
     "#,
+    // 5 (CAP trigger sources): each CAP message handled once, keyed
+    // by identifier + sender + sent, across feeds and restarts.
+    r#"
+    CREATE TABLE cap_messages (
+        id           INTEGER PRIMARY KEY,
+        identifier   TEXT NOT NULL,
+        sender       TEXT NOT NULL,
+        sent         INTEGER NOT NULL,
+        msg_type     TEXT NOT NULL,          -- Alert | Update | Cancel | ...
+        source       TEXT NOT NULL,          -- feed:<name> | webhook:<name> | watch-folder
+        received_at  INTEGER NOT NULL,
+        outcome      TEXT NOT NULL,          -- pending | sent | held | drill | recorded | skipped | failed
+        detail       TEXT,                   -- why, in words
+        rule         TEXT,                   -- the rule that matched
+        alert_id     INTEGER REFERENCES alerts(id),
+        refers_to    INTEGER REFERENCES cap_messages(id),
+        cancelled_at INTEGER,
+        expires      INTEGER,                -- the message's expiry: a held alert is withdrawn then
+        UNIQUE (identifier, sender, sent)
+    );
+    CREATE INDEX alerts_source ON alerts (source);
+    -- Signatures of signed webhook triggers, kept past their validity
+    -- window so a replayed request is refused, also across a restart.
+    CREATE TABLE webhook_signatures (
+        source     TEXT NOT NULL,
+        signature  TEXT NOT NULL,
+        seen_at    INTEGER NOT NULL,
+        PRIMARY KEY (source, signature)
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -16,6 +16,10 @@
 //! original's recipients: they reach exactly its people, their links open
 //! the original's page, and they wait for the original to be fully written.
 
+pub mod cap_act;
+pub mod feed;
+pub mod watch;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
