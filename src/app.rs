@@ -75,6 +75,8 @@ pub fn build_providers(config: &Config) -> Result<(Vec<Slot>, Vec<String>), Vec<
 /// A built daemon, listener bound, not yet running.
 pub struct App {
     state: Arc<AppState>,
+    /// The store folder's lock, held until the store is closed.
+    store_lock: crate::store::guard::StoreLock,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
 }
@@ -84,6 +86,9 @@ impl App {
     /// the providers and binds the listener (port 0 picks a free one).
     pub async fn build(config: Config) -> anyhow::Result<App> {
         let store_dir = config.store_dir();
+        // Before recovery: a second daemon must not requeue the first one's
+        // sends in flight (they would go out twice).
+        let store_lock = crate::store::guard::StoreLock::acquire(&store_dir)?;
         let store = Store::open(&store_dir, config.store.synchronous == "full")
             .with_context(|| format!("opening the store in {}", store_dir.display()))?;
         let now = now_ms();
@@ -132,6 +137,7 @@ impl App {
         });
         Ok(App {
             state,
+            store_lock,
             listener,
             addr,
         })
@@ -158,6 +164,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let App {
             state,
+            store_lock,
             listener,
             addr,
         } = self;
@@ -218,6 +225,7 @@ impl App {
         let store = state.store.clone();
         drop(state);
         store.close();
+        drop(store_lock);
         tracing::info!("Stopped.");
         Ok(())
     }

@@ -376,6 +376,9 @@ impl Config {
         };
         config.validate(&mut issues);
         let mut config = config;
+        if let Some(w) = plain_http_listener_warning(&config.server) {
+            config.warnings.push(w);
+        }
         for (name, pb) in &config.playbooks {
             if !pb.channels.contains(&Channel::Sms) {
                 continue;
@@ -587,3 +590,19 @@ fn locate_lines(text: &str, issues: &mut [ConfigIssue]) {
 
 #[cfg(test)]
 mod tests;
+
+/// A listener reachable from other hosts whose links are `http://`: tokens
+/// in acknowledgement links and API calls would cross the network in clear.
+fn plain_http_listener_warning(server: &ServerConfig) -> Option<ConfigIssue> {
+    if server.listen.ip().is_loopback() || !server.public_url.starts_with("http://") {
+        return None;
+    }
+    Some(ConfigIssue {
+        key: "server.listen".into(),
+        line: None,
+        message: format!(
+            "listens on {} (reachable from other hosts) while server.public_url is plain http://; put klaxon behind an https proxy and use an https:// public_url, or listen on 127.0.0.1",
+            server.listen
+        ),
+    })
+}

@@ -404,11 +404,18 @@ pub fn import(
         path: store_dir.to_path_buf(),
         source: e,
     })?;
+    // The SIS copy holds every family's contacts: private folder and file.
+    let private = |e: crate::store::StoreError| ImportError::Io {
+        path: store_dir.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    crate::store::guard::private_dir(store_dir).map_err(private)?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let tmp = TempFile(store_dir.join(format!(".sis.db.importing-{}-{nanos}", std::process::id())));
 
+    crate::store::guard::private_file(&tmp.0).map_err(private)?;
     let mut conn = Connection::open(&tmp.0).map_err(sql("creating the new SIS file"))?;
     conn.execute_batch(
         "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA locking_mode = EXCLUSIVE;

@@ -117,6 +117,12 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX deliveries_address;
     CREATE INDEX deliveries_address ON deliveries (address);
     "#,
+    // 4 (hardening, issue 12): the callback lookup by provider message id
+    // (a callback without `?d=`) scanned every delivery on the writer
+    // thread once migration 3 dropped this index.
+    r#"
+    CREATE INDEX IF NOT EXISTS deliveries_provider_msg ON deliveries (provider_msg_id) WHERE provider_msg_id IS NOT NULL;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -134,4 +140,28 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         txn.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callback_without_delivery_id_finds_its_row_by_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT id, state FROM deliveries WHERE provider_msg_id = ?1",
+            )
+            .unwrap()
+            .query_map(["SM1"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains("deliveries_provider_msg")),
+            "{plan:?}"
+        );
+    }
 }
