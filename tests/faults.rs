@@ -1,11 +1,21 @@
 //! Fault injection against the real binary and the real daemon: a second
-//! daemon on the same store, the SIS copy deleted under a running daemon.
+//! daemon on the same store, a provider that is down for a while, a
+//! wall-clock step, the SIS copy deleted under a running daemon.
+
+mod common;
+mod support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{config_text, import, make_token, start};
+use klaxon::store::tokens::ApiRole;
+use serde_json::json;
+use support::twilio_server::TwilioServer;
+
 const BIN: &str = env!("CARGO_BIN_EXE_klaxon");
+const SID: &str = "AC0123456789abcdef0123456789abcdef";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -143,4 +153,126 @@ fn a_second_daemon_on_the_same_store_refuses_and_touches_nothing() {
     }
     again.kill().unwrap();
     again.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_provider_down_for_a_while_pauses_sends_without_spending_attempts() {
+    let tw = TwilioServer::start(SID, "tok").await;
+    tw.faults().set_down(true);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("twilio.token"), "tok").unwrap();
+    // max_attempts = 3 would end every delivery `failed` within a second
+    // if retries were bounded by a count; the 15-minute window bounds them.
+    let extra = format!(
+        r#"
+[[providers]]
+name = "only"
+kind = "twilio"
+channels = ["sms", "voice"]
+api_base = "{}"
+account_sid = "{SID}"
+auth_token_file = "twilio.token"
+from = ["+15555550100"]
+per_sender_per_second = 1000
+
+[delivery]
+request_timeout = "1s"
+retry_initial = "50ms"
+retry_max = "200ms"
+max_attempts = 3
+breaker_failures = 2
+breaker_cooldown = "300ms"
+
+[playbooks.sms-only]
+title = "Lockdown"
+severity = "emergency"
+channels = ["sms"]
+roles = ["guardian", "staff"]
+ack_within = "15m"
+[playbooks.sms-only.messages]
+en = "LOCKDOWN at {{{{ school }}}}. Confirm: {{{{ link }}}}"
+"#,
+        tw.url()
+    );
+    std::fs::write(dir.path().join("klaxon.toml"), config_text(&extra)).unwrap();
+    import(dir.path(), Path::new(common::FIXTURE));
+    let admin = make_token(dir.path(), ApiRole::Admin).await;
+    let viewer = make_token(dir.path(), ApiRole::Viewer).await;
+    let app = start(dir, admin, viewer).await;
+    let r = app
+        .trigger(json!({"playbook": "sms-only", "audience": {}}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (failed, attempts): (i64, i64) = app
+        .db()
+        .query_row(
+            "SELECT count(*) FILTER (WHERE state = 'failed'), coalesce(sum(attempts), 0) FROM deliveries WHERE alert_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        failed, 0,
+        "nobody is given up on while the provider is down"
+    );
+    // 3 deliveries; 2 failures open the breaker, then one probe per pause
+    // (300 ms, 600 ms, ...): a handful of attempts, not one per retry tick.
+    assert!(
+        attempts <= 8,
+        "{attempts} attempts spent while the provider was down"
+    );
+    tw.faults().set_down(false);
+    let s = app.wait_settled(id).await;
+    assert_eq!(
+        s["totals"]["sent"], 3,
+        "everyone reached once it is back: {s}"
+    );
+    assert_eq!(tw.requests().len(), 3);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn first_attempts_are_due_whatever_the_wall_clock_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = klaxon::store::Store::open(dir.path(), false).unwrap();
+    let ids = store
+        .write(|c| {
+            let in_flight = insert_in_flight(c);
+            // Queued by a clock that was an hour ahead (then stepped back by
+            // NTP): a first attempt, and a retry that is not yet due.
+            c.execute(
+                "UPDATE deliveries SET state = 'queued', next_attempt_at = ?2 WHERE id = ?1",
+                rusqlite::params![in_flight, klaxon::store::now_ms() + 3_600_000],
+            )?;
+            c.execute(
+                "INSERT INTO deliveries (alert_id, recipient_id, channel, address, state, priority, attempts, next_attempt_at, created_at, updated_at)
+                 SELECT alert_id, recipient_id, 'sms', address, 'queued', 0, 1, ?1, 1, 1 FROM deliveries WHERE id = ?2",
+                rusqlite::params![klaxon::store::now_ms() + 3_600_000, in_flight],
+            )?;
+            Ok((in_flight, c.last_insert_rowid()))
+        })
+        .await
+        .unwrap();
+    let claimed = store
+        .write(|c| {
+            klaxon::store::deliveries::claim(
+                c,
+                klaxon::domain::Channel::Sms,
+                klaxon::store::now_ms(),
+                10,
+            )
+        })
+        .await
+        .unwrap();
+    let got: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+    assert_eq!(
+        got,
+        vec![ids.0],
+        "the first attempt is claimed, the retry waits"
+    );
+    store.close();
 }

@@ -93,7 +93,8 @@ pub struct DeliveryConfig {
     pub retry_initial: Dur,
     /// Longest delay between two attempts.
     pub retry_max: Dur,
-    /// Attempts before a delivery is given up as failed.
+    /// Attempts before a delivery is given up as failed, for alerts without
+    /// an acknowledgement deadline; with one, the deadline bounds retries.
     pub max_attempts: u32,
     /// Consecutive transient failures that put a provider on a cooling-off period.
     pub breaker_failures: u32,
