@@ -188,36 +188,28 @@ impl App {
         crate::systemd::notify_ready();
         let watchdog = crate::systemd::spawn_watchdog(stop_rx.clone());
 
-        let mut http_stop = stop_rx.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        let grace = state.config.server.shutdown_grace.0;
+        let server = spawn_server(&state, listener, router, stop_rx.clone(), grace);
         shutdown.await;
         tracing::info!("Shutting down: no new requests.");
         crate::systemd::notify_stopping();
         let _ = stop_tx.send(true);
-        let grace = state.config.server.shutdown_grace.0;
-        if tokio::time::timeout(grace, server).await.is_err() {
-            tracing::warn!("HTTP requests still open after the grace period; closing them.");
-        }
+        // One deadline for every step, so SIGTERM is answered within the
+        // grace period whatever clients and providers do.
+        let deadline = tokio::time::Instant::now() + grace;
+        let _ = tokio::time::timeout_at(deadline, server).await;
         tracing::info!("Finishing sends in flight.");
         for t in engine_tasks {
-            if tokio::time::timeout(grace, t).await.is_err() {
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
                 tracing::warn!(
                     "Sends still in flight after the grace period; they will be re-sent after restart."
                 );
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), tracker).await;
+        let short = deadline.min(tokio::time::Instant::now() + Duration::from_secs(2));
+        let _ = tokio::time::timeout_at(short, tracker).await;
         if let Some(w) = watcher {
-            let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+            let _ = tokio::time::timeout_at(short, w).await;
         }
         if let Some(w) = watchdog {
             w.abort();
@@ -229,6 +221,32 @@ impl App {
         tracing::info!("Stopped.");
         Ok(())
     }
+}
+
+/// Starts the HTTP accept loop with the connection limits of the config,
+/// after raising the open-file limit as far as the system allows.
+fn spawn_server(
+    state: &Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> tokio::task::JoinHandle<()> {
+    use crate::http::serve;
+    let server = &state.config.server;
+    let nofile = serve::raise_fd_limit();
+    let limits = serve::Limits {
+        header_read: server.header_read_timeout.0,
+        body_read: server.body_read_timeout.0,
+        max_connections: server.max_connections,
+    }
+    .fit_to_fd_limit(nofile);
+    tracing::info!(
+        open_file_limit = nofile.unwrap_or(0),
+        max_connections = limits.max_connections,
+        "Open-file limit raised as far as allowed."
+    );
+    tokio::spawn(serve::serve(listener, router, limits, stop, grace))
 }
 
 /// Watches `sis.watch_dir` for nightly exports; each outcome goes to the

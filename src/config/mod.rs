@@ -56,6 +56,29 @@ pub struct ServerConfig {
     /// IANA time zone for times shown to people (pages, status), e.g. "America/Chicago".
     #[serde(default = "default_tz")]
     pub timezone: String,
+    /// A request's header must arrive within this; a kept-alive connection
+    /// waiting for its next request is closed after it too (idle timeout).
+    #[serde(default = "default_header_read")]
+    pub header_read_timeout: Dur,
+    /// A request's whole body must arrive within this.
+    #[serde(default = "default_body_read")]
+    pub body_read_timeout: Dur,
+    /// Open HTTP connections at most (lowered to fit the open-file limit);
+    /// the last eighth is kept for /healthz, /readyz and acknowledgements.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_header_read() -> Dur {
+    Dur::secs(10)
+}
+
+fn default_body_read() -> Dur {
+    Dur::secs(30)
+}
+
+fn default_max_connections() -> usize {
+    1024
 }
 
 fn default_tz() -> String {
@@ -414,6 +437,20 @@ impl Config {
             );
         } else if url.ends_with('/') {
             issues.push("server.public_url", "must not end with a slash");
+        }
+        if self.server.max_connections < 16 {
+            issues.push("server.max_connections", "must be at least 16");
+        }
+        for (key, d) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout.0,
+            ),
+            ("server.body_read_timeout", self.server.body_read_timeout.0),
+        ] {
+            if d.is_zero() {
+                issues.push(key, "must be longer than zero");
+            }
         }
         if jiff::tz::TimeZone::get(&self.server.timezone).is_err() {
             issues.push(

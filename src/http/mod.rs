@@ -8,6 +8,7 @@ mod api;
 mod dashboard;
 mod hooks;
 mod pages;
+pub mod serve;
 
 use std::sync::Arc;
 
