@@ -4,6 +4,9 @@
 
 mod client;
 mod output;
+pub(crate) mod stdout;
+
+use stdout::{out, outln};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -298,9 +301,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await??;
             if json {
-                println!("{}", serde_json::to_string_pretty(&preview)?);
+                outln!("{}", serde_json::to_string_pretty(&preview)?);
             } else {
-                print!("{preview}");
+                out!("{preview}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -351,7 +354,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = Store::open(&config.store_dir(), true)?;
             let rows = store.read(crate::store::deliveries::contactability).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 output::contactability(&rows, &config.server.timezone);
             }
@@ -391,11 +394,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
                 .await?;
             store.close();
-            println!(
+            outln!(
                 "Created a {} token named \"{name}\". It is shown only this once; store it now:",
                 role.as_str()
             );
-            println!("{token}");
+            outln!("{token}");
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -425,19 +428,19 @@ fn check_config(path: &Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> 
             .iter()
             .map(|i| serde_json::json!({"key": i.key, "line": i.line, "message": i.message}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"file": path, "ok": issues.is_empty(), "problems": list, "warnings": warn})
         );
     } else if issues.is_empty() {
-        println!("{}: the configuration is valid.", path.display());
+        outln!("{}: the configuration is valid.", path.display());
         for w in &warnings {
-            println!("  warning: {w}");
+            outln!("  warning: {w}");
         }
     } else {
-        println!("{}: {} problem(s):", path.display(), issues.len());
+        outln!("{}: {} problem(s):", path.display(), issues.len());
         for i in &issues {
-            println!("  - {i}");
+            outln!("  - {i}");
         }
     }
     Ok(if issues.is_empty() {
@@ -468,15 +471,15 @@ async fn sis(config: &Option<PathBuf>, cmd: SisCommand) -> anyhow::Result<ExitCo
             match report {
                 Ok(r) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&r)?);
+                        outln!("{}", serde_json::to_string_pretty(&r)?);
                     } else {
-                        print!("{r}");
+                        out!("{r}");
                     }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
                     if json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::json!({"ok": false, "error": e.to_string()})
                         );
@@ -503,7 +506,7 @@ async fn sis(config: &Option<PathBuf>, cmd: SisCommand) -> anyhow::Result<ExitCo
             };
             let summary =
                 tokio::task::spawn_blocking(move || crate::sis::generate(&out, &opts)).await??;
-            println!(
+            outln!(
                 "Wrote a synthetic OneRoster 1.1 export to {}: {} schools, {} students, {} guardians in {} households, {} staff, {} classes, {} enrollments.",
                 summary.out.display(),
                 summary.schools,

@@ -239,9 +239,25 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
+        })?;
+        // Not UTF-8 is a problem in the file, like a syntax error (exit 2
+        // from check-config), not a failure to read it.
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+            let column =
+                good.len() - good.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                issues: vec![ConfigIssue {
+                    key: "(file)".into(),
+                    line: Some(line),
+                    message: format!("not valid UTF-8 at column {column}; save the file as UTF-8"),
+                }],
+            }
         })?;
         Config::from_str(&text, path)
     }
