@@ -276,3 +276,49 @@ async fn first_attempts_are_due_whatever_the_wall_clock_says() {
     );
     store.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sis_copy_deleted_under_a_running_daemon_refuses_alerts_clearly() {
+    let app = common::spawn_app().await;
+    std::fs::remove_file(app.path().join("state/sis.db")).unwrap();
+    let r = app
+        .trigger(json!({"playbook": "lockdown", "audience": {"schools": ["S1"]}}))
+        .await;
+    let status = r.status().as_u16();
+    let body = r.text().await.unwrap();
+    assert!(
+        status == 503 || (400..500).contains(&status),
+        "{status}: {body}"
+    );
+    assert!(body.contains("SIS"), "the answer says why: {body}");
+    assert!(!body.contains("internal error"), "{body}");
+    let ready = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    let why: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(why["sis"], false, "{why}");
+    assert!(
+        why["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("sis import")),
+        "{why}"
+    );
+    // Still up: health answers and nothing was stored.
+    let health = app
+        .http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let alerts: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM alerts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(alerts, 0);
+    app.stop().await;
+}

@@ -260,7 +260,15 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .await
         .is_ok();
     let sis_ok = crate::sis::current_path(&state.config.store_dir()).exists();
-    let body = serde_json::json!({ "store": store_ok, "sis": sis_ok });
+    // A sentence for the operator who reads the probe's answer.
+    let reason = match (store_ok, sis_ok) {
+        (true, true) => None,
+        (false, _) => Some("the store cannot be read; see the daemon's log"),
+        (true, false) => Some(
+            "there is no SIS copy (sis.db is missing); alerts are refused until `klaxon sis import` runs",
+        ),
+    };
+    let body = serde_json::json!({ "store": store_ok, "sis": sis_ok, "reason": reason });
     let status = if store_ok && sis_ok {
         StatusCode::OK
     } else {
