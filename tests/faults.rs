@@ -322,3 +322,93 @@ async fn the_sis_copy_deleted_under_a_running_daemon_refuses_alerts_clearly() {
     assert_eq!(alerts, 0);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_answering_30_percent_5xx_with_429_bursts_still_reaches_everyone_in_time() {
+    let tw = TwilioServer::start(SID, "tok").await;
+    // 30% 500s; every 40 requests a burst of 4 429s asking for 1 s.
+    tw.faults().flaky(0.30, 40, 4, 1, 12);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("twilio.token"), "tok").unwrap();
+    let extra = format!(
+        r#"
+[[providers]]
+name = "flaky"
+kind = "twilio"
+channels = ["sms", "voice"]
+api_base = "{}"
+account_sid = "{SID}"
+auth_token_file = "twilio.token"
+from = ["+15555550100"]
+max_per_second = 200
+per_sender_per_second = 200
+
+[delivery]
+request_timeout = "2s"
+retry_initial = "100ms"
+retry_max = "1s"
+breaker_failures = 5
+breaker_cooldown = "500ms"
+
+[playbooks.sms-only]
+title = "Lockdown"
+severity = "emergency"
+channels = ["sms"]
+roles = ["guardian", "staff"]
+notify_within = "30s"
+ack_within = "15m"
+[playbooks.sms-only.messages]
+en = "LOCKDOWN at {{{{ school }}}}. Confirm: {{{{ link }}}}"
+"#,
+        tw.url()
+    );
+    std::fs::write(dir.path().join("klaxon.toml"), config_text(&extra)).unwrap();
+    let export = tempfile::tempdir().unwrap();
+    klaxon::sis::generate(
+        export.path(),
+        &klaxon::sis::GenerateOptions {
+            students: 120,
+            seed: 5,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    import(dir.path(), export.path());
+    let admin = make_token(dir.path(), ApiRole::Admin).await;
+    let viewer = make_token(dir.path(), ApiRole::Viewer).await;
+    let app = start(dir, admin, viewer).await;
+    let t = Instant::now();
+    let r = app
+        .trigger(json!({"playbook": "sms-only", "audience": {}}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let s = app.wait_settled(id).await;
+    let took = t.elapsed();
+    let (total, sent, attempts): (i64, i64, i64) = app
+        .db()
+        .query_row(
+            "SELECT count(*), count(*) FILTER (WHERE state = 'sent'), sum(attempts) FROM deliveries WHERE alert_id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    eprintln!(
+        "flaky provider: {sent}/{total} sent in {:.1} s, {attempts} attempts, {} requests accepted",
+        took.as_secs_f64(),
+        tw.requests().len()
+    );
+    assert!(total > 100, "{total}");
+    assert_eq!(sent, total, "everyone reached: {s}");
+    assert!(
+        attempts > total,
+        "the faults were injected: {attempts} attempts"
+    );
+    assert_eq!(s["deadline_met"], true, "{s}");
+    // Accepted once each: no duplicate sends.
+    assert_eq!(tw.requests().len() as i64, total);
+    assert!(tw.violations().is_empty(), "{:?}", tw.violations());
+    app.stop().await;
+}

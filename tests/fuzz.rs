@@ -39,15 +39,16 @@ where
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     let cases = batch();
-    let mut runner = TestRunner::new(PtConfig {
-        cases,
-        failure_persistence: None,
-        max_shrink_iters: 2000,
-        ..PtConfig::default()
-    });
     let started = Instant::now();
     let mut executed: u64 = 0;
     loop {
+        // A runner runs `cases` once; a fresh one (fresh seed) per batch.
+        let mut runner = TestRunner::new(PtConfig {
+            cases,
+            failure_persistence: None,
+            max_shrink_iters: 2000,
+            ..PtConfig::default()
+        });
         if let Err(e) = runner.run(&strategy, &test) {
             panic!("fuzz target {name} failed after {executed} cases: {e}");
         }
