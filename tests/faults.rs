@@ -412,3 +412,175 @@ en = "LOCKDOWN at {{{{ school }}}}. Confirm: {{{{ link }}}}"
     assert!(tw.violations().is_empty(), "{:?}", tw.violations());
     app.stop().await;
 }
+
+/// A size-limited tmpfs mounted on a folder for the life of the value.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// `None` (with a note) when this process may not mount: not root, or a
+    /// container without the right.
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            eprintln!("skipped: mounting a size-limited tmpfs needs root");
+            return None;
+        }
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("skipped: cannot mount a tmpfs here (no CAP_SYS_ADMIN?)");
+            return None;
+        }
+        Some(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `dir` until it refuses another byte.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while f.write_all(&chunk).is_ok() {}
+    let small = [0u8; 512];
+    while f.write_all(&small).is_ok() {}
+    let _ = f.sync_all();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_under_the_store_loses_nothing_acknowledged_and_errors_honestly() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_mount) = Tmpfs::mount(&dir.path().join("state"), "8m") else {
+        return;
+    };
+    std::fs::write(
+        dir.path().join("klaxon.toml"),
+        config_text(common::LOG_PROVIDER),
+    )
+    .unwrap();
+    import(dir.path(), Path::new(common::FIXTURE));
+    let admin = make_token(dir.path(), ApiRole::Admin).await;
+    let viewer = make_token(dir.path(), ApiRole::Viewer).await;
+    let app = start(dir, admin, viewer).await;
+    let trigger = |school: &'static str| {
+        app.trigger(json!({"playbook": "lockdown", "audience": {"schools": [school]}}))
+    };
+    let first = trigger("S1").await;
+    assert_eq!(first.status(), 201);
+    let first = first.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    app.wait_settled(first).await;
+    let tokens: Vec<String> = app
+        .db()
+        .prepare("SELECT token FROM recipients WHERE alert_id = ?1")
+        .unwrap()
+        .query_map([first], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(tokens.len() >= 2);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let ack = |token: &str| {
+        http.post(format!("{}/a/{token}", app.base))
+            .form(&[("ack", "1")])
+            .send()
+    };
+    assert_eq!(ack(&tokens[0]).await.unwrap().status(), 303);
+
+    let filler = fill(&app.path().join("state"));
+    // Whatever is answered as done must be on disk; the rest must say so.
+    let mut created = vec![first];
+    let mut refused = 0;
+    for _ in 0..5 {
+        let r = trigger("S2").await;
+        let status = r.status().as_u16();
+        let body = r.text().await.unwrap();
+        if status == 201 {
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+            created.push(v["id"].as_i64().unwrap());
+        } else {
+            assert!(status >= 500, "{status}: {body}");
+            refused += 1;
+        }
+    }
+    let mut acked = vec![tokens[0].clone()];
+    for t in &tokens[1..] {
+        let r = ack(t).await.unwrap();
+        if r.status() == 303 {
+            acked.push(t.clone());
+        } else {
+            assert!(r.status().is_server_error(), "{}", r.status());
+        }
+    }
+    eprintln!(
+        "disk full: {} of 5 alerts refused, {} of {} acknowledgements taken",
+        refused,
+        acked.len() - 1,
+        tokens.len() - 1
+    );
+    assert!(
+        refused > 0,
+        "the disk was not full enough to refuse anything"
+    );
+    // The daemon is still up and recovers once there is room again.
+    let health = http
+        .get(format!("{}/healthz", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    std::fs::remove_file(filler).unwrap();
+    let again = trigger("S2").await;
+    assert_eq!(
+        again.status(),
+        201,
+        "the store recovers once space is freed"
+    );
+    created.push(
+        again.json::<serde_json::Value>().await.unwrap()["id"]
+            .as_i64()
+            .unwrap(),
+    );
+    let (dir, _, _) = app.stop().await;
+
+    let db = rusqlite::Connection::open(dir.path().join("state/klaxon.db")).unwrap();
+    for id in &created {
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM alerts WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(n, 1, "alert {id} was answered 201 but is not stored");
+    }
+    for t in &acked {
+        let at: Option<i64> = db
+            .query_row(
+                "SELECT acked_at FROM recipients WHERE token = ?1",
+                [t],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(at.is_some(), "an acknowledgement answered 303 was lost");
+    }
+}
