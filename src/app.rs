@@ -81,6 +81,8 @@ pub fn build_providers(config: &Config) -> Result<(Vec<Slot>, Vec<String>), Vec<
 /// A built daemon, listener bound, not yet running.
 pub struct App {
     state: Arc<AppState>,
+    /// The store folder's lock, held until the store is closed.
+    store_lock: crate::store::guard::StoreLock,
     listener: tokio::net::TcpListener,
     addr: SocketAddr,
 }
@@ -95,6 +97,9 @@ impl App {
     /// As `build`, with the clock every deadline reads (tests move it).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<App> {
         let store_dir = config.store_dir();
+        // Before recovery: a second daemon must not requeue the first one's
+        // sends in flight (they would go out twice).
+        let store_lock = crate::store::guard::StoreLock::acquire(&store_dir)?;
         let store = Store::open(&store_dir, config.store.synchronous == "full")
             .with_context(|| format!("opening the store in {}", store_dir.display()))?;
         let ack_key = crate::store::keyfile::load_or_create(&store_dir).with_context(|| {
@@ -154,6 +159,7 @@ impl App {
         });
         Ok(App {
             state,
+            store_lock,
             listener,
             addr,
         })
@@ -180,6 +186,7 @@ impl App {
     ) -> anyhow::Result<()> {
         let App {
             state,
+            store_lock,
             listener,
             addr,
         } = self;
@@ -215,42 +222,31 @@ impl App {
         crate::systemd::notify_ready();
         let watchdog = crate::systemd::spawn_watchdog(stop_rx.clone());
 
-        let mut http_stop = stop_rx.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        let grace = state.config.server.shutdown_grace.0;
+        let server = spawn_server(&state, listener, router, stop_rx.clone(), grace);
         shutdown.await;
         tracing::info!("Shutting down: no new requests.");
         crate::systemd::notify_stopping();
         let _ = stop_tx.send(true);
-        let grace = state.config.server.shutdown_grace.0;
-        if tokio::time::timeout(grace, server).await.is_err() {
-            tracing::warn!("HTTP requests still open after the grace period; closing them.");
-        }
+        // One deadline for every step, so SIGTERM is answered within the
+        // grace period whatever clients and providers do.
+        let deadline = tokio::time::Instant::now() + grace;
+        let _ = tokio::time::timeout_at(deadline, server).await;
         tracing::info!("Finishing sends in flight.");
         for t in engine_tasks {
-            if tokio::time::timeout(grace, t).await.is_err() {
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
                 tracing::warn!(
                     "Sends still in flight after the grace period; they will be re-sent after restart."
                 );
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), tracker).await;
+        let short = deadline.min(tokio::time::Instant::now() + Duration::from_secs(2));
+        let _ = tokio::time::timeout_at(short, tracker).await;
         if let Some(w) = watcher {
-            let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
+            let _ = tokio::time::timeout_at(short, w).await;
         }
         for mut f in feeds {
-            if tokio::time::timeout(Duration::from_secs(2), &mut f)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(short, &mut f).await.is_err() {
                 // A poll still waiting on the network: its message is not
                 // claimed yet, or is released, and is seen again after restart.
                 f.abort();
@@ -261,10 +257,40 @@ impl App {
         }
         let store = state.store.clone();
         drop(state);
-        store.close();
+        let left = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_millis(200));
+        store.close_within(left);
+        drop(store_lock);
         tracing::info!("Stopped.");
         Ok(())
     }
+}
+
+/// Starts the HTTP accept loop with the connection limits of the config,
+/// after raising the open-file limit as far as the system allows.
+fn spawn_server(
+    state: &Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+) -> tokio::task::JoinHandle<()> {
+    use crate::http::serve;
+    let server = &state.config.server;
+    let nofile = serve::raise_fd_limit();
+    let limits = serve::Limits {
+        header_read: server.header_read_timeout.0,
+        body_read: server.body_read_timeout.0,
+        max_connections: server.max_connections,
+    }
+    .fit_to_fd_limit(nofile);
+    tracing::info!(
+        open_file_limit = nofile.unwrap_or(0),
+        max_connections = limits.max_connections,
+        "Open-file limit raised as far as allowed."
+    );
+    tokio::spawn(serve::serve(listener, router, limits, stop, grace))
 }
 
 /// Watches `sis.watch_dir` for nightly exports; each outcome goes to the

@@ -8,14 +8,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::Notify;
 
-/// Milliseconds since the Unix epoch, possibly moved forward by a test.
-#[derive(Clone, Default)]
+/// Milliseconds since the Unix epoch: the wall clock read once when the
+/// clock is made, advanced by the monotonic clock since, so an NTP step of
+/// the system clock neither stalls queued retries nor fires them early.
+/// Tests move it forward.
+#[derive(Clone)]
 pub struct Clock {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
+impl Default for Clock {
+    fn default() -> Self {
+        Clock {
+            inner: Arc::new(Inner {
+                epoch: std::time::Instant::now(),
+                epoch_ms: system_ms(),
+                offset_ms: AtomicI64::new(0),
+                moved: Notify::new(),
+            }),
+        }
+    }
+}
+
 struct Inner {
+    epoch: std::time::Instant,
+    epoch_ms: i64,
     /// Added to the system time; only tests move it.
     offset_ms: AtomicI64,
     /// Wakes sleepers when the clock is moved.
@@ -38,7 +55,9 @@ impl Clock {
     }
 
     pub fn now_ms(&self) -> i64 {
-        system_ms() + self.inner.offset_ms.load(Ordering::Relaxed)
+        self.inner.epoch_ms
+            + self.inner.epoch.elapsed().as_millis() as i64
+            + self.inner.offset_ms.load(Ordering::Relaxed)
     }
 
     /// Moves the clock forward (tests) and wakes everything sleeping on it.

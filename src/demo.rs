@@ -5,6 +5,8 @@
 //! their links over HTTP (GET, then POST), sends the all-clear and prints a
 //! report.
 
+use crate::cli::stdout::outln;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -228,7 +230,7 @@ pub async fn run(
         all_clear_recipients: clear["recipients"].as_i64().unwrap_or(0),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_report(&report, &imported.to_string(), kept);
     }
@@ -236,52 +238,57 @@ pub async fn run(
 }
 
 fn print_report(r: &DemoReport, imported: &str, kept: bool) {
-    println!();
-    println!("klaxon demo — lockdown at {}", r.school);
-    println!("==========================================");
-    println!("SIS import:");
+    outln!();
+    outln!("klaxon demo — lockdown at {}", r.school);
+    outln!("==========================================");
+    outln!("SIS import:");
     // The summary, not the list of warnings (those name contacts; `klaxon sis import` shows them).
     for line in imported.lines() {
-        println!("  {line}");
+        outln!("  {line}");
         if line.contains("warning(s)") {
             break;
         }
     }
-    println!(
+    outln!(
         "Audience:        {} recipients ({} guardians, {} staff); {} with no usable address",
-        r.recipients, r.guardians, r.staff, r.unreachable
+        r.recipients,
+        r.guardians,
+        r.staff,
+        r.unreachable
     );
     let per: Vec<String> = r
         .handed_over
         .as_object()
         .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
         .unwrap_or_default();
-    println!(
+    outln!(
         "Handed over:     {} (undeliverable or failed: {})",
         per.join(", "),
         r.undeliverable
     );
-    println!(
+    outln!(
         "Trigger to last hand-over: {:.2} s against a {:.0} s deadline: {}",
         r.handover_seconds,
         r.deadline_seconds,
         if r.deadline_met { "MET" } else { "MISSED" }
     );
-    println!(
+    outln!(
         "Confirmations:   {} ({} links opened with GET, then confirmed with POST)",
-        r.confirmations, r.links_opened
+        r.confirmations,
+        r.links_opened
     );
-    println!(
+    outln!(
         "All-clear:       alert {} to the same {} recipients",
-        r.all_clear_id, r.all_clear_recipients
+        r.all_clear_id,
+        r.all_clear_recipients
     );
     if kept {
-        println!(
+        outln!(
             "Every message is in {}",
             r.folder.join("outbox.jsonl").display()
         );
     } else {
-        println!(
+        outln!(
             "Run with --keep DIR to keep the export, the store and every message (outbox.jsonl)."
         );
     }

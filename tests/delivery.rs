@@ -55,7 +55,7 @@ request_timeout = "1s"
 retry_initial = "50ms"
 retry_max = "300ms"
 breaker_failures = 2
-breaker_cooldown = "30s"
+breaker_cooldown = "300ms"
 
 [playbooks.sms-only]
 title = "Lockdown"

@@ -1,6 +1,8 @@
 //! Commands that talk to the running daemon over its HTTP API, with the token
 //! from `KLAXON_TOKEN` and the address from the config.
 
+use crate::cli::stdout::outln;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -81,11 +83,11 @@ pub async fn trigger(
     let created: TriggerResponse =
         call(config, reqwest::Method::POST, "/api/v1/alerts", Some(body)).await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&created)?);
+        outln!("{}", serde_json::to_string_pretty(&created)?);
     } else {
         output::created(&created);
         // The id alone on the last line, for scripts that read it.
-        println!("{}", created.id);
+        outln!("{}", created.id);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -100,7 +102,7 @@ pub async fn status(
         let list: serde_json::Value =
             call(config, reqwest::Method::GET, "/api/v1/alerts", None).await?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&list)?);
+            outln!("{}", serde_json::to_string_pretty(&list)?);
         } else {
             output::alert_list(&list, &config.server.timezone);
         }
@@ -115,7 +117,7 @@ pub async fn status(
         )
         .await?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&s)?);
+            outln!("{}", serde_json::to_string_pretty(&s)?);
         } else {
             output::alert_status(&s, &config.server.timezone);
         }
@@ -124,7 +126,7 @@ pub async fn status(
             return Ok(ExitCode::SUCCESS);
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        println!();
+        outln!();
     }
 }
 
@@ -147,26 +149,26 @@ pub async fn action(
     )
     .await?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(ExitCode::SUCCESS);
     }
     match what {
         "all-clear" | "updates" => {
             let created: TriggerResponse = serde_json::from_value(v)?;
             if what == "all-clear" {
-                println!("All-clear for alert {id} sent; alert {id} is closed.");
+                outln!("All-clear for alert {id} sent; alert {id} is closed.");
             } else {
-                println!("Update for alert {id} sent to the same people.");
+                outln!("Update for alert {id} sent to the same people.");
             }
             output::created(&created);
-            println!("{}", created.id);
+            outln!("{}", created.id);
         }
-        "cancel" => println!(
+        "cancel" => outln!(
             "Alert {id} cancelled; {} unsent message(s) will not go out.",
             v["unsent"]
         ),
         _ => {
-            println!("Alert {id} approved and sending.");
+            outln!("Alert {id} approved and sending.");
             output::alert_status(&v, &config.server.timezone);
         }
     }

@@ -4,6 +4,9 @@
 
 mod client;
 pub(crate) mod output;
+pub(crate) mod stdout;
+
+use stdout::{out, outln};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -329,9 +332,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })
             .await??;
             if json {
-                println!("{}", serde_json::to_string_pretty(&preview)?);
+                outln!("{}", serde_json::to_string_pretty(&preview)?);
             } else {
-                print!("{preview}");
+                out!("{preview}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -390,7 +393,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = Store::open(&config.store_dir(), true)?;
             let rows = store.read(crate::store::deliveries::contactability).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows)?);
+                outln!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 output::contactability(&rows, &config.server.timezone);
             }
@@ -433,11 +436,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 })
                 .await?;
             store.close();
-            println!(
+            outln!(
                 "Created a {} token named \"{name}\". It is shown only this once; store it now:",
                 role.as_str()
             );
-            println!("{token}");
+            outln!("{token}");
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -495,19 +498,19 @@ fn check_config(path: &Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> 
             .iter()
             .map(|i| serde_json::json!({"key": i.key, "line": i.line, "message": i.message}))
             .collect();
-        println!(
+        outln!(
             "{}",
             serde_json::json!({"file": path, "ok": issues.is_empty(), "problems": list, "warnings": warn})
         );
     } else if issues.is_empty() {
-        println!("{}: the configuration is valid.", path.display());
+        outln!("{}: the configuration is valid.", path.display());
         for w in &warnings {
-            println!("  warning: {w}");
+            outln!("  warning: {w}");
         }
     } else {
-        println!("{}: {} problem(s):", path.display(), issues.len());
+        outln!("{}: {} problem(s):", path.display(), issues.len());
         for i in &issues {
-            println!("  - {i}");
+            outln!("  - {i}");
         }
     }
     Ok(if issues.is_empty() {
@@ -538,15 +541,15 @@ async fn sis(config: &Option<PathBuf>, cmd: SisCommand) -> anyhow::Result<ExitCo
             match report {
                 Ok(r) => {
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&r)?);
+                        outln!("{}", serde_json::to_string_pretty(&r)?);
                     } else {
-                        print!("{r}");
+                        out!("{r}");
                     }
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
                     if json {
-                        println!(
+                        outln!(
                             "{}",
                             serde_json::json!({"ok": false, "error": e.to_string()})
                         );
@@ -573,7 +576,7 @@ async fn sis(config: &Option<PathBuf>, cmd: SisCommand) -> anyhow::Result<ExitCo
             };
             let summary =
                 tokio::task::spawn_blocking(move || crate::sis::generate(&out, &opts)).await??;
-            println!(
+            outln!(
                 "Wrote a synthetic OneRoster 1.1 export to {}: {} schools, {} students, {} guardians in {} households, {} staff, {} classes, {} enrollments.",
                 summary.out.display(),
                 summary.schools,

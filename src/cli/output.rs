@@ -1,5 +1,7 @@
 //! Readable terminal output: short sentences and aligned tables.
 
+use crate::cli::stdout::outln;
+
 use crate::store::deliveries::ContactProblem;
 use crate::trigger::TriggerResponse;
 
@@ -31,7 +33,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| format!("{c:<w$}", w = widths.get(i).copied().unwrap_or(0)))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        outln!("{}", parts.join("  ").trim_end());
     };
     line(header.iter().map(|h| h.to_string()).collect());
     line(widths.iter().map(|w| "-".repeat(*w)).collect());
@@ -46,7 +48,7 @@ pub fn created(c: &TriggerResponse) {
     } else {
         "created and sending"
     };
-    println!(
+    outln!(
         "Alert {} {what}{}: {} recipient(s), {} message(s), {} with no usable address.",
         c.id,
         if c.drill { " (DRILL)" } else { "" },
@@ -55,20 +57,20 @@ pub fn created(c: &TriggerResponse) {
         c.unreachable
     );
     if let Some(d) = &c.deadline {
-        println!(
+        outln!(
             "Everyone is to be handed over by {d} (estimate: {:.0} s).",
             c.estimate_seconds
         );
     }
     if let Some(w) = &c.warning {
-        println!("WARNING: {w}");
+        outln!("WARNING: {w}");
     }
 }
 
 pub fn alert_list(list: &serde_json::Value, tz: &str) {
     let Some(items) = list.as_array() else { return };
     if items.is_empty() {
-        println!("No alerts yet.");
+        outln!("No alerts yet.");
         return;
     }
     let rows: Vec<Vec<String>> = items
@@ -95,7 +97,7 @@ pub fn alert_list(list: &serde_json::Value, tz: &str) {
 }
 
 pub fn alert_status(s: &serde_json::Value, tz: &str) {
-    println!(
+    outln!(
         "Alert {} — {}{} — {}",
         s["id"],
         if s["drill"] == true { "DRILL " } else { "" },
@@ -103,8 +105,8 @@ pub fn alert_status(s: &serde_json::Value, tz: &str) {
         s["place"].as_str().unwrap_or("")
     );
     match s["closed_reason"].as_str() {
-        Some(r) => println!("State:        closed ({r})"),
-        None => println!("State:        {}", s["state"].as_str().unwrap_or("")),
+        Some(r) => outln!("State:        closed ({r})"),
+        None => outln!("State:        {}", s["state"].as_str().unwrap_or("")),
     }
     let verdict = match s["deadline_met"].as_bool() {
         Some(true) => "met".to_string(),
@@ -114,16 +116,20 @@ pub fn alert_status(s: &serde_json::Value, tz: &str) {
             None => "pending".into(),
         },
     };
-    println!(
+    outln!(
         "Deadline:     {} ({verdict})",
         local(s["notify_deadline"].as_i64(), tz)
     );
     if let Some(h) = s["handover_seconds"].as_f64() {
-        println!("Handed over:  every first delivery in {h:.1} s");
+        outln!("Handed over:  every first delivery in {h:.1} s");
     }
-    println!(
+    outln!(
         "Recipients:   {} ({} with no usable address); reached {}; delivered {}; confirmed {}",
-        s["recipients"], s["unreachable"], s["reached"], s["delivered"], s["acknowledged"]
+        s["recipients"],
+        s["unreachable"],
+        s["reached"],
+        s["delivered"],
+        s["acknowledged"]
     );
     let spread =
         |v: &serde_json::Value| match (v["p50"].as_f64(), v["p95"].as_f64(), v["max"].as_f64()) {
@@ -131,7 +137,7 @@ pub fn alert_status(s: &serde_json::Value, tz: &str) {
             _ => "—".into(),
         };
     let f = &s["figures"];
-    println!(
+    outln!(
         "Time to:      hand-over {}; delivery {}; confirmation {}",
         spread(&f["handover"]),
         spread(&f["delivery"]),
@@ -143,7 +149,7 @@ pub fn alert_status(s: &serde_json::Value, tz: &str) {
             .as_object()
             .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect())
             .unwrap_or_default();
-        println!(
+        outln!(
             "Escalation:   started {}, {} delivery(ies): {}; confirmed since: {}",
             local(e["started_at"].as_i64(), tz),
             e["deliveries"],
@@ -152,19 +158,21 @@ pub fn alert_status(s: &serde_json::Value, tz: &str) {
         );
     }
     if s["conflicts"].as_i64().unwrap_or(0) > 0 {
-        println!(
+        outln!(
             "Pickup:       {} student(s) whose guardians answered differently; see /api/v1/alerts/{}/pickup",
-            s["conflicts"], s["id"]
+            s["conflicts"],
+            s["id"]
         );
     }
     if s["inbox"].as_i64().unwrap_or(0) > 0 {
-        println!(
+        outln!(
             "Inbox:        {} message(s) from recipients; see /api/v1/alerts/{}/inbox",
-            s["inbox"], s["id"]
+            s["inbox"],
+            s["id"]
         );
     }
     if let Some(w) = s["warning"].as_str() {
-        println!("WARNING:      {w}");
+        outln!("WARNING:      {w}");
     }
     let states = [
         "queued",
@@ -186,7 +194,7 @@ pub fn alert_status(s: &serde_json::Value, tz: &str) {
         }
     }
     if !rows.is_empty() {
-        println!();
+        outln!();
         let mut header = vec!["CHANNEL"];
         header.extend(states);
         table(&header, &rows);
@@ -194,7 +202,7 @@ pub fn alert_status(s: &serde_json::Value, tz: &str) {
     if let Some(ch) = s["choices"].as_object()
         && !ch.is_empty()
     {
-        println!();
+        outln!();
         let rows: Vec<Vec<String>> = ch
             .iter()
             .map(|(k, v)| vec![k.clone(), v.to_string()])
@@ -205,10 +213,10 @@ pub fn alert_status(s: &serde_json::Value, tz: &str) {
 
 pub fn contactability(rows: &[ContactProblem], tz: &str) {
     if rows.is_empty() {
-        println!("No contact has failed permanently.");
+        outln!("No contact has failed permanently.");
         return;
     }
-    println!(
+    outln!(
         "{} address(es) failed permanently; fix them in the SIS:",
         rows.len()
     );

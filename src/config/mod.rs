@@ -70,6 +70,29 @@ pub struct ServerConfig {
     /// IANA time zone for times shown to people (pages, status), e.g. "America/Chicago".
     #[serde(default = "default_tz")]
     pub timezone: String,
+    /// A request's header must arrive within this; a kept-alive connection
+    /// waiting for its next request is closed after it too (idle timeout).
+    #[serde(default = "default_header_read")]
+    pub header_read_timeout: Dur,
+    /// A request's whole body must arrive within this.
+    #[serde(default = "default_body_read")]
+    pub body_read_timeout: Dur,
+    /// Open HTTP connections at most (lowered to fit the open-file limit);
+    /// the last eighth is kept for /healthz, /readyz and acknowledgements.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_header_read() -> Dur {
+    Dur::secs(10)
+}
+
+fn default_body_read() -> Dur {
+    Dur::secs(30)
+}
+
+fn default_max_connections() -> usize {
+    1024
 }
 
 fn default_tz() -> String {
@@ -107,7 +130,8 @@ pub struct DeliveryConfig {
     pub retry_initial: Dur,
     /// Longest delay between two attempts.
     pub retry_max: Dur,
-    /// Attempts before a delivery is given up as failed.
+    /// Attempts before a delivery is given up as failed, for alerts without
+    /// an acknowledgement deadline; with one, the deadline bounds retries.
     pub max_attempts: u32,
     /// Consecutive transient failures that put a provider on a cooling-off period.
     pub breaker_failures: u32,
@@ -229,9 +253,25 @@ impl Config {
     }
 
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
+        })?;
+        // Not UTF-8 is a problem in the file, like a syntax error (exit 2
+        // from check-config), not a failure to read it.
+        let text = String::from_utf8(bytes).map_err(|e| {
+            let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+            let column =
+                good.len() - good.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                issues: vec![ConfigIssue {
+                    key: "(file)".into(),
+                    line: Some(line),
+                    message: format!("not valid UTF-8 at column {column}; save the file as UTF-8"),
+                }],
+            }
         })?;
         Config::from_str(&text, path)
     }
@@ -426,6 +466,9 @@ impl Config {
         };
         config.validate(&mut issues);
         let mut config = config;
+        if let Some(w) = plain_http_listener_warning(&config.server) {
+            config.warnings.push(w);
+        }
         for (name, pb) in &config.playbooks {
             if !pb.channels.contains(&Channel::Sms) {
                 continue;
@@ -460,6 +503,20 @@ impl Config {
             );
         } else if url.ends_with('/') {
             issues.push("server.public_url", "must not end with a slash");
+        }
+        if self.server.max_connections < 16 {
+            issues.push("server.max_connections", "must be at least 16");
+        }
+        for (key, d) in [
+            (
+                "server.header_read_timeout",
+                self.server.header_read_timeout.0,
+            ),
+            ("server.body_read_timeout", self.server.body_read_timeout.0),
+        ] {
+            if d.is_zero() {
+                issues.push(key, "must be longer than zero");
+            }
         }
         if jiff::tz::TimeZone::get(&self.server.timezone).is_err() {
             issues.push(
@@ -672,3 +729,19 @@ fn locate_lines(text: &str, issues: &mut [ConfigIssue]) {
 
 #[cfg(test)]
 mod tests;
+
+/// A listener reachable from other hosts whose links are `http://`: tokens
+/// in acknowledgement links and API calls would cross the network in clear.
+fn plain_http_listener_warning(server: &ServerConfig) -> Option<ConfigIssue> {
+    if server.listen.ip().is_loopback() || !server.public_url.starts_with("http://") {
+        return None;
+    }
+    Some(ConfigIssue {
+        key: "server.listen".into(),
+        line: None,
+        message: format!(
+            "listens on {} (reachable from other hosts) while server.public_url is plain http://; put klaxon behind an https proxy and use an https:// public_url, or listen on 127.0.0.1",
+            server.listen
+        ),
+    })
+}

@@ -200,3 +200,23 @@ fn feeds_and_webhooks_are_checked_with_their_keys() {
         .unwrap();
     assert!(literal.message.contains("secret_env"), "{literal:?}");
 }
+
+#[test]
+fn a_public_listener_with_a_plain_http_public_url_is_warned_about() {
+    let open = GOOD.replace("127.0.0.1:0", "0.0.0.0:8080");
+    let c = Config::from_str(&open, Path::new("/etc/klaxon/klaxon.toml")).unwrap();
+    let w: Vec<_> = c
+        .warnings
+        .iter()
+        .filter(|w| w.key == "server.listen")
+        .collect();
+    assert_eq!(w.len(), 1, "{:?}", c.warnings);
+    assert!(w[0].message.contains("https"), "{}", w[0].message);
+
+    let https = open.replace("http://127.0.0.1:8080", "https://alerts.example.org");
+    let c = Config::from_str(&https, Path::new("/etc/klaxon/klaxon.toml")).unwrap();
+    assert!(c.warnings.iter().all(|w| w.key != "server.listen"));
+
+    let local = Config::from_str(GOOD, Path::new("/etc/klaxon/klaxon.toml")).unwrap();
+    assert!(local.warnings.iter().all(|w| w.key != "server.listen"));
+}

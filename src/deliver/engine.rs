@@ -17,6 +17,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::clock::Clock;
 use crate::config::DeliveryConfig;
@@ -86,61 +87,89 @@ impl Slot {
             rate,
             limiter,
             turn: tokio::sync::Mutex::new(()),
-            breaker: Mutex::new(Breaker::new(
-                cfg.breaker_failures,
-                cfg.breaker_cooldown.0.as_millis() as i64,
-            )),
+            breaker: Mutex::new(Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown.0)),
             latency_us: std::sync::atomic::AtomicU64::new(INITIAL_LATENCY_US),
         }
     }
 }
 
+/// How long tasks wait for the one probe a half-open breaker lets through.
+const PROBE_WAIT: Duration = Duration::from_millis(100);
+
 /// Skips a provider that keeps failing, for a cooling-off period that doubles
-/// while it keeps failing (hysteresis: after the pause one failure re-opens it,
-/// one success closes it).
+/// while it keeps failing (hysteresis: after the pause one probe goes through;
+/// its failure re-opens the breaker, its success closes it). Timed on the
+/// monotonic clock, so a wall-clock step cannot stretch or skip a pause.
 #[derive(Debug)]
 pub struct Breaker {
     threshold: u32,
-    base_ms: i64,
-    cooldown_ms: i64,
+    base: Duration,
+    cooldown: Duration,
     failures: u32,
-    open_until: Option<i64>,
+    open_until: Option<Instant>,
+    /// A half-open breaker has let its one probe through and awaits it.
+    probing: bool,
 }
 
 impl Breaker {
-    pub fn new(threshold: u32, base_ms: i64) -> Breaker {
+    pub fn new(threshold: u32, base: Duration) -> Breaker {
         Breaker {
             threshold: threshold.max(1),
-            base_ms,
-            cooldown_ms: base_ms,
+            base,
+            cooldown: base,
             failures: 0,
             open_until: None,
+            probing: false,
         }
     }
 
-    pub fn allows(&self, now: i64) -> bool {
-        self.open_until.is_none_or(|t| now >= t)
+    /// `None` when a request may go now; otherwise when to look again.
+    pub fn blocked_until(&self, now: Instant) -> Option<Instant> {
+        match self.open_until {
+            None => None,
+            Some(t) if now < t => Some(t),
+            Some(_) if self.probing => Some(now + PROBE_WAIT),
+            Some(_) => None,
+        }
+    }
+
+    /// Lets a request through if the breaker allows one; a half-open
+    /// breaker lets exactly one (the probe) through.
+    pub fn admit(&mut self, now: Instant) -> bool {
+        if self.blocked_until(now).is_some() {
+            return false;
+        }
+        if self.open_until.is_some() {
+            self.probing = true;
+        }
+        true
     }
 
     pub fn success(&mut self) {
         self.failures = 0;
         self.open_until = None;
-        self.cooldown_ms = self.base_ms;
+        self.cooldown = self.base;
+        self.probing = false;
     }
 
-    pub fn failure(&mut self, now: i64) {
+    pub fn failure(&mut self, now: Instant) {
         let half_open = self.open_until.is_some_and(|t| now >= t);
         self.failures += 1;
         if half_open || self.failures >= self.threshold {
-            self.open_until = Some(now + self.cooldown_ms);
-            self.cooldown_ms = (self.cooldown_ms * 2).min(5 * 60 * 1000);
+            self.open_until = Some(now + self.cooldown);
+            self.cooldown = (self.cooldown * 2).min(Duration::from_secs(5 * 60));
             self.failures = 0;
         }
+        self.probing = false;
     }
+}
 
-    fn reopens_at(&self) -> i64 {
-        self.open_until.unwrap_or(0)
-    }
+/// When a failed delivery stops being retried: the ack deadline for a first
+/// delivery, the end of the escalation stage for an escalation (ms on the
+/// engine's `Clock`); `None` when it has none, and then
+/// `delivery.max_attempts` bounds the retries instead.
+fn retry_window(c: &Claimed) -> Option<i64> {
+    c.retry_until
 }
 
 pub struct Engine {
@@ -319,6 +348,16 @@ impl Engine {
                 p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
                 _ = shutdown.changed() => continue,
             };
+            // Every provider of the channel is cooling off: leave the rows
+            // queued (no attempt spent) until the first one reopens.
+            if let Some(until) = Self::all_blocked_until(&slots, Instant::now()) {
+                drop(first);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(until) => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
             let limit = (permits.available_permits() as i64 + 1).min(max_claim);
             // "Due" is judged when the claim runs on the writer, so a row
             // committed just before it is never missed.
@@ -377,41 +416,63 @@ impl Engine {
         while tasks.join_next().await.is_some() {}
     }
 
-    fn choose(&self, slots: &[Arc<Slot>], avoid: Option<&str>, now: i64) -> Option<Arc<Slot>> {
-        let healthy: Vec<&Arc<Slot>> = slots
+    /// When every provider in `slots` is cooling off, the earliest moment
+    /// one may take a request again; `None` if one can take it now.
+    fn all_blocked_until(slots: &[Arc<Slot>], now: Instant) -> Option<Instant> {
+        let mut earliest: Option<Instant> = None;
+        for s in slots {
+            let blocked = s.breaker.lock().ok().and_then(|b| b.blocked_until(now));
+            match blocked {
+                None => return None,
+                Some(t) => earliest = Some(earliest.map_or(t, |e| e.min(t))),
+            }
+        }
+        earliest
+    }
+
+    /// A provider that takes the request now, preferring one other than
+    /// `avoid` (the last one tried); `None` when all are cooling off.
+    fn choose(&self, slots: &[Arc<Slot>], avoid: Option<&str>, now: Instant) -> Option<Arc<Slot>> {
+        let admit = |s: &&Arc<Slot>| s.breaker.lock().map(|mut b| b.admit(now)).unwrap_or(true);
+        slots
             .iter()
-            .filter(|s| s.breaker.lock().map(|b| b.allows(now)).unwrap_or(true))
-            .collect();
-        healthy
-            .iter()
-            .find(|s| Some(s.name.as_str()) != avoid)
-            .or(healthy.first())
-            .map(|s| (*s).clone())
+            .filter(|s| Some(s.name.as_str()) != avoid)
+            .find(admit)
             .or_else(|| {
-                // Every provider is cooling off: use the one that recovers first.
                 slots
                     .iter()
-                    .min_by_key(|s| s.breaker.lock().map(|b| b.reopens_at()).unwrap_or(0))
-                    .cloned()
+                    .filter(|s| Some(s.name.as_str()) == avoid)
+                    .find(admit)
             })
+            .cloned()
     }
 
     async fn send_one(&self, slots: &[Arc<Slot>], c: &Claimed) -> Outcome {
-        let now = self.clock.now_ms();
-        let Some(slot) = self.choose(slots, c.last_provider.as_deref(), now) else {
+        let Some(first) = slots.first() else {
             return Outcome::GaveUp {
                 provider: String::new(),
                 error: format!("no provider configured for {}", c.channel),
             };
         };
+        // Rendered before a provider is chosen: a breaker's probe, once
+        // admitted, must reach the provider and report back.
         let msg = match self.renderer.render(c) {
             Ok(m) => m,
             Err(e) => {
                 return Outcome::GaveUp {
-                    provider: slot.name.clone(),
+                    provider: first.name.clone(),
                     error: format!("cannot render message: {e}"),
                 };
             }
+        };
+        // Every provider cooling off: wait for one, spending no attempt.
+        let slot = loop {
+            let now = Instant::now();
+            if let Some(s) = self.choose(slots, c.last_provider.as_deref(), now) {
+                break s;
+            }
+            let until = Self::all_blocked_until(slots, now).unwrap_or(now + PROBE_WAIT);
+            tokio::time::sleep_until(until).await;
         };
         if let Some(l) = &slot.limiter {
             let _turn = slot.turn.lock().await;
@@ -429,7 +490,8 @@ impl Engine {
                 retry_after: None,
             }),
         };
-        let now = self.clock.now_ms();
+        let now = Instant::now();
+        let now_ms = self.clock.now_ms();
         match result {
             Ok(accepted) => {
                 if let Ok(mut b) = slot.breaker.lock() {
@@ -444,7 +506,7 @@ impl Engine {
                             ("channel", c.channel.as_str()),
                             ("drill", if c.drill { "true" } else { "false" }),
                         ],
-                        (now - released) as f64 / 1000.0,
+                        (now_ms - released) as f64 / 1000.0,
                     );
                 }
                 self.metrics.inc(
@@ -484,7 +546,7 @@ impl Engine {
                     &[("provider", &slot.name), ("outcome", "transient")],
                 );
                 tracing::warn!(delivery = c.id, provider = %slot.name, error = %reason, "Send failed; will retry.");
-                self.retry_outcome(slots, c, &slot, reason, retry_after, now)
+                self.retry_outcome(slots, c, &slot, reason, retry_after)
             }
         }
     }
@@ -497,18 +559,23 @@ impl Engine {
         slot: &Slot,
         reason: String,
         retry_after: Option<Duration>,
-        now: i64,
     ) -> Outcome {
         let attempts = c.attempts as u32 + 1;
-        if attempts >= self.cfg.max_attempts {
+        let window = retry_window(c);
+        if window.is_none() && attempts >= self.cfg.max_attempts {
             return Outcome::GaveUp {
                 provider: slot.name.clone(),
                 error: format!("{reason} (gave up after {attempts} attempts)"),
             };
         }
         // Another healthy provider for this channel: fail over at once.
+        let now = Instant::now();
         let other = slots.iter().any(|s| {
-            s.name != slot.name && s.breaker.lock().map(|b| b.allows(now)).unwrap_or(false)
+            s.name != slot.name
+                && s.breaker
+                    .lock()
+                    .map(|b| b.blocked_until(now).is_none())
+                    .unwrap_or(false)
         });
         let delay = if other && retry_after.is_none() {
             Duration::ZERO
@@ -523,11 +590,10 @@ impl Engine {
                 .unwrap_or(self.cfg.retry_max.0);
             backoff.max(retry_after.unwrap_or(Duration::ZERO))
         };
-        let next_at = now + delay.as_millis() as i64;
-        // Past its window the message has lost its purpose: a first delivery
-        // after the ack deadline (the person is escalated or listed as not
-        // reached instead), an escalation after its own stage.
-        if c.retry_until.is_some_and(|d| next_at > d) {
+        let delay_ms = delay.as_millis() as i64;
+        // Past the window the message has lost its purpose; the person is
+        // escalated or listed as not reached instead. Escalations have their own window (the escalation stage).
+        if window.is_some_and(|d| self.clock.now_ms() + delay_ms > d) {
             return Outcome::GaveUp {
                 provider: slot.name.clone(),
                 error: format!("{reason} (the alert's window closed)"),
@@ -536,7 +602,7 @@ impl Engine {
         Outcome::Retry {
             provider: slot.name.clone(),
             error: reason,
-            next_at,
+            next_at: self.clock.now_ms() + delay_ms,
         }
     }
 
@@ -607,20 +673,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn breaker_opens_after_threshold_and_reopens_on_first_failure_after_pause() {
-        let mut b = Breaker::new(3, 1000);
-        b.failure(0);
-        b.failure(1);
-        assert!(b.allows(2));
-        b.failure(2);
-        assert!(!b.allows(3), "opens at the threshold");
-        assert!(b.allows(1002), "half-open after the cooling-off period");
-        b.failure(1002);
-        assert!(!b.allows(1003), "one failure when half-open re-opens it");
-        assert!(!b.allows(2500), "and the pause doubled");
-        assert!(b.allows(3002));
+    fn breaker_opens_after_threshold_and_lets_one_probe_through_after_the_pause() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut b = Breaker::new(3, Duration::from_secs(1));
+        b.failure(at(0));
+        b.failure(at(1));
+        assert!(b.admit(at(2)));
+        b.failure(at(2));
+        assert_eq!(
+            b.blocked_until(at(3)),
+            Some(at(1002)),
+            "opens at the threshold"
+        );
+        assert!(!b.admit(at(3)));
+        assert!(b.admit(at(1002)), "half-open after the cooling-off period");
+        assert!(!b.admit(at(1003)), "only one probe while half-open");
+        b.failure(at(1004));
+        assert!(!b.admit(at(1005)), "the probe's failure re-opens it");
+        assert_eq!(
+            b.blocked_until(at(2000)),
+            Some(at(3004)),
+            "and the pause doubled"
+        );
+        assert!(b.admit(at(3004)));
         b.success();
-        b.failure(3003);
-        assert!(b.allows(3004), "closed again after a success");
+        assert!(b.admit(at(3005)), "closed again after the probe succeeds");
+        assert!(b.admit(at(3005)));
     }
 }

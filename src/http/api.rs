@@ -433,8 +433,16 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let panics = state.tasks.recent_panics(state.now_ms());
     // CAP feeds failing for more than three intervals.
     let feeds_failing = crate::trigger::feed::failing(&state);
+    // A sentence for the operator who reads the probe's answer.
+    let reason = match (store_ok, sis_ok) {
+        (true, true) => None,
+        (false, _) => Some("the store cannot be read; see the daemon's log"),
+        (true, false) => Some(
+            "there is no SIS copy (sis.db is missing); alerts are refused until `klaxon sis import` runs",
+        ),
+    };
     let body = serde_json::json!({
-        "store": store_ok, "sis": sis_ok,
+        "store": store_ok, "sis": sis_ok, "reason": reason,
         "degraded": !panics.is_empty(),
         "tasks_restarted_recently": panics,
         "feeds_failing": feeds_failing,

@@ -9,6 +9,7 @@ mod dashboard;
 pub mod hook_trigger;
 mod hooks;
 mod pages;
+pub mod serve;
 
 use std::sync::Arc;
 

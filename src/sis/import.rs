@@ -151,6 +151,33 @@ impl fmt::Display for ImportReport {
     }
 }
 
+/// Longest field value quoted whole in a report or an error.
+const QUOTE_MAX: usize = 80;
+
+/// A field value as quoted to people: a huge one (a 2 MB cell) is cut to
+/// its first 80 bytes and its size, so a report stays readable.
+fn clip_raw(v: &str) -> String {
+    if v.len() <= QUOTE_MAX {
+        return v.to_string();
+    }
+    let mut end = QUOTE_MAX;
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &v[..end], v.len())
+}
+
+/// `clip_raw`, quoted as the error messages quote values.
+fn clip(v: &str) -> String {
+    if v.len() <= QUOTE_MAX {
+        format!("{v:?}")
+    } else {
+        let cut = clip_raw(v);
+        let (head, size) = cut.split_once('…').unwrap_or((&cut, ""));
+        format!("{head:?}…{size}")
+    }
+}
+
 /// Why an export was refused. The previous `sis.db` is untouched in every case.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -163,7 +190,7 @@ pub enum ImportError {
     NotAnExport { path: PathBuf, reason: String },
     #[error("{file}: required file is missing ({reason})")]
     MissingFile { file: String, reason: String },
-    #[error("{file} line {line}, {field} {value:?}: {reason}")]
+    #[error("{file} line {line}, {field} {}: {reason}", clip(.value))]
     Unsupported {
         file: String,
         line: u64,
@@ -173,7 +200,7 @@ pub enum ImportError {
     },
     #[error("{file}: required column {column:?} is missing from the header")]
     MissingColumn { file: String, column: String },
-    #[error("{file} line {line}, column {column}: not valid UTF-8 (read as {value:?})")]
+    #[error("{file} line {line}, column {column}: not valid UTF-8 (read as {})", clip(.value))]
     BadUtf8 {
         file: String,
         line: u64,
@@ -198,21 +225,21 @@ pub enum ImportError {
     },
     #[error("{file} line {line}: a quoted field is never closed (truncated file?)")]
     UnclosedQuote { file: String, line: u64 },
-    #[error("{file} line {line}, sourcedId {value:?}: duplicate (first seen on line {first_line})")]
+    #[error("{file} line {line}, sourcedId {}: duplicate (first seen on line {first_line})", clip(.value))]
     DuplicateId {
         file: String,
         line: u64,
         value: String,
         first_line: u64,
     },
-    #[error("{file} line {line}, {field} {value:?}: unknown role")]
+    #[error("{file} line {line}, {field} {}: unknown role", clip(.value))]
     UnknownRole {
         file: String,
         line: u64,
         field: String,
         value: String,
     },
-    #[error("{file} line {line}, {field} {value:?}: {reason}")]
+    #[error("{file} line {line}, {field} {}: {reason}", clip(.value))]
     InvalidValue {
         file: String,
         line: u64,
@@ -221,8 +248,9 @@ pub enum ImportError {
         reason: String,
     },
     #[error(
-        "{count} of {total} references point at records missing from the export (more than {}%); first: {file} line {line}, {field} {value:?}",
-        DANGLING_MAX_SHARE * 100.0
+        "{count} of {total} references point at records missing from the export (more than {}%); first: {file} line {line}, {field} {}",
+        DANGLING_MAX_SHARE * 100.0,
+        clip(.value)
     )]
     Dangling {
         count: u64,
@@ -350,7 +378,7 @@ impl Build<'_> {
                 file: file.into(),
                 line,
                 field: field.into(),
-                value: value.into(),
+                value: clip_raw(value),
                 message: message.into(),
             });
         }
@@ -362,7 +390,7 @@ impl Build<'_> {
             file: file.into(),
             line,
             field: field.into(),
-            value: value.into(),
+            value: clip_raw(value),
             message: format!("no {what} with this sourcedId in the export; reference ignored"),
         };
         if self.first_dangling.is_none() {
@@ -404,11 +432,18 @@ pub fn import(
         path: store_dir.to_path_buf(),
         source: e,
     })?;
+    // The SIS copy holds every family's contacts: private folder and file.
+    let private = |e: crate::store::StoreError| ImportError::Io {
+        path: store_dir.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    crate::store::guard::private_dir(store_dir).map_err(private)?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let tmp = TempFile(store_dir.join(format!(".sis.db.importing-{}-{nanos}", std::process::id())));
 
+    crate::store::guard::private_file(&tmp.0).map_err(private)?;
     let mut conn = Connection::open(&tmp.0).map_err(sql("creating the new SIS file"))?;
     conn.execute_batch(
         "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA locking_mode = EXCLUSIVE;
@@ -569,10 +604,16 @@ fn load(tx: &Transaction, source: &mut Source, b: &mut Build) -> Result<(), Impo
         }
         Ok(())
     };
-    for name in ["orgs", "users", "classes", "enrollments", "roles"] {
-        if present(name) {
-            open(source, name)?;
-        }
+    // Every file the manifest lists must be there, even one klaxon does not
+    // read (courses): a missing one means a truncated or mixed-up export.
+    let mut listed: Vec<&String> = files
+        .iter()
+        .filter(|(_, v)| v.as_str() == "bulk")
+        .map(|(k, _)| k)
+        .collect();
+    listed.sort();
+    for name in listed {
+        open(source, name)?;
     }
     load_orgs(tx, source, b)?;
     if present("classes") {

@@ -86,8 +86,9 @@ pub fn claim(
     // so the rows are put back in priority order below.
     let mut rows: Vec<ClaimRow> = conn
         .prepare_cached(
+            // First attempts are always due: a wall-clock step back must not stall a new alert.
             "UPDATE deliveries SET state = 'sending', updated_at = ?2
-             WHERE id IN (SELECT id FROM deliveries WHERE state = 'queued' AND channel = ?1 AND next_attempt_at <= ?2
+             WHERE id IN (SELECT id FROM deliveries WHERE state = 'queued' AND channel = ?1 AND (next_attempt_at <= ?2 OR attempts = 0)
                           ORDER BY priority, next_attempt_at, id LIMIT ?3)
              RETURNING id, alert_id, recipient_id, address, attempts, provider, escalation, priority, next_attempt_at",
         )?

@@ -14,6 +14,7 @@ pub mod alerts;
 pub mod audit;
 pub mod cap;
 pub mod deliveries;
+pub mod guard;
 pub mod keyfile;
 pub mod replies;
 pub mod schema;
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rusqlite::{Connection, OpenFlags, Transaction};
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
 
 /// Errors from the store. Callers branch on `NotFound` and `Conflict`.
@@ -41,10 +42,20 @@ pub enum StoreError {
     Closed,
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// The change was not saved (disk full, I/O error, a lock held too
+    /// long); nothing of it was kept and the caller may try again.
+    #[error("the store could not save the change, nothing of it was kept: {0}")]
+    Unavailable(String),
+    #[error(
+        "another klaxon is running on the store folder `{path}` (it holds klaxon.lock); stop it first, or give this one its own [store] dir"
+    )]
+    Locked { path: PathBuf },
 }
 
 type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&mut Transaction<'_>) -> Completion + Send>;
+/// A queued write. Called with the batch's transaction, or with `None` when
+/// no transaction could be begun: then its completion reports the error.
+type Job = Box<dyn FnOnce(Option<&mut Transaction<'_>>) -> Completion + Send>;
 
 /// Most closures one transaction carries; bounds the latency of the first.
 const MAX_BATCH: usize = 512;
@@ -74,11 +85,9 @@ impl Store {
     /// Opens (creating if needed) `dir/klaxon.db`, applies migrations and
     /// starts the writer thread. `full_sync` chooses `synchronous=FULL`.
     pub fn open(dir: &Path, full_sync: bool) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
-            path: dir.to_path_buf(),
-            reason: e.to_string(),
-        })?;
+        guard::private_dir(dir)?;
         let path = dir.join("klaxon.db");
+        guard::private_file(&path)?;
         let mut conn = Connection::open(&path).map_err(|e| StoreError::Open {
             path: path.clone(),
             reason: e.to_string(),
@@ -95,6 +104,7 @@ impl Store {
         // memory during a fan-out (grows on demand, up to 64 MiB).
         conn.pragma_update(None, "cache_size", -65536)?;
         schema::migrate(&mut conn)?;
+        guard::tighten_files(dir)?;
 
         let (tx, rx) = mpsc::channel::<Job>(8192);
         let handle = std::thread::Builder::new()
@@ -121,7 +131,13 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
-        let job: Job = Box::new(move |txn: &mut Transaction<'_>| -> Completion {
+        let job: Job = Box::new(move |txn: Option<&mut Transaction<'_>>| -> Completion {
+            let Some(txn) = txn else {
+                return Box::new(move |committed: Result<(), String>| {
+                    let why = committed.err().unwrap_or_default();
+                    let _ = reply.send(Err(StoreError::Unavailable(why)));
+                });
+            };
             // A savepoint per closure: one failing closure rolls back alone
             // and does not spoil the others in the batch.
             let outcome = match txn.savepoint() {
@@ -133,11 +149,7 @@ impl Store {
             };
             match outcome {
                 Ok(v) => Box::new(move |committed: Result<(), String>| {
-                    let _ = reply.send(
-                        committed
-                            .map(|_| v)
-                            .map_err(|e| StoreError::Corrupt(format!("commit failed: {e}"))),
-                    );
+                    let _ = reply.send(committed.map(|_| v).map_err(StoreError::Unavailable));
                 }),
                 Err(e) => Box::new(move |_| {
                     let _ = reply.send(Err(e));
@@ -149,7 +161,15 @@ impl Store {
             .send(job)
             .await
             .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        match answer.await {
+            Ok(r) => r,
+            // The writer is alive but dropped the answer: the closure panicked
+            // and its savepoint was rolled back.
+            Err(_) if !self.inner.jobs.is_closed() => Err(StoreError::Unavailable(
+                "the write failed inside the store writer".into(),
+            )),
+            Err(_) => Err(StoreError::Closed),
+        }
     }
 
     /// Runs `f` on a read-only connection (WAL lets readers run beside the writer).
@@ -171,12 +191,18 @@ impl Store {
 
     /// Stops the writer after the jobs already queued and waits for it.
     pub fn close(self) {
+        self.close_within(std::time::Duration::from_secs(5));
+    }
+
+    /// As `close`, waiting at most `limit` for the writer: what it has not
+    /// committed by then was never reported done to anyone.
+    pub fn close_within(self, limit: std::time::Duration) {
         let handle = self.inner.writer.lock().ok().and_then(|mut h| h.take());
         drop(self);
         if let Some(h) = handle {
             // The thread ends when every sender is gone; other clones may
             // still hold one, so do not wait forever.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let deadline = std::time::Instant::now() + limit;
             while !h.is_finished() && std::time::Instant::now() < deadline {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
@@ -206,40 +232,76 @@ impl Inner {
     }
 }
 
+/// Begins the batch's transaction. `BEGIN IMMEDIATE` takes the write lock
+/// at once (waiting out the busy timeout), so a CLI writing beside the
+/// daemon cannot fail a batch half-way with SQLITE_BUSY_SNAPSHOT.
+fn begin(conn: &mut Connection) -> Result<Transaction<'_>, String> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| e.to_string())
+}
+
+/// The writer thread: runs queued closures in batches, one transaction each.
+///
+/// Invariant: a caller hears `Ok` only if the transaction holding its change
+/// committed. SQLite rolls a whole transaction back on some errors (disk
+/// full, I/O error) while the savepoints above look fine; the writer checks
+/// `is_autocommit()` after every closure, fails everything the lost
+/// transaction held, and runs the closures not yet tried in a new one.
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut queue: std::collections::VecDeque<Job> =
+        std::collections::VecDeque::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
+        queue.push_back(first);
+        while queue.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(j) => batch.push(j),
+                Ok(j) => queue.push_back(j),
                 Err(_) => break,
             }
         }
-        let mut completions: Vec<Completion> = Vec::with_capacity(batch.len());
-        let committed = match conn.transaction() {
-            Ok(mut txn) => {
-                for job in batch.drain(..) {
-                    completions.push(job(&mut txn));
-                }
-                txn.commit().map_err(|e| e.to_string())
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                for job in batch.drain(..) {
-                    // Without a transaction nothing can run: report the error.
-                    drop(job);
-                }
-                tracing::error!(error = %msg, "Cannot begin a store transaction.");
-                Err(msg)
-            }
-        };
-        if let Err(e) = &committed {
-            tracing::error!(error = %e, "Store commit failed; callers are told.");
+        while !queue.is_empty() {
+            run_batch(&mut conn, &mut queue);
         }
-        for c in completions {
-            c(committed.clone());
+    }
+}
+
+/// Runs closures from the front of `queue` in one transaction; leaves in
+/// `queue` those not tried because SQLite dropped the transaction under them.
+fn run_batch(conn: &mut Connection, queue: &mut std::collections::VecDeque<Job>) {
+    let mut txn = match begin(conn) {
+        Ok(t) => t,
+        Err(msg) => {
+            tracing::error!(error = %msg, jobs = queue.len(), "Cannot begin a store transaction; the writes are refused.");
+            for job in queue.drain(..) {
+                job(None)(Err(msg.clone()));
+            }
+            return;
         }
+    };
+    let mut completions: Vec<Completion> = Vec::with_capacity(queue.len());
+    let mut lost = false;
+    while let Some(job) = queue.pop_front() {
+        // A panicking closure must not take the only writer down: its
+        // savepoint rolls back while unwinding and its caller hears an error.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(Some(&mut txn)))) {
+            Ok(c) => completions.push(c),
+            Err(_) => tracing::error!("A store write panicked; it was rolled back alone."),
+        }
+        if txn.is_autocommit() {
+            lost = true;
+            break;
+        }
+    }
+    let committed = if lost {
+        drop(txn);
+        Err("SQLite rolled the whole transaction back (disk full or I/O error)".to_string())
+    } else {
+        txn.commit().map_err(|e| e.to_string())
+    };
+    if let Err(e) = &committed {
+        tracing::error!(error = %e, writes = completions.len(), "Store commit failed; callers are told nothing was saved.");
+    }
+    for c in completions {
+        c(committed.clone());
     }
 }
 
@@ -269,5 +331,102 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         assert_eq!(actions, vec!["ok".to_string()]);
+    }
+
+    fn audit_actions(dir: &Path) -> Vec<String> {
+        let other = Connection::open(dir.join("klaxon.db")).unwrap();
+        other
+            .prepare("SELECT action FROM audit ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Keeps the writer busy so that the writes sent next share one batch.
+    fn hold_writer(store: &Store) -> impl std::future::Future<Output = Result<(), StoreError>> {
+        store.write(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(150));
+            Ok(())
+        })
+    }
+
+    #[tokio::test]
+    async fn a_transaction_sqlite_rolled_back_whole_is_never_reported_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        let hold = hold_writer(&store);
+        let a = store.write(|c| audit::record(c, 1, "test", "before", None, "{}"));
+        // What SQLite does on SQLITE_FULL or an I/O error: the whole
+        // transaction is gone, savepoints and all, while the statement
+        // that hit it may even look fine to the closure.
+        let b = store.write(|c| {
+            audit::record(c, 2, "test", "victim", None, "{}")?;
+            c.execute_batch("ROLLBACK")?;
+            Ok(())
+        });
+        let c = store.write(|c| audit::record(c, 3, "test", "after", None, "{}"));
+        let (_, a, b, c) = tokio::join!(hold, a, b, c);
+        assert!(matches!(a, Err(StoreError::Unavailable(_))), "{a:?}");
+        assert!(b.is_err(), "{b:?}");
+        assert!(
+            c.is_ok(),
+            "the write after the loss runs in a new transaction: {c:?}"
+        );
+        assert_eq!(audit_actions(dir.path()), vec!["after".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn the_writer_survives_a_panicking_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), true).unwrap();
+        let hold = hold_writer(&store);
+        let boom = store.write(|c| -> Result<(), StoreError> {
+            audit::record(c, 1, "test", "boom", None, "{}")?;
+            panic!("a bug in one closure");
+        });
+        let fine = store.write(|c| audit::record(c, 2, "test", "fine", None, "{}"));
+        let (_, boom, fine) = tokio::join!(hold, boom, fine);
+        assert!(matches!(boom, Err(StoreError::Unavailable(_))), "{boom:?}");
+        assert!(fine.is_ok(), "{fine:?}");
+        let later = store
+            .write(|c| audit::record(c, 3, "test", "later", None, "{}"))
+            .await;
+        assert!(later.is_ok(), "{later:?}");
+        assert_eq!(
+            audit_actions(dir.path()),
+            vec!["fine".to_string(), "later".to_string()]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_store_folder_and_its_files_are_private_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // A SIS copy left world-readable by an older version.
+        std::fs::write(state.join("sis.db"), b"").unwrap();
+        std::fs::set_permissions(state.join("sis.db"), std::fs::Permissions::from_mode(0o644))
+            .unwrap();
+        let store = Store::open(&state, true).unwrap();
+        store
+            .write(|c| audit::record(c, 1, "test", "x", None, "{}"))
+            .await
+            .unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        let mut seen = Vec::new();
+        for e in std::fs::read_dir(&state).unwrap() {
+            let e = e.unwrap();
+            seen.push(e.file_name().to_string_lossy().to_string());
+            assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+        }
+        seen.sort();
+        assert!(seen.contains(&"klaxon.db-wal".to_string()), "{seen:?}");
+        assert!(seen.contains(&"sis.db".to_string()), "{seen:?}");
+        store.close();
     }
 }

@@ -214,3 +214,27 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_callback_without_delivery_id_finds_its_row_by_index() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(
+                "EXPLAIN QUERY PLAN SELECT id, state FROM deliveries WHERE provider_msg_id = ?1",
+            )
+            .unwrap()
+            .query_map(["SM1"], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|p| p.contains("deliveries_provider_msg")),
+            "{plan:?}"
+        );
+    }
+}

@@ -42,6 +42,13 @@ struct FaultState {
     too_many_next: usize,
     retry_after_secs: u64,
     server_error_next: usize,
+    /// Share of requests answered 500, drawn from a seeded generator.
+    server_error_share: f64,
+    /// Every `burst_every` requests, `burst_len` in a row get 429.
+    burst_every: u64,
+    burst_len: u64,
+    seen: u64,
+    rng: u64,
 }
 
 /// What to do with one request.
@@ -92,6 +99,25 @@ impl Faults {
         self.lock().down
     }
 
+    /// A flaky provider: `share` of requests get 500 (seeded, so a run can
+    /// be repeated), and bursts of `burst_len` 429s with `Retry-After:
+    /// retry_after_secs` every `burst_every` requests.
+    pub fn flaky(
+        &self,
+        share: f64,
+        burst_every: u64,
+        burst_len: u64,
+        retry_after_secs: u64,
+        seed: u64,
+    ) {
+        let mut s = self.lock();
+        s.server_error_share = share;
+        s.burst_every = burst_every;
+        s.burst_len = burst_len;
+        s.retry_after_secs = retry_after_secs;
+        s.rng = seed | 1;
+    }
+
     /// Takes the fault for the request that just arrived (and its delay).
     pub fn take(&self) -> (Option<Fault>, Duration) {
         let mut s = self.lock();
@@ -107,6 +133,20 @@ impl Faults {
         } else if s.server_error_next > 0 {
             s.server_error_next -= 1;
             Some(Fault::ServerError)
+        } else if s.burst_every > 0 || s.server_error_share > 0.0 {
+            s.seen += 1;
+            // xorshift64: cheap, seeded, good enough to spread faults.
+            s.rng ^= s.rng << 13;
+            s.rng ^= s.rng >> 7;
+            s.rng ^= s.rng << 17;
+            let draw = (s.rng >> 11) as f64 / (1u64 << 53) as f64;
+            if s.burst_every > 0 && s.seen % s.burst_every < s.burst_len {
+                Some(Fault::TooMany(s.retry_after_secs))
+            } else if draw < s.server_error_share {
+                Some(Fault::ServerError)
+            } else {
+                None
+            }
         } else {
             None
         };

@@ -1,0 +1,143 @@
+//! The smaller defects of issue 12, each reproduced: a closed pipe,
+//! a config that is not UTF-8, a listed file missing from an export, a huge
+//! field value in the import report, a public plain-http listener.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_klaxon");
+const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-district");
+
+const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:1"
+public_url = "https://alerts.example-isd.org"
+
+[store]
+dir = "state"
+
+[[providers]]
+name = "demo-log"
+kind = "log"
+channels = ["sms", "voice", "email"]
+path = "outbox.jsonl"
+"#;
+
+fn klaxon(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(dir.join("klaxon.toml"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn copy_fixture(to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(FIXTURE).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly_with_0() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("klaxon.toml"), GOOD).unwrap();
+    assert!(
+        klaxon(dir.path(), &["sis", "import", FIXTURE])
+            .status
+            .success()
+    );
+    for args in [
+        &["audience", "--school", "S1"][..],
+        &["audience", "--school", "S1", "--json"][..],
+        &["check-config"][..],
+    ] {
+        // The reader is gone before klaxon writes its first byte, as with
+        // `| head -1` on a long listing.
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(dir.path().join("klaxon.toml"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn check_config_exits_2_on_invalid_utf8_and_names_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = GOOD.as_bytes().to_vec();
+    text.extend_from_slice(b"# caf\xe9\n");
+    std::fs::write(dir.path().join("klaxon.toml"), text).unwrap();
+    let out = klaxon(dir.path(), &["check-config"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains("line 14") && stdout.contains("UTF-8"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_file_the_manifest_lists_but_the_export_lacks_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    copy_fixture(&export);
+    let manifest = std::fs::read_to_string(export.join("manifest.csv")).unwrap();
+    std::fs::write(
+        export.join("manifest.csv"),
+        manifest.replace("file.courses,absent", "file.courses,bulk"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("klaxon.toml"), GOOD).unwrap();
+    let out = klaxon(dir.path(), &["sis", "import", export.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("courses.csv"), "{err}");
+    assert!(!dir.path().join("state/sis.db").exists());
+}
+
+#[test]
+fn a_huge_field_value_is_cut_in_the_import_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    copy_fixture(&export);
+    let users = std::fs::read_to_string(export.join("users.csv")).unwrap();
+    let huge = "9".repeat(2 * 1024 * 1024);
+    // A guardian's phone: not a number klaxon can dial, so it is reported.
+    let mut lines: Vec<String> = users.lines().map(str::to_string).collect();
+    let row = lines
+        .iter()
+        .position(|l| l.contains(",guardian,"))
+        .expect("a guardian in the fixture");
+    let mut fields: Vec<String> = lines[row].split(',').map(str::to_string).collect();
+    fields[14] = huge.clone();
+    lines[row] = fields.join(",");
+    std::fs::write(export.join("users.csv"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(dir.path().join("klaxon.toml"), GOOD).unwrap();
+    let out = klaxon(
+        dir.path(),
+        &["sis", "import", export.to_str().unwrap(), "--json"],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{stdout}{stderr}");
+    assert!(
+        all.len() < 64 * 1024,
+        "the report echoes the 2 MB value ({} bytes)",
+        all.len()
+    );
+    assert!(
+        all.contains(&format!("… ({} bytes)", huge.len())),
+        "the cut value says its size: {all}"
+    );
+}
