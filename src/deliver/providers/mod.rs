@@ -8,6 +8,7 @@
 pub mod log;
 pub mod sendgrid;
 pub mod smtp;
+pub mod smtp_client;
 pub mod twilio;
 
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
-//! The `smtp` provider: email through the district's own relay with lettre's
-//! pooled async transport (plain, STARTTLS or implicit TLS, optional AUTH).
+//! The `smtp` provider: email through the district's own relay, over our
+//! own pooled, pipelining client (`smtp_client`; plain, STARTTLS or implicit
+//! TLS, optional AUTH). lettre builds the MIME message.
 //!
 //! Each message is multipart/alternative (text and HTML) with one recipient,
 //! so an SMTP reply is always about that recipient: a 5xx refusal of the
@@ -8,26 +9,31 @@
 
 use std::path::PathBuf;
 
-use lettre::message::header::ContentType;
+use std::sync::Arc;
+
+use lettre::Message;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
+use tokio_rustls::rustls;
 
 use crate::config::{Dur, Issues, relative_to};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
+use crate::deliver::providers::smtp_client::{
+    ClientConfig, ClientError, Login, Security, SmtpClient, Step,
+};
 use crate::deliver::providers::{ProviderContext, redact, revalidate};
 use crate::domain::Channel;
 use crate::markup::escape;
-
-/// Connections kept open to the relay; sends beyond this wait for one.
-const POOL_SIZE: u32 = 8;
+use crate::playbook::Severity;
 
 /// SMTP replies that mean our credentials were refused: a provider problem,
 /// not an address problem.
-const AUTH_CODES: &[&str] = &["530", "534", "535", "538"];
+const AUTH_CODES: &[u16] = &[530, 534, 535, 538];
+
+/// Most sessions a provider may keep open; relays limit sessions per client
+/// (Exchange Online: 3 per mailbox, Postfix: 50 by default).
+const MAX_CONNECTIONS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -70,10 +76,18 @@ pub struct SmtpConfig {
     /// trusted as well.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// SMTP sessions kept open to the relay at once; each carries one message
+    /// at a time, pipelined where the relay offers PIPELINING.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
 }
 
 fn default_timeout() -> Dur {
     Dur::secs(20)
+}
+
+fn default_connections() -> usize {
+    16
 }
 
 impl SmtpConfig {
@@ -103,6 +117,12 @@ impl SmtpConfig {
         if self.timeout.0.is_zero() {
             issues.push(format!("{prefix}.timeout"), "must be longer than 0s");
         }
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            issues.push(
+                format!("{prefix}.connections"),
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
+            );
+        }
         if self.ca_file.is_some() && self.tls == TlsMode::None {
             issues.push(
                 format!("{prefix}.ca_file"),
@@ -122,8 +142,10 @@ impl SmtpConfig {
 
 pub struct SmtpProvider {
     name: String,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    client: SmtpClient,
     from: Mailbox,
+    /// `From:` as header text, formatted once.
+    from_header: String,
     max_per_second: Option<f64>,
 }
 
@@ -144,37 +166,40 @@ impl SmtpProvider {
             cfg.username.is_some(),
             issues,
         );
-        let builder = match tls_parameters(prefix, cfg, ctx, issues) {
+        let security = match tls_config(prefix, cfg, ctx, issues) {
             None => return None,
-            Some(None) => {
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host).tls(Tls::None)
-            }
-            Some(Some(params)) => {
-                let tls = match cfg.tls {
-                    TlsMode::Tls => Tls::Wrapper(params),
-                    _ => Tls::Required(params),
-                };
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host).tls(tls)
-            }
+            Some(None) => Security::Plain,
+            Some(Some(tls)) => match cfg.tls {
+                TlsMode::Tls => Security::Implicit(tls),
+                _ => Security::StartTls(tls),
+            },
         };
         let from = cfg.from.parse::<Mailbox>().ok();
         if !valid || issues.list.len() > before {
             return None;
         }
-        let mut builder = builder
-            .port(cfg.port())
-            .timeout(Some(cfg.timeout.0))
-            .pool_config(PoolConfig::new().max_size(POOL_SIZE));
-        if let (Some(user), Some(password)) = (&cfg.username, password) {
-            builder = builder.credentials(Credentials::new(
-                user.clone(),
-                password.expose().to_string(),
-            ));
-        }
+        let from = from?;
+        let login = match (&cfg.username, password) {
+            (Some(user), Some(password)) => Login::Password {
+                user: user.clone(),
+                password: password.expose().to_string(),
+            },
+            _ => Login::None,
+        };
+        let client = SmtpClient::new(ClientConfig {
+            host: cfg.host.clone(),
+            port: cfg.port(),
+            security,
+            login,
+            helo_name: helo_name(&from),
+            timeout: cfg.timeout.0,
+            connections: cfg.connections,
+        });
         Some(SmtpProvider {
             name: cfg.name.clone(),
-            transport: builder.build(),
-            from: from?,
+            client,
+            from_header: from.to_string(),
+            from,
             max_per_second: cfg.max_per_second,
         })
     }
@@ -195,51 +220,110 @@ impl SmtpProvider {
             reason: format!("not an email address: {e}"),
         })?;
         let message_id = message_id(msg, &self.from);
-        let html = msg.html.clone().unwrap_or_else(|| render_html(msg));
-        let email = Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject(msg.subject.clone())
-            .message_id(Some(message_id.clone()))
-            .multipart(
-                MultiPart::alternative()
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_PLAIN)
-                            .body(msg.body.clone()),
-                    )
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_HTML)
-                            .body(html),
-                    ),
-            )
-            .map_err(|e| SendError::Permanent {
-                code: "invalid-message".into(),
-                reason: format!("cannot build the email: {e}"),
-            })?;
+        let data = build_message(msg, &self.from, to.clone(), &message_id)?;
         tracing::debug!(provider = %self.name, delivery_id = msg.delivery_id, to = %msg.to, "Sending email over SMTP.");
-        match self.transport.send(email).await {
+        match self
+            .client
+            .send(&self.from.email.to_string(), &to.email.to_string(), &data)
+            .await
+        {
             Ok(_) => Ok(Accepted {
                 provider_message_id: Some(message_id),
             }),
             Err(e) => redact(Err(classify(&e)), &msg.to),
         }
     }
+
+    /// The `From:` header as sent, for logs and tests.
+    pub fn from_header(&self) -> &str {
+        &self.from_header
+    }
 }
 
-/// TLS settings for the transport: `Some(None)` for plain text, `None` when a
-/// problem was reported.
-fn tls_parameters(
+/// The message as sent: headers for mail software (Message-ID, Date,
+/// Auto-Submitted, Content-Language, List-Unsubscribe for routine notices),
+/// a text part and an HTML part. Built once per recipient.
+pub fn build_message(
+    msg: &OutboundMessage,
+    from: &Mailbox,
+    to: Mailbox,
+    message_id: &str,
+) -> Result<Vec<u8>, SendError> {
+    let html = msg.html.clone().unwrap_or_else(|| render_html(msg));
+    let raw = |name: &'static str, value: String| {
+        HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
+    };
+    let mut builder = Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(msg.subject.clone())
+        .message_id(Some(message_id.to_string()))
+        // RFC 3834: automatic replies (out-of-office) must not answer this.
+        .raw_header(raw("Auto-Submitted", "auto-generated".into()));
+    if is_language_tag(&msg.language) {
+        builder = builder.raw_header(raw("Content-Language", msg.language.clone()));
+    }
+    if msg.severity == Severity::Routine {
+        // RFC 2369 / 8058 ask bulk senders for it; an emergency notice must
+        // never look like something one can unsubscribe from.
+        builder = builder.raw_header(raw(
+            "List-Unsubscribe",
+            format!("<mailto:{}?subject=unsubscribe>", from.email),
+        ));
+    }
+    let email = builder
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(msg.body.clone()),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(html),
+                ),
+        )
+        .map_err(|e| SendError::Permanent {
+            code: "invalid-message".into(),
+            reason: format!("cannot build the email: {e}"),
+        })?;
+    Ok(email.formatted())
+}
+
+/// A BCP 47 tag as we store them ("en", "es-MX", "zh-Hant"): letters, digits
+/// and hyphens only, so it cannot inject into a header.
+fn is_language_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 35
+        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Our name in EHLO: the sender's domain (we have no better public name).
+fn helo_name(from: &Mailbox) -> String {
+    let domain = from.email.domain();
+    if domain.is_empty() {
+        "localhost".into()
+    } else {
+        domain.to_string()
+    }
+}
+
+/// TLS settings for the client: `Some(None)` for plain text, `None` when a
+/// problem was reported. The system's roots are trusted, plus `ca_file`.
+fn tls_config(
     prefix: &str,
     cfg: &SmtpConfig,
     ctx: &ProviderContext,
     issues: &mut Issues,
-) -> Option<Option<TlsParameters>> {
+) -> Option<Option<Arc<rustls::ClientConfig>>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
     if cfg.tls == TlsMode::None {
         return Some(None);
     }
-    let mut builder = TlsParameters::builder(cfg.host.clone());
+    let mut extra = Vec::new();
     if let Some(file) = &cfg.ca_file {
         let path = relative_to(&ctx.base_dir, file);
         let pem = match std::fs::read(&path) {
@@ -252,8 +336,15 @@ fn tls_parameters(
                 return None;
             }
         };
-        match Certificate::from_pem(&pem) {
-            Ok(cert) => builder = builder.add_root_certificate(cert),
+        match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+            Ok(certs) if !certs.is_empty() => extra = certs,
+            Ok(_) => {
+                issues.push(
+                    format!("{prefix}.ca_file"),
+                    format!("`{}` holds no PEM certificate", path.display()),
+                );
+                return None;
+            }
             Err(e) => {
                 issues.push(
                     format!("{prefix}.ca_file"),
@@ -263,8 +354,17 @@ fn tls_parameters(
             }
         }
     }
-    match builder.build() {
-        Ok(params) => Some(Some(params)),
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let built = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+        .and_then(|verifier| {
+            Ok(rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth())
+        });
+    match built {
+        Ok(c) => Some(Some(Arc::new(c))),
         Err(e) => {
             issues.push(format!("{prefix}.tls"), format!("cannot set up TLS: {e}"));
             None
@@ -283,24 +383,32 @@ fn message_id(msg: &OutboundMessage, from: &Mailbox) -> String {
     )
 }
 
-/// Sorts a lettre error into the engine's two kinds.
-fn classify(e: &lettre::transport::smtp::Error) -> SendError {
-    let code = e.status().map(|c| c.to_string());
-    if e.is_permanent() && !code.as_deref().is_some_and(|c| AUTH_CODES.contains(&c)) {
-        return SendError::Permanent {
-            code: "smtp-5xx".into(),
-            reason: format!("smtp: {e}"),
+/// Sorts a client error into the engine's two kinds.
+fn classify(e: &ClientError) -> SendError {
+    if let Some((step, reply)) = e.reply() {
+        let about_us = AUTH_CODES.contains(&reply.code)
+            || matches!(
+                step,
+                Step::Greeting | Step::Ehlo | Step::StartTls | Step::Auth
+            );
+        if reply.code / 100 == 5 && !about_us {
+            return SendError::Permanent {
+                code: "smtp-5xx".into(),
+                reason: format!("smtp: {e}"),
+            };
+        }
+        let what = if reply.code / 100 == 4 {
+            "temporary failure: "
+        } else {
+            ""
+        };
+        return SendError::Transient {
+            reason: format!("smtp: {what}{e}"),
+            retry_after: None,
         };
     }
-    let what = if e.is_timeout() {
-        "time-out: "
-    } else if e.is_transient() {
-        "temporary failure: "
-    } else {
-        ""
-    };
     SendError::Transient {
-        reason: format!("smtp: {what}{e}"),
+        reason: format!("smtp: {e}"),
         retry_after: None,
     }
 }
@@ -371,6 +479,7 @@ mod tests {
             html: None,
             ack_url: "https://alerts.example.org/a/tok?x=1&y=2".into(),
             speech: String::new(),
+            severity: Severity::Emergency,
         };
         let h = render_html(&msg);
         assert!(h.contains("<p>Línea 1 &amp; más<br>\nLínea 2</p>"), "{h}");
