@@ -8,6 +8,7 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod oauth_server;
 pub mod sendgrid_server;
 pub mod smtp_server;
 pub mod twilio_server;

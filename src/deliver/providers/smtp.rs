@@ -22,6 +22,7 @@ use crate::deliver::message::{Accepted, OutboundMessage, SendError};
 use crate::deliver::providers::smtp_client::{
     ClientConfig, ClientError, Login, Security, SmtpClient, Step,
 };
+use crate::deliver::providers::smtp_oauth::{Grant, TokenSource, read_signing_key};
 use crate::deliver::providers::{ProviderContext, redact, revalidate};
 use crate::domain::Channel;
 use crate::markup::escape;
@@ -45,6 +46,17 @@ pub enum TlsMode {
     Starttls,
     /// TLS from the first byte (port 465).
     Tls,
+}
+
+/// How klaxon signs in to the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// `username` with `password_env` / `_file`, or no AUTH without them.
+    #[default]
+    Password,
+    /// SASL XOAUTH2 with an OAuth 2.0 token (Microsoft 365, Google Workspace).
+    Xoauth2,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +92,27 @@ pub struct SmtpConfig {
     /// at a time, pipelined where the relay offers PIPELINING.
     #[serde(default = "default_connections")]
     pub connections: usize,
+    /// `"password"` (default) or `"xoauth2"`.
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// XOAUTH2: the OAuth token endpoint.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// XOAUTH2: the app registration's client id (Microsoft), or the service
+    /// account's address (Google; read from a JSON key file when absent).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// XOAUTH2 with a service account (Google): its key, the JSON key file
+    /// or a PEM private key; the token is requested with a signed JWT.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// XOAUTH2: the scope asked for, e.g. `https://outlook.office365.com/.default`.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 fn default_timeout() -> Dur {
@@ -114,6 +147,7 @@ impl SmtpConfig {
                 "a password is set but no username",
             );
         }
+        self.validate_oauth(prefix, issues, has_password);
         if self.timeout.0.is_zero() {
             issues.push(format!("{prefix}.timeout"), "must be longer than 0s");
         }
@@ -128,6 +162,73 @@ impl SmtpConfig {
                 format!("{prefix}.ca_file"),
                 "a CA file only matters with tls = \"starttls\" or \"tls\"",
             );
+        }
+    }
+
+    fn validate_oauth(&self, prefix: &str, issues: &mut Issues, has_password: bool) {
+        let has_secret = self.client_secret_env.is_some() || self.client_secret_file.is_some();
+        let has_key = self.private_key_file.is_some();
+        if self.auth == AuthMode::Password {
+            for (key, set) in [
+                ("token_url", self.token_url.is_some()),
+                ("client_id", self.client_id.is_some()),
+                ("client_secret_env", self.client_secret_env.is_some()),
+                ("client_secret_file", self.client_secret_file.is_some()),
+                ("private_key_file", has_key),
+                ("scope", self.scope.is_some()),
+            ] {
+                if set {
+                    issues.push(
+                        format!("{prefix}.{key}"),
+                        "only used with auth = \"xoauth2\"",
+                    );
+                }
+            }
+            return;
+        }
+        if self.username.is_none() {
+            issues.push(
+                format!("{prefix}.username"),
+                "auth = \"xoauth2\" needs the mailbox to send as",
+            );
+        }
+        if has_password {
+            issues.push(
+                format!("{prefix}.password_env"),
+                "auth = \"xoauth2\" signs in with a token, not a password; remove the password",
+            );
+        }
+        match self.token_url.as_deref() {
+            None => issues.push(
+                format!("{prefix}.token_url"),
+                "missing; e.g. https://login.microsoftonline.com/<tenant id>/oauth2/v2.0/token or https://oauth2.googleapis.com/token",
+            ),
+            Some(u) if !(u.starts_with("https://") || is_loopback_http(u)) => issues.push(
+                format!("{prefix}.token_url"),
+                format!("`{u}` must be an https:// URL (plain http only to 127.0.0.1 or localhost)"),
+            ),
+            Some(_) => {}
+        }
+        if self.scope.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            issues.push(
+                format!("{prefix}.scope"),
+                "missing; https://outlook.office365.com/.default for Microsoft 365, https://mail.google.com/ for Google",
+            );
+        }
+        match (has_secret, has_key) {
+            (false, false) => issues.push(
+                format!("{prefix}.client_secret_env"),
+                "auth = \"xoauth2\" needs client_secret_env / client_secret_file (Microsoft 365) or private_key_file (Google service account)",
+            ),
+            (true, true) => issues.push(
+                format!("{prefix}.private_key_file"),
+                "set either a client secret or a private key, not both",
+            ),
+            (true, false) if self.client_id.is_none() => issues.push(
+                format!("{prefix}.client_id"),
+                "missing; the app registration's application (client) id",
+            ),
+            _ => {}
         }
     }
 
@@ -163,7 +264,7 @@ impl SmtpProvider {
             "password",
             cfg.password_env.as_deref(),
             cfg.password_file.as_ref(),
-            cfg.username.is_some(),
+            cfg.username.is_some() && cfg.auth == AuthMode::Password,
             issues,
         );
         let security = match tls_config(prefix, cfg, ctx, issues) {
@@ -179,8 +280,20 @@ impl SmtpProvider {
             return None;
         }
         let from = from?;
-        let login = match (&cfg.username, password) {
-            (Some(user), Some(password)) => Login::Password {
+        let tokens = if cfg.auth == AuthMode::Xoauth2 {
+            token_source(prefix, cfg, ctx, issues)
+        } else {
+            None
+        };
+        if issues.list.len() > before {
+            return None;
+        }
+        let login = match (&cfg.username, password, tokens) {
+            (Some(user), _, Some(tokens)) => Login::XOAuth2 {
+                user: user.clone(),
+                tokens: Arc::new(tokens),
+            },
+            (Some(user), Some(password), None) => Login::Password {
                 user: user.clone(),
                 password: password.expose().to_string(),
             },
@@ -300,6 +413,72 @@ fn is_language_tag(tag: &str) -> bool {
         && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// The token source for `auth = "xoauth2"`; problems go to `issues`.
+fn token_source(
+    prefix: &str,
+    cfg: &SmtpConfig,
+    ctx: &ProviderContext,
+    issues: &mut Issues,
+) -> Option<TokenSource> {
+    let grant = if let Some(file) = &cfg.private_key_file {
+        let path = relative_to(&ctx.base_dir, file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+            .and_then(|t| read_signing_key(&t).map_err(|e| format!("`{}`: {e}", path.display())));
+        let (key, email) = match text {
+            Ok(k) => k,
+            Err(e) => {
+                issues.push(format!("{prefix}.private_key_file"), e);
+                return None;
+            }
+        };
+        let Some(client_id) = cfg.client_id.clone().or(email) else {
+            issues.push(
+                format!("{prefix}.client_id"),
+                "missing; the service account's address (client_email in its JSON key file)",
+            );
+            return None;
+        };
+        Grant::JwtBearer {
+            client_id,
+            subject: cfg.username.clone()?,
+            key,
+        }
+    } else {
+        let secret = ctx.secret(
+            prefix,
+            "client_secret",
+            cfg.client_secret_env.as_deref(),
+            cfg.client_secret_file.as_ref(),
+            true,
+            issues,
+        )?;
+        Grant::ClientCredentials {
+            client_id: cfg.client_id.clone()?,
+            secret: secret.expose().to_string(),
+        }
+    };
+    Some(TokenSource::new(
+        ctx.http.clone(),
+        cfg.token_url.clone()?,
+        cfg.scope.clone()?,
+        grant,
+    ))
+}
+
+/// `http://127.0.0.1…` or `http://localhost…`: a token endpoint on this host.
+fn is_loopback_http(url: &str) -> bool {
+    [
+        "http://127.0.0.1:",
+        "http://127.0.0.1/",
+        "http://localhost:",
+        "http://localhost/",
+        "http://[::1]:",
+    ]
+    .iter()
+    .any(|p| url.starts_with(p))
+}
+
 /// Our name in EHLO: the sender's domain (we have no better public name).
 fn helo_name(from: &Mailbox) -> String {
     let domain = from.email.domain();
@@ -402,14 +581,37 @@ fn classify(e: &ClientError) -> SendError {
         } else {
             ""
         };
+        let hint = if step == Step::Auth {
+            auth_hint(&reply.text)
+        } else {
+            ""
+        };
         return SendError::Transient {
-            reason: format!("smtp: {what}{e}"),
+            reason: format!("smtp: {what}{e}{hint}"),
             retry_after: None,
         };
     }
     SendError::Transient {
         reason: format!("smtp: {e}"),
         retry_after: None,
+    }
+}
+
+/// What to fix when the relay refuses our sign-in, by the enhanced status
+/// codes Microsoft 365 and Google use.
+fn auth_hint(text: &str) -> &'static str {
+    let has = |code: &str| {
+        text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .any(|w| w == code)
+    };
+    if has("5.7.30") {
+        "; the relay no longer accepts passwords (Basic authentication): set auth = \"xoauth2\" (README: Connecting Microsoft 365 and Google Workspace)"
+    } else if has("5.7.139") {
+        "; SMTP AUTH is turned off for this tenant or mailbox: enable Authenticated SMTP for the sending mailbox in the Exchange admin center"
+    } else if has("5.7.3") || has("5.7.8") || has("5.7.9") {
+        "; the sign-in was refused: with auth = \"xoauth2\" on Microsoft 365, give the app registration the SMTP.SendAsApp permission with admin consent, register its service principal in Exchange Online and grant it access to the mailbox; on Google, authorise the service account's client id for https://mail.google.com/ in domain-wide delegation; with a password, check username and password"
+    } else {
+        ""
     }
 }
 

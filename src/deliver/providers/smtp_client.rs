@@ -1,7 +1,7 @@
 //! A minimal SMTP client (RFC 5321) for the `smtp` provider: a pool of
 //! connections kept open across messages, ESMTP PIPELINING (RFC 2920) where
-//! the relay offers it, STARTTLS or implicit TLS (rustls), AUTH PLAIN and
-//! LOGIN.
+//! the relay offers it, STARTTLS or implicit TLS (rustls), AUTH PLAIN, LOGIN
+//! and XOAUTH2.
 //!
 //! Why not lettre's transport: lettre 0.11 sends MAIL, RCPT and DATA one
 //! round trip at a time and checks every pooled connection with a NOOP before
@@ -46,6 +46,12 @@ pub enum Login {
     Password {
         user: String,
         password: String,
+    },
+    /// SASL XOAUTH2 with a bearer token fetched (or taken from the cache)
+    /// when a session opens.
+    XOAuth2 {
+        user: String,
+        tokens: Arc<super::smtp_oauth::TokenSource>,
     },
 }
 
@@ -475,6 +481,31 @@ impl SmtpClient {
                     Err(refused(r))
                 }
             }
+            Login::XOAuth2 { user, tokens } => {
+                let token = tokens.token().await.map_err(ClientError::Token)?;
+                let ir = b64(&format!("user={user}\x01auth=Bearer {token}\x01\x01"));
+                let r = command(stream, format!("AUTH XOAUTH2 {ir}\r\n").as_bytes(), t).await?;
+                let r = if r.code == 334 {
+                    // A JSON error detail (base64); an empty line ends the
+                    // exchange and the relay sends its final refusal.
+                    let detail = decode_detail(&r.text);
+                    let mut last = command(stream, b"\r\n", t).await?;
+                    if !detail.is_empty() {
+                        last.text = format!("{} (detail: {detail})", last.text);
+                    }
+                    last
+                } else {
+                    r
+                };
+                if r.code == 235 {
+                    Ok(())
+                } else {
+                    // A refused token may have been revoked: the next session
+                    // fetches a new one.
+                    tokens.invalidate().await;
+                    Err(refused(r))
+                }
+            }
         }
     }
 }
@@ -515,6 +546,14 @@ impl Extensions {
             words.next() == Some("AUTH") && words.any(|m| m == mechanism)
         })
     }
+}
+
+fn decode_detail(b64: &str) -> String {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| b64.trim().to_string())
 }
 
 async fn command(
