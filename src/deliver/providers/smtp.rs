@@ -337,7 +337,7 @@ impl SmtpProvider {
         tracing::debug!(provider = %self.name, delivery_id = msg.delivery_id, to = %msg.to, "Sending email over SMTP.");
         match self
             .client
-            .send(&self.from.email.to_string(), &to.email.to_string(), &data)
+            .send(self.from.email.as_ref(), to.email.as_ref(), &data)
             .await
         {
             Ok(_) => Ok(Accepted {
