@@ -9,10 +9,20 @@
 //! 3. a rate limit R per provider: achieved rate (target ≥ 0.97 R), the most
 //!    requests in any one-second window (target ≤ R), 429s (target 0);
 //! 4. acknowledgements: `POST /a/{token}` at 64 concurrent clients
-//!    (target ≥ 5,000/s durable, p99 ≤ 50 ms).
+//!    (target ≥ 5,000/s durable, p99 ≤ 50 ms);
+//! 5. SMTP: klaxon's `smtp` provider against Postfix's `smtp-sink`, beside
+//!    Postfix's own `smtp-source` into the same sink with the same session
+//!    count (target ≥ 0.7 × smtp-source), and the cost of building one
+//!    message (MIME);
+//! 6. the whole district through a Twilio-shaped HTTP server (SMS) and
+//!    `smtp-sink` (email) together: trigger → last hand-over (target ≤ 20 s).
+//!
+//! Parts 5 and 6 need `smtp-sink` and `smtp-source` (Debian package
+//! `postfix`); without them they are skipped with a message.
 //!
 //! Each scenario runs several times on a fresh store; medians are reported.
-//! Set `KLAXON_BENCH_STUDENTS` and `KLAXON_BENCH_RUNS` to scale it down.
+//! Set `KLAXON_BENCH_STUDENTS` and `KLAXON_BENCH_RUNS` to scale it down,
+//! `KLAXON_BENCH_ONLY=smtp` to run parts 5 and 6 alone.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -234,6 +244,16 @@ async fn daemon(
     sink: SocketAddr,
     rate: Option<f64>,
 ) -> Daemon {
+    daemon_with(root, run, sis_db, |dir, port| config(dir, port, sink, rate)).await
+}
+
+/// Like `daemon`, with the config text from `config(dir, port)`.
+async fn daemon_with(
+    root: &Path,
+    run: &str,
+    sis_db: &Path,
+    config: impl FnOnce(&Path, u16) -> String,
+) -> Daemon {
     let dir = root.join(run);
     std::fs::create_dir_all(dir.join("state")).unwrap();
     std::fs::copy(sis_db, dir.join("state/sis.db")).unwrap();
@@ -242,7 +262,7 @@ async fn daemon(
         .local_addr()
         .unwrap()
         .port();
-    std::fs::write(dir.join("klaxon.toml"), config(&dir, port, sink, rate)).unwrap();
+    std::fs::write(dir.join("klaxon.toml"), config(&dir, port)).unwrap();
     let store = Store::open(&dir.join("state"), true).unwrap();
     let token = tokens::generate();
     let t = token.clone();
@@ -408,6 +428,11 @@ async fn main() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
+    // KLAXON_BENCH_ONLY=smtp runs parts 5 and 6 alone.
+    if std::env::var("KLAXON_BENCH_ONLY").as_deref() == Ok("smtp") {
+        smtp_scenarios(root.path(), &sis_db, sink_addr, &http, runs).await;
+        return;
+    }
 
     // 1. The ceiling.
     let mut raw = Vec::new();
@@ -522,6 +547,330 @@ async fn main() {
         median(achieved),
         median(worst),
         median(rejected)
+    );
+
+    // The Twilio-shaped sink serves part 6's SMS without a limit.
+    sink.reset(None);
+    smtp_scenarios(root.path(), &sis_db, sink_addr, &http, runs).await;
+}
+
+/// Sessions on both sides of the SMTP comparison (klaxon's `connections`,
+/// smtp-source's `-s`).
+const SMTP_SESSIONS: usize = 16;
+
+/// Postfix's test SMTP server on a free loopback port; killed on drop.
+struct SmtpSink {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn postfix_tool(name: &str) -> Option<PathBuf> {
+    ["/usr/sbin", "/usr/bin", "/usr/lib/postfix/sbin"]
+        .iter()
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.exists())
+}
+
+fn start_smtp_sink() -> SmtpSink {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new(postfix_tool("smtp-sink").unwrap());
+    // smtp-sink refuses to run as root without a user to switch to.
+    if is_root() {
+        cmd.args(["-u", "nobody"]);
+    }
+    // Offers PIPELINING and 8BITMIME by default; 1024 is the listen backlog.
+    let child = cmd
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("1024")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "smtp-sink did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    SmtpSink { child, port }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Messages per second `smtp-source` pushes into the sink: `n` messages of
+/// `length` body bytes over `SMTP_SESSIONS` sessions kept open (`-d`).
+fn smtp_source_rate(port: u16, n: usize, length: usize) -> f64 {
+    let t = Instant::now();
+    let status = Command::new(postfix_tool("smtp-source").unwrap())
+        .args(["-d", "-s", &SMTP_SESSIONS.to_string()])
+        .args(["-m", &n.to_string(), "-l", &length.to_string()])
+        .args(["-f", "alerts@bench.example", "-t", "parent@bench.example"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "smtp-source failed");
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Config for the SMTP runs: email through `smtp_port`, and SMS through the
+/// Twilio-shaped sink when `sms` is set.
+fn smtp_config(dir: &Path, port: u16, sink: SocketAddr, smtp_port: u16, sms: bool) -> String {
+    std::fs::write(dir.join("twilio.token"), "bench-token").unwrap();
+    let (channels, twilio) = if sms {
+        (
+            r#"["sms", "email"]"#,
+            format!(
+                r#"
+[[providers]]
+name = "twilio-bench"
+kind = "twilio"
+channels = ["sms"]
+api_base = "http://{sink}"
+account_sid = "{SID}"
+auth_token_file = "twilio.token"
+messaging_service_sid = "MG0123456789abcdef0123456789abcdef"
+"#
+            ),
+        )
+    } else {
+        (r#"["email"]"#, String::new())
+    };
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+
+[store]
+dir = "state"
+
+[delivery]
+concurrency = 128
+{twilio}
+[[providers]]
+name = "relay-bench"
+kind = "smtp"
+channels = ["email"]
+host = "127.0.0.1"
+port = {smtp_port}
+tls = "none"
+from = "Bench ISD <alerts@bench.example>"
+connections = {SMTP_SESSIONS}
+
+[playbooks.bench]
+title = "Bench"
+severity = "emergency"
+channels = {channels}
+roles = ["guardian"]
+notify_within = "2m"
+[playbooks.bench.messages]
+en = "LOCKDOWN at {{{{ school }}}}. Students are safe inside; doors stay locked until police clear the building. Do not come to the school. Confirm: {{{{ link }}}}"
+"#
+    )
+}
+
+/// Per channel: how many deliveries, and the first and last `sent_at`.
+struct Handed {
+    count: usize,
+    first_ms: i64,
+    last_ms: i64,
+}
+
+/// Triggers the bench playbook for the whole district and waits until every
+/// delivery has an outcome committed. Returns the trigger time (ms since the
+/// epoch) and what was handed over per channel.
+async fn fanout_db(d: &Daemon, http: &reqwest::Client) -> (i64, Vec<(String, Handed)>) {
+    let t0 = now_ms();
+    let created: serde_json::Value = http
+        .post(format!("{}/api/v1/alerts", d.base))
+        .bearer_auth(&d.token)
+        .json(&serde_json::json!({"playbook": "bench", "audience": {}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expected = created["deliveries"].as_i64().expect("alert created");
+    let db = rusqlite::Connection::open_with_flags(
+        d.dir.join("state/klaxon.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let until = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done: i64 = db
+            .query_row(
+                "SELECT count(*) FROM deliveries WHERE state NOT IN ('queued', 'sending')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        if done >= expected {
+            break;
+        }
+        assert!(Instant::now() < until, "fan-out did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let failed: i64 = db
+        .query_row(
+            "SELECT count(*) FROM deliveries WHERE state <> 'sent'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(failed, 0, "every delivery handed over");
+    let per_channel = db
+        .prepare(
+            "SELECT channel, count(*), min(sent_at), max(sent_at) FROM deliveries GROUP BY channel",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                Handed {
+                    count: r.get::<_, i64>(1)? as usize,
+                    first_ms: r.get(2)?,
+                    last_ms: r.get(3)?,
+                },
+            ))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    (t0, per_channel)
+}
+
+/// Microseconds to build one email (MIME, text and HTML parts).
+fn mime_cost() -> (f64, usize) {
+    use klaxon::deliver::message::OutboundMessage;
+    use klaxon::deliver::providers::smtp::build_message;
+    let from: lettre::message::Mailbox = "Bench ISD <alerts@bench.example>".parse().unwrap();
+    let msg = OutboundMessage {
+        delivery_id: 1,
+        alert_id: 1,
+        channel: klaxon::domain::Channel::Email,
+        to: "parent@bench.example".into(),
+        language: "en".into(),
+        subject: "Bench: Lincoln Elementary".into(),
+        body: "LOCKDOWN at Lincoln Elementary. Students are safe inside; doors stay locked until police clear the building. Do not come to the school. Confirm: http://127.0.0.1/a/0123456789abcdef0123456789abcdef".into(),
+        html: None,
+        ack_url: "http://127.0.0.1/a/0123456789abcdef0123456789abcdef".into(),
+        speech: String::new(),
+        severity: klaxon::playbook::Severity::Emergency,
+    };
+    let n = 20_000;
+    let t = Instant::now();
+    let mut size = 0;
+    for i in 0..n {
+        let to = format!("parent{i}@bench.example").parse().unwrap();
+        size = build_message(&msg, &from, to, "<klaxon.1.1@bench.example>")
+            .unwrap()
+            .len();
+    }
+    (t.elapsed().as_secs_f64() * 1e6 / n as f64, size)
+}
+
+/// Parts 5 and 6 (see the module comment).
+async fn smtp_scenarios(
+    root: &Path,
+    sis_db: &Path,
+    sink_addr: SocketAddr,
+    http: &reqwest::Client,
+    runs: usize,
+) {
+    if postfix_tool("smtp-sink").is_none() || postfix_tool("smtp-source").is_none() {
+        println!(
+            "SMTP scenarios skipped: smtp-sink and smtp-source not found (apt-get install postfix)"
+        );
+        return;
+    }
+    let (us, size) = mime_cost();
+    println!("MIME assembly: {us:.1} µs per message ({size} bytes)");
+
+    // 5. klaxon vs smtp-source into the same sink, same session count.
+    let (mut ours, mut theirs, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..runs {
+        let sink = start_smtp_sink();
+        let d = daemon_with(root, &format!("smtp-{run}"), sis_db, |dir, port| {
+            smtp_config(dir, port, sink_addr, sink.port, false)
+        })
+        .await;
+        let (_, handed) = fanout_db(&d, http).await;
+        drop(d);
+        let email = &handed.iter().find(|(c, _)| c == "email").unwrap().1;
+        let span = (email.last_ms - email.first_ms).max(1) as f64 / 1000.0;
+        let k = email.count as f64 / span;
+        // The same number of messages of the same size, through the same sink.
+        let src = smtp_source_rate(sink.port, email.count, size);
+        println!(
+            "  run {run}: klaxon {} emails at {k:.0}/s, smtp-source {src:.0}/s, ratio {:.2}",
+            email.count,
+            k / src
+        );
+        ours.push(k);
+        theirs.push(src);
+        ratio.push(k / src);
+    }
+    println!(
+        "SMTP, {SMTP_SESSIONS} sessions into smtp-sink: klaxon median {:.0}/s, smtp-source median {:.0}/s, ratio median {:.2} (target ≥ 0.7)",
+        median(ours),
+        median(theirs),
+        median(ratio)
+    );
+
+    // 6. The whole district, SMS and email together.
+    let (mut all, mut sms_s, mut email_s) = (Vec::new(), Vec::new(), Vec::new());
+    let mut total = 0;
+    for run in 0..runs {
+        let sink = start_smtp_sink();
+        let d = daemon_with(root, &format!("district-{run}"), sis_db, |dir, port| {
+            smtp_config(dir, port, sink_addr, sink.port, true)
+        })
+        .await;
+        let (t0, handed) = fanout_db(&d, http).await;
+        drop(d);
+        let secs = |h: &Handed| (h.last_ms - t0) as f64 / 1000.0;
+        let last = handed.iter().map(|(_, h)| secs(h)).fold(0.0, f64::max);
+        total = handed.iter().map(|(_, h)| h.count).sum();
+        let by = |c: &str| handed.iter().find(|(n, _)| n == c).map(|(_, h)| h);
+        let (sms, email) = (by("sms").unwrap(), by("email").unwrap());
+        println!(
+            "  run {run}: {} sms done at {:.2} s, {} emails done at {:.2} s, all handed over {last:.2} s",
+            sms.count,
+            secs(sms),
+            email.count,
+            secs(email)
+        );
+        all.push(last);
+        sms_s.push(secs(sms));
+        email_s.push(secs(email));
+    }
+    println!(
+        "whole district, SMS (HTTP) + email (SMTP), {total} deliveries: all handed over median {:.2} s (target ≤ 20); sms median {:.2} s, email median {:.2} s",
+        median(all),
+        median(sms_s),
+        median(email_s)
     );
 }
 

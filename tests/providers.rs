@@ -14,6 +14,7 @@ use klaxon::deliver::providers::{
     Provider, ProviderConfig, ProviderContext, twilio_callback_tokens,
 };
 use klaxon::domain::Channel;
+use support::oauth_server::{Expect, OAuthServer};
 use support::sendgrid_server::SendGridServer;
 use support::smtp_server::{SmtpMode, SmtpServer};
 use support::twilio_server::{Resource, TwilioServer};
@@ -99,6 +100,7 @@ fn message(channel: Channel, id: i64, to: &str) -> OutboundMessage {
         html: None,
         ack_url: format!("{PUBLIC}/a/tok{id}"),
         speech: "Lincoln Elementary is in lockdown. Students are safe inside.".into(),
+        severity: klaxon::playbook::Severity::Emergency,
     }
 }
 
@@ -778,6 +780,284 @@ async fn smtp_starttls_with_private_ca_and_auth() {
             .await,
     );
     assert_eq!(server.received().len(), 1);
+}
+
+#[tokio::test]
+async fn smtp_pipelines_over_a_few_kept_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SmtpServer::start().await;
+    server.offer_pipelining();
+    server.reject_recipient("nobody@example.com");
+    let p = std::sync::Arc::new(build(
+        dir.path(),
+        &format!(
+            "{}\nconnections = 2",
+            smtp_toml(dir.path(), server.port(), None)
+        ),
+    ));
+    let mut sends = tokio::task::JoinSet::new();
+    for id in 1..=20 {
+        let p = p.clone();
+        let to = if id == 10 {
+            "nobody@example.com".to_string()
+        } else {
+            format!("parent{id}@example.com")
+        };
+        sends.spawn(async move { (id, p.send(&message(Channel::Email, id, &to)).await) });
+    }
+    while let Some(r) = sends.join_next().await {
+        let (id, r) = r.unwrap();
+        if id == 10 {
+            let (code, reason) = expect_permanent(r);
+            assert_eq!(code, "smtp-5xx", "{reason}");
+            assert!(reason.contains("550"), "{reason}");
+        } else {
+            r.expect("accepted");
+        }
+    }
+    let got = server.received();
+    assert_eq!(got.len(), 19);
+    assert!(
+        got.iter().all(|m| m.pipelined),
+        "MAIL, RCPT, DATA in one write"
+    );
+    assert!(server.sessions() <= 2, "{} sessions", server.sessions());
+    let t = server.transcript();
+    assert_eq!(
+        t.iter().filter(|l| l.starts_with("EHLO")).count(),
+        server.sessions()
+    );
+    assert!(!t.iter().any(|l| l == "NOOP"), "no NOOP per message");
+    // One RSET, after the refused recipient; none between good messages.
+    assert_eq!(t.iter().filter(|l| *l == "RSET").count(), 1);
+}
+
+#[tokio::test]
+async fn smtp_mail_manners() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SmtpServer::start().await;
+    let p = build(dir.path(), &smtp_toml(dir.path(), server.port(), None));
+    let mut msg = message(Channel::Email, 5, "parent@example.com");
+    msg.language = "es".into();
+    p.send(&msg).await.expect("accepted");
+    let mut routine = message(Channel::Email, 6, "parent@example.com");
+    routine.severity = klaxon::playbook::Severity::Routine;
+    p.send(&routine).await.expect("accepted");
+
+    let got = server.received();
+    let (emergency, routine) = (&got[0], &got[1]);
+    assert_eq!(
+        emergency.header("Message-ID").as_deref(),
+        Some("<klaxon.42.5@example-isd.org>")
+    );
+    let date = emergency.header("Date").expect("Date");
+    jiff::fmt::rfc2822::parse(&date).expect("an RFC 5322 date");
+    assert_eq!(
+        emergency.header("Auto-Submitted").as_deref(),
+        Some("auto-generated")
+    );
+    assert_eq!(emergency.header("Content-Language").as_deref(), Some("es"));
+    assert_eq!(routine.header("Content-Language").as_deref(), Some("en"));
+    assert!(emergency.data.contains("Content-Type: text/plain"));
+    assert!(emergency.data.contains("Content-Type: text/html"));
+    assert_eq!(
+        emergency.header("List-Unsubscribe"),
+        None,
+        "an emergency is not a mailing list"
+    );
+    assert_eq!(
+        routine.header("List-Unsubscribe").as_deref(),
+        Some("<mailto:alerts@example-isd.org?subject=unsubscribe>")
+    );
+}
+
+fn xoauth2_toml(dir: &Path, smtp_port: u16, token_url: &str, grant: &str) -> String {
+    format!(
+        r#"{}
+        connections = 1
+        username = "alerts@example-isd.org"
+        auth = "xoauth2"
+        token_url = "{token_url}"
+        {grant}
+        "#,
+        smtp_toml(dir, smtp_port, None)
+    )
+}
+
+#[tokio::test]
+async fn smtp_xoauth2_client_credentials_success_refusal_and_refresh() {
+    let dir = tempfile::tempdir().unwrap();
+    const SCOPE: &str = "https://outlook.office365.com/.default";
+    let idp = OAuthServer::start(Expect::ClientCredentials {
+        client_id: "app-1234".into(),
+        secret: "app-s3cret".into(),
+        scope: SCOPE.into(),
+    })
+    .await;
+    let server = SmtpServer::start().await;
+    server.accept_bearer("alerts@example-isd.org", &["tok-1"]);
+    let secret = secret_file(dir.path(), "client-secret", "app-s3cret");
+    let grant =
+        format!("client_id = \"app-1234\"\nclient_secret_file = \"{secret}\"\nscope = \"{SCOPE}\"");
+    let toml = xoauth2_toml(dir.path(), server.port(), &idp.url(), &grant);
+
+    // Success: the token from the endpoint signs the session in.
+    let p = build(dir.path(), &toml);
+    p.send(&message(Channel::Email, 1, "parent@example.com"))
+        .await
+        .expect("accepted");
+    let got = server.received();
+    assert_eq!(got[0].auth_mechanism.as_deref(), Some("XOAUTH2"));
+    assert_eq!(got[0].auth_user.as_deref(), Some("alerts@example-isd.org"));
+    assert_eq!(idp.issued(), 1);
+
+    // Refusal: a provider whose token the relay refuses (tok-2) reports a
+    // provider problem that says what to fix, and sends nothing.
+    let refused = build(dir.path(), &toml);
+    let (reason, _) = expect_transient(
+        refused
+            .send(&message(Channel::Email, 2, "parent@example.com"))
+            .await,
+    );
+    assert!(
+        reason.contains("535") && reason.contains("5.7.3"),
+        "{reason}"
+    );
+    assert!(reason.contains("SMTP.SendAsApp"), "{reason}");
+    assert_eq!(server.received().len(), 1);
+
+    // Refresh: the refused token is dropped; the next session gets a new one.
+    server.accept_bearer("alerts@example-isd.org", &["tok-3"]);
+    refused
+        .send(&message(Channel::Email, 3, "parent@example.com"))
+        .await
+        .expect("accepted with a fresh token");
+    assert_eq!(idp.issued(), 3);
+    assert_eq!(server.received().len(), 2);
+
+    // A wrong client secret: the token endpoint's refusal is the reason.
+    let bad = secret_file(dir.path(), "bad-secret", "nope");
+    let p = build(dir.path(), &toml.replace(&secret, &bad));
+    let (reason, _) = expect_transient(
+        p.send(&message(Channel::Email, 4, "parent@example.com"))
+            .await,
+    );
+    assert!(reason.contains("invalid_client"), "{reason}");
+    assert_eq!(idp.refusals(), ["invalid_client"]);
+}
+
+#[tokio::test]
+async fn oauth_tokens_are_cached_and_refreshed_before_expiry() {
+    use klaxon::deliver::providers::smtp_oauth::{Grant, TokenSource};
+    let idp = OAuthServer::start(Expect::ClientCredentials {
+        client_id: "app".into(),
+        secret: "s".into(),
+        scope: "scope".into(),
+    })
+    .await;
+    idp.set_expires_in(2);
+    let tokens = TokenSource::new(
+        reqwest::Client::new(),
+        idp.url(),
+        "scope".into(),
+        Grant::ClientCredentials {
+            client_id: "app".into(),
+            secret: "s".into(),
+        },
+    );
+    assert_eq!(tokens.token().await.unwrap(), "tok-1");
+    assert_eq!(tokens.token().await.unwrap(), "tok-1", "cached");
+    assert_eq!(idp.issued(), 1);
+    // Half its two-second life left: replaced before it expires.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(tokens.token().await.unwrap(), "tok-2");
+    assert_eq!(idp.issued(), 2);
+}
+
+#[tokio::test]
+async fn smtp_xoauth2_google_service_account_jwt() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let sa = "klaxon@example-isd.iam.gserviceaccount.com";
+    let idp = OAuthServer::start(Expect::Jwt {
+        iss: sa.into(),
+        sub: "alerts@example-isd.org".into(),
+        scope: "https://mail.google.com/".into(),
+        public_key: key.public_key_raw().to_vec(),
+    })
+    .await;
+    // Google's JSON key file, as the console gives it.
+    let key_json = serde_json::json!({
+        "type": "service_account",
+        "client_email": sa,
+        "private_key": key.serialize_pem(),
+        "token_uri": idp.url(),
+    })
+    .to_string();
+    let key_file = secret_file(dir.path(), "sa.json", &key_json);
+    let server = SmtpServer::start().await;
+    server.accept_bearer("alerts@example-isd.org", &["tok-1"]);
+    let grant = format!("private_key_file = \"{key_file}\"\nscope = \"https://mail.google.com/\"");
+    let p = build(
+        dir.path(),
+        &xoauth2_toml(dir.path(), server.port(), &idp.url(), &grant),
+    );
+    p.send(&message(Channel::Email, 1, "parent@example.com"))
+        .await
+        .expect("accepted");
+    assert_eq!(idp.refusals(), Vec::<String>::new());
+    assert_eq!(
+        server.received()[0].auth_mechanism.as_deref(),
+        Some("XOAUTH2")
+    );
+
+    // Another key signs: the endpoint refuses the assertion.
+    let other = rcgen::KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).unwrap();
+    let forged = secret_file(
+        dir.path(),
+        "forged.json",
+        &key_json.replace(
+            &key.serialize_pem().replace('\n', "\\n"),
+            &other.serialize_pem().replace('\n', "\\n"),
+        ),
+    );
+    let p = build(
+        dir.path(),
+        &xoauth2_toml(
+            dir.path(),
+            server.port(),
+            &idp.url(),
+            &grant.replace(&key_file, &forged),
+        ),
+    );
+    expect_transient(
+        p.send(&message(Channel::Email, 2, "parent@example.com"))
+            .await,
+    );
+    assert_eq!(idp.refusals(), ["invalid_grant: bad signature"]);
+}
+
+#[test]
+fn xoauth2_config_problems_name_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\nauth = \"xoauth2\"\ntoken_url = \"http://login.example.com/token\"",
+        smtp_toml(dir.path(), 25, Some("pw"))
+    );
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    let mut issues = Issues::default();
+    ProviderConfig::parse("providers[0]", table, &mut issues);
+    let keys: Vec<_> = issues.list.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "providers[0].password_env",
+            "providers[0].token_url",
+            "providers[0].scope",
+            "providers[0].client_secret_env"
+        ],
+        "{issues:?}"
+    );
 }
 
 // ---------------------------------------------------------------- SendGrid

@@ -27,6 +27,8 @@ pub struct OutboundMessage {
     pub ack_url: String,
     /// Text a voice call reads (without the link).
     pub speech: String,
+    /// The playbook's severity: only routine email offers List-Unsubscribe.
+    pub severity: crate::playbook::Severity,
 }
 
 /// The provider accepted the message.

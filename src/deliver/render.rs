@@ -168,6 +168,10 @@ impl Renderer {
             html: None,
             ack_url: link,
             speech,
+            severity: self
+                .playbooks
+                .get(&c.playbook)
+                .map_or(crate::playbook::Severity::Emergency, |p| p.severity),
         })
     }
 }

@@ -1,6 +1,6 @@
-//! A real SMTP server on loopback (RFC 5321): EHLO/HELO, AUTH PLAIN and
-//! LOGIN, MAIL, RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT, and
-//! optionally STARTTLS (RFC 3207) with a certificate from a throwaway CA made
+//! A real SMTP server on loopback (RFC 5321): EHLO/HELO, AUTH PLAIN,
+//! LOGIN and XOAUTH2 (checking the bearer token), MAIL, RCPT, DATA with dot-unstuffing, RSET, NOOP, QUIT,
+//! optionally PIPELINING (RFC 2920), and optionally STARTTLS (RFC 3207) with a certificate from a throwaway CA made
 //! for each server. It can require credentials, refuse recipients with
 //! `550 5.1.1`, be temporarily unavailable (421 at greeting or 451 on MAIL),
 //! and records every message it accepts with its envelope.
@@ -44,6 +44,11 @@ pub struct ReceivedMail {
     pub data: String,
     /// Whether the session had been upgraded with STARTTLS.
     pub tls: bool,
+    /// Whether RCPT had already arrived when MAIL was read (the client
+    /// pipelined its commands).
+    pub pipelined: bool,
+    /// Which connection (1, 2, …) carried the message.
+    pub session: usize,
 }
 
 impl ReceivedMail {
@@ -77,6 +82,12 @@ struct Inner {
     received: Mutex<Vec<ReceivedMail>>,
     /// Every line the server read, for debugging a failing test.
     transcript: Mutex<Vec<String>>,
+    /// XOAUTH2: the user and the bearer tokens accepted for it.
+    bearer: Mutex<Option<(String, HashSet<String>)>>,
+    /// Offer PIPELINING in the EHLO reply.
+    pipelining: std::sync::atomic::AtomicBool,
+    /// Connections accepted so far.
+    sessions: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -199,6 +210,30 @@ impl SmtpServer {
     pub fn transcript(&self) -> Vec<String> {
         lock(&self.inner.transcript).clone()
     }
+
+    /// From now on AUTH XOAUTH2 succeeds for `user` with one of `tokens`;
+    /// any other token is refused as Microsoft 365 does (a 334 with a JSON
+    /// detail, then `535 5.7.3`).
+    pub fn accept_bearer(&self, user: &str, tokens: &[&str]) {
+        *lock(&self.inner.bearer) = Some((
+            user.to_string(),
+            tokens.iter().map(|t| t.to_string()).collect(),
+        ));
+    }
+
+    /// From now on EHLO offers PIPELINING (as Postfix and Exchange do).
+    pub fn offer_pipelining(&self) {
+        self.inner
+            .pipelining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Connections accepted so far.
+    pub fn sessions(&self) -> usize {
+        self.inner
+            .sessions
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 /// The address inside `<…>` after `MAIL FROM:` or `RCPT TO:`.
@@ -256,10 +291,15 @@ async fn session(
     inner: Arc<Inner>,
     tls: Option<TlsAcceptor>,
 ) -> std::io::Result<()> {
+    let session_no = inner
+        .sessions
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        + 1;
     let mut c = Conn {
         stream: BufReader::new(stream),
         inner,
     };
+    let mut pipelined = false;
     let mut encrypted = false;
     if *lock(&c.inner.mode) == SmtpMode::Unavailable {
         return c
@@ -288,11 +328,14 @@ async fn session(
                 c.reply("250-8BITMIME").await?;
                 c.reply("250-SIZE 10485760").await?;
                 c.reply("250-ENHANCEDSTATUSCODES").await?;
+                if c.inner.pipelining.load(std::sync::atomic::Ordering::SeqCst) {
+                    c.reply("250-PIPELINING").await?;
+                }
                 if tls.is_some() && !encrypted {
                     // Like most relays: no AUTH on offer until the channel is private.
                     c.reply("250 STARTTLS").await?;
                 } else {
-                    c.reply("250 AUTH PLAIN LOGIN").await?;
+                    c.reply("250 AUTH PLAIN LOGIN XOAUTH2").await?;
                 }
             }
             "HELO" => {
@@ -358,6 +401,39 @@ async fn session(
                         let password = c.line().await?.unwrap_or_default();
                         b64(&user).zip(b64(&password))
                     }
+                    "XOAUTH2" => {
+                        // user=<user>^Aauth=Bearer <token>^A^A
+                        let given = initial.as_deref().and_then(b64).and_then(|s| {
+                            let mut user = None;
+                            let mut token = None;
+                            for field in s.split('\x01') {
+                                if let Some(u) = field.strip_prefix("user=") {
+                                    user = Some(u.to_string());
+                                } else if let Some(t) = field.strip_prefix("auth=Bearer ") {
+                                    token = Some(t.to_string());
+                                }
+                            }
+                            user.zip(token)
+                        });
+                        let accepted = lock(&c.inner.bearer).clone();
+                        match (given, accepted) {
+                            (Some((user, token)), Some((u, tokens)))
+                                if user == u && tokens.contains(&token) =>
+                            {
+                                auth = Some((user, mechanism.clone()));
+                                c.reply("235 2.7.0 Authentication successful").await?;
+                            }
+                            _ => {
+                                let detail = base64::prelude::BASE64_STANDARD.encode(
+                                    r#"{"status":"401","schemes":"bearer","scope":"https://outlook.office365.com/.default"}"#,
+                                );
+                                c.reply(&format!("334 {detail}")).await?;
+                                let _ = c.line().await?;
+                                c.reply("535 5.7.3 Authentication unsuccessful").await?;
+                            }
+                        }
+                        continue;
+                    }
                     _ => {
                         c.reply("504 5.5.4 Unrecognized authentication type")
                             .await?;
@@ -400,6 +476,8 @@ async fn session(
                 } else if mail_from.is_some() {
                     c.reply("503 5.5.1 Nested MAIL command").await?;
                 } else {
+                    // Already buffered: the client sent RCPT without waiting.
+                    pipelined = !c.stream.buffer().is_empty();
                     mail_from = Some(from);
                     rcpt.clear();
                     c.reply("250 2.1.0 Ok").await?;
@@ -452,6 +530,8 @@ async fn session(
                     rcpt_to: std::mem::take(&mut rcpt),
                     data: lines.join("\r\n"),
                     tls: encrypted,
+                    pipelined,
+                    session: session_no,
                 };
                 let id = {
                     let mut received = lock(&c.inner.received);

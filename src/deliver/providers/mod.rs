@@ -8,6 +8,8 @@
 pub mod log;
 pub mod sendgrid;
 pub mod smtp;
+pub mod smtp_client;
+pub mod smtp_oauth;
 pub mod twilio;
 
 use std::path::PathBuf;

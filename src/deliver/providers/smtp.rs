@@ -1,5 +1,6 @@
-//! The `smtp` provider: email through the district's own relay with lettre's
-//! pooled async transport (plain, STARTTLS or implicit TLS, optional AUTH).
+//! The `smtp` provider: email through the district's own relay, over our
+//! own pooled, pipelining client (`smtp_client`; plain, STARTTLS or implicit
+//! TLS, optional AUTH). lettre builds the MIME message.
 //!
 //! Each message is multipart/alternative (text and HTML) with one recipient,
 //! so an SMTP reply is always about that recipient: a 5xx refusal of the
@@ -8,26 +9,32 @@
 
 use std::path::PathBuf;
 
-use lettre::message::header::ContentType;
+use std::sync::Arc;
+
+use lettre::Message;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
-use lettre::transport::smtp::PoolConfig;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
+use tokio_rustls::rustls;
 
 use crate::config::{Dur, Issues, relative_to};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
+use crate::deliver::providers::smtp_client::{
+    ClientConfig, ClientError, Login, Security, SmtpClient, Step,
+};
+use crate::deliver::providers::smtp_oauth::{Grant, TokenSource, read_signing_key};
 use crate::deliver::providers::{ProviderContext, redact, revalidate};
 use crate::domain::Channel;
 use crate::markup::escape;
-
-/// Connections kept open to the relay; sends beyond this wait for one.
-const POOL_SIZE: u32 = 8;
+use crate::playbook::Severity;
 
 /// SMTP replies that mean our credentials were refused: a provider problem,
 /// not an address problem.
-const AUTH_CODES: &[&str] = &["530", "534", "535", "538"];
+const AUTH_CODES: &[u16] = &[530, 534, 535, 538];
+
+/// Most sessions a provider may keep open; relays limit sessions per client
+/// (Exchange Online: 3 per mailbox, Postfix: 50 by default).
+const MAX_CONNECTIONS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -39,6 +46,17 @@ pub enum TlsMode {
     Starttls,
     /// TLS from the first byte (port 465).
     Tls,
+}
+
+/// How klaxon signs in to the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// `username` with `password_env` / `_file`, or no AUTH without them.
+    #[default]
+    Password,
+    /// SASL XOAUTH2 with an OAuth 2.0 token (Microsoft 365, Google Workspace).
+    Xoauth2,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,10 +88,39 @@ pub struct SmtpConfig {
     /// trusted as well.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// SMTP sessions kept open to the relay at once; each carries one message
+    /// at a time, pipelined where the relay offers PIPELINING.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+    /// `"password"` (default) or `"xoauth2"`.
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// XOAUTH2: the OAuth token endpoint.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// XOAUTH2: the app registration's client id (Microsoft), or the service
+    /// account's address (Google; read from a JSON key file when absent).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// XOAUTH2 with a service account (Google): its key, the JSON key file
+    /// or a PEM private key; the token is requested with a signed JWT.
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// XOAUTH2: the scope asked for, e.g. `https://outlook.office365.com/.default`.
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 fn default_timeout() -> Dur {
     Dur::secs(20)
+}
+
+fn default_connections() -> usize {
+    16
 }
 
 impl SmtpConfig {
@@ -100,14 +147,88 @@ impl SmtpConfig {
                 "a password is set but no username",
             );
         }
+        self.validate_oauth(prefix, issues, has_password);
         if self.timeout.0.is_zero() {
             issues.push(format!("{prefix}.timeout"), "must be longer than 0s");
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            issues.push(
+                format!("{prefix}.connections"),
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
+            );
         }
         if self.ca_file.is_some() && self.tls == TlsMode::None {
             issues.push(
                 format!("{prefix}.ca_file"),
                 "a CA file only matters with tls = \"starttls\" or \"tls\"",
             );
+        }
+    }
+
+    fn validate_oauth(&self, prefix: &str, issues: &mut Issues, has_password: bool) {
+        let has_secret = self.client_secret_env.is_some() || self.client_secret_file.is_some();
+        let has_key = self.private_key_file.is_some();
+        if self.auth == AuthMode::Password {
+            for (key, set) in [
+                ("token_url", self.token_url.is_some()),
+                ("client_id", self.client_id.is_some()),
+                ("client_secret_env", self.client_secret_env.is_some()),
+                ("client_secret_file", self.client_secret_file.is_some()),
+                ("private_key_file", has_key),
+                ("scope", self.scope.is_some()),
+            ] {
+                if set {
+                    issues.push(
+                        format!("{prefix}.{key}"),
+                        "only used with auth = \"xoauth2\"",
+                    );
+                }
+            }
+            return;
+        }
+        if self.username.is_none() {
+            issues.push(
+                format!("{prefix}.username"),
+                "auth = \"xoauth2\" needs the mailbox to send as",
+            );
+        }
+        if has_password {
+            issues.push(
+                format!("{prefix}.password_env"),
+                "auth = \"xoauth2\" signs in with a token, not a password; remove the password",
+            );
+        }
+        match self.token_url.as_deref() {
+            None => issues.push(
+                format!("{prefix}.token_url"),
+                "missing; e.g. https://login.microsoftonline.com/<tenant id>/oauth2/v2.0/token or https://oauth2.googleapis.com/token",
+            ),
+            Some(u) if !(u.starts_with("https://") || is_loopback_http(u)) => issues.push(
+                format!("{prefix}.token_url"),
+                format!("`{u}` must be an https:// URL (plain http only to 127.0.0.1 or localhost)"),
+            ),
+            Some(_) => {}
+        }
+        if self.scope.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            issues.push(
+                format!("{prefix}.scope"),
+                "missing; https://outlook.office365.com/.default for Microsoft 365, https://mail.google.com/ for Google",
+            );
+        }
+        match (has_secret, has_key) {
+            (false, false) => issues.push(
+                format!("{prefix}.client_secret_env"),
+                "auth = \"xoauth2\" needs client_secret_env / client_secret_file (Microsoft 365) or private_key_file (Google service account)",
+            ),
+            (true, true) => issues.push(
+                format!("{prefix}.private_key_file"),
+                "set either a client secret or a private key, not both",
+            ),
+            (true, false) if self.client_id.is_none() => issues.push(
+                format!("{prefix}.client_id"),
+                "missing; the app registration's application (client) id",
+            ),
+            _ => {}
         }
     }
 
@@ -122,8 +243,10 @@ impl SmtpConfig {
 
 pub struct SmtpProvider {
     name: String,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    client: SmtpClient,
     from: Mailbox,
+    /// `From:` as header text, formatted once.
+    from_header: String,
     max_per_second: Option<f64>,
 }
 
@@ -141,40 +264,55 @@ impl SmtpProvider {
             "password",
             cfg.password_env.as_deref(),
             cfg.password_file.as_ref(),
-            cfg.username.is_some(),
+            cfg.username.is_some() && cfg.auth == AuthMode::Password,
             issues,
         );
-        let builder = match tls_parameters(prefix, cfg, ctx, issues) {
+        let security = match tls_config(prefix, cfg, ctx, issues) {
             None => return None,
-            Some(None) => {
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host).tls(Tls::None)
-            }
-            Some(Some(params)) => {
-                let tls = match cfg.tls {
-                    TlsMode::Tls => Tls::Wrapper(params),
-                    _ => Tls::Required(params),
-                };
-                AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&cfg.host).tls(tls)
-            }
+            Some(None) => Security::Plain,
+            Some(Some(tls)) => match cfg.tls {
+                TlsMode::Tls => Security::Implicit(tls),
+                _ => Security::StartTls(tls),
+            },
         };
         let from = cfg.from.parse::<Mailbox>().ok();
         if !valid || issues.list.len() > before {
             return None;
         }
-        let mut builder = builder
-            .port(cfg.port())
-            .timeout(Some(cfg.timeout.0))
-            .pool_config(PoolConfig::new().max_size(POOL_SIZE));
-        if let (Some(user), Some(password)) = (&cfg.username, password) {
-            builder = builder.credentials(Credentials::new(
-                user.clone(),
-                password.expose().to_string(),
-            ));
+        let from = from?;
+        let tokens = if cfg.auth == AuthMode::Xoauth2 {
+            token_source(prefix, cfg, ctx, issues)
+        } else {
+            None
+        };
+        if issues.list.len() > before {
+            return None;
         }
+        let login = match (&cfg.username, password, tokens) {
+            (Some(user), _, Some(tokens)) => Login::XOAuth2 {
+                user: user.clone(),
+                tokens: Arc::new(tokens),
+            },
+            (Some(user), Some(password), None) => Login::Password {
+                user: user.clone(),
+                password: password.expose().to_string(),
+            },
+            _ => Login::None,
+        };
+        let client = SmtpClient::new(ClientConfig {
+            host: cfg.host.clone(),
+            port: cfg.port(),
+            security,
+            login,
+            helo_name: helo_name(&from),
+            timeout: cfg.timeout.0,
+            connections: cfg.connections,
+        });
         Some(SmtpProvider {
             name: cfg.name.clone(),
-            transport: builder.build(),
-            from: from?,
+            client,
+            from_header: from.to_string(),
+            from,
             max_per_second: cfg.max_per_second,
         })
     }
@@ -195,51 +333,176 @@ impl SmtpProvider {
             reason: format!("not an email address: {e}"),
         })?;
         let message_id = message_id(msg, &self.from);
-        let html = msg.html.clone().unwrap_or_else(|| render_html(msg));
-        let email = Message::builder()
-            .from(self.from.clone())
-            .to(to)
-            .subject(msg.subject.clone())
-            .message_id(Some(message_id.clone()))
-            .multipart(
-                MultiPart::alternative()
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_PLAIN)
-                            .body(msg.body.clone()),
-                    )
-                    .singlepart(
-                        SinglePart::builder()
-                            .header(ContentType::TEXT_HTML)
-                            .body(html),
-                    ),
-            )
-            .map_err(|e| SendError::Permanent {
-                code: "invalid-message".into(),
-                reason: format!("cannot build the email: {e}"),
-            })?;
+        let data = build_message(msg, &self.from, to.clone(), &message_id)?;
         tracing::debug!(provider = %self.name, delivery_id = msg.delivery_id, to = %msg.to, "Sending email over SMTP.");
-        match self.transport.send(email).await {
+        match self
+            .client
+            .send(self.from.email.as_ref(), to.email.as_ref(), &data)
+            .await
+        {
             Ok(_) => Ok(Accepted {
                 provider_message_id: Some(message_id),
             }),
             Err(e) => redact(Err(classify(&e)), &msg.to),
         }
     }
+
+    /// The `From:` header as sent, for logs and tests.
+    pub fn from_header(&self) -> &str {
+        &self.from_header
+    }
 }
 
-/// TLS settings for the transport: `Some(None)` for plain text, `None` when a
-/// problem was reported.
-fn tls_parameters(
+/// The message as sent: headers for mail software (Message-ID, Date,
+/// Auto-Submitted, Content-Language, List-Unsubscribe for routine notices),
+/// a text part and an HTML part. Built once per recipient.
+pub fn build_message(
+    msg: &OutboundMessage,
+    from: &Mailbox,
+    to: Mailbox,
+    message_id: &str,
+) -> Result<Vec<u8>, SendError> {
+    let html = msg.html.clone().unwrap_or_else(|| render_html(msg));
+    let raw = |name: &'static str, value: String| {
+        HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
+    };
+    let mut builder = Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(msg.subject.clone())
+        .message_id(Some(message_id.to_string()))
+        // RFC 3834: automatic replies (out-of-office) must not answer this.
+        .raw_header(raw("Auto-Submitted", "auto-generated".into()));
+    if is_language_tag(&msg.language) {
+        builder = builder.raw_header(raw("Content-Language", msg.language.clone()));
+    }
+    if msg.severity == Severity::Routine {
+        // RFC 2369 / 8058 ask bulk senders for it; an emergency notice must
+        // never look like something one can unsubscribe from.
+        builder = builder.raw_header(raw(
+            "List-Unsubscribe",
+            format!("<mailto:{}?subject=unsubscribe>", from.email),
+        ));
+    }
+    let email = builder
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_PLAIN)
+                        .body(msg.body.clone()),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(ContentType::TEXT_HTML)
+                        .body(html),
+                ),
+        )
+        .map_err(|e| SendError::Permanent {
+            code: "invalid-message".into(),
+            reason: format!("cannot build the email: {e}"),
+        })?;
+    Ok(email.formatted())
+}
+
+/// A BCP 47 tag as we store them ("en", "es-MX", "zh-Hant"): letters, digits
+/// and hyphens only, so it cannot inject into a header.
+fn is_language_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 35
+        && tag.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The token source for `auth = "xoauth2"`; problems go to `issues`.
+fn token_source(
     prefix: &str,
     cfg: &SmtpConfig,
     ctx: &ProviderContext,
     issues: &mut Issues,
-) -> Option<Option<TlsParameters>> {
+) -> Option<TokenSource> {
+    let grant = if let Some(file) = &cfg.private_key_file {
+        let path = relative_to(&ctx.base_dir, file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+            .and_then(|t| read_signing_key(&t).map_err(|e| format!("`{}`: {e}", path.display())));
+        let (key, email) = match text {
+            Ok(k) => k,
+            Err(e) => {
+                issues.push(format!("{prefix}.private_key_file"), e);
+                return None;
+            }
+        };
+        let Some(client_id) = cfg.client_id.clone().or(email) else {
+            issues.push(
+                format!("{prefix}.client_id"),
+                "missing; the service account's address (client_email in its JSON key file)",
+            );
+            return None;
+        };
+        Grant::JwtBearer {
+            client_id,
+            subject: cfg.username.clone()?,
+            key,
+        }
+    } else {
+        let secret = ctx.secret(
+            prefix,
+            "client_secret",
+            cfg.client_secret_env.as_deref(),
+            cfg.client_secret_file.as_ref(),
+            true,
+            issues,
+        )?;
+        Grant::ClientCredentials {
+            client_id: cfg.client_id.clone()?,
+            secret: secret.expose().to_string(),
+        }
+    };
+    Some(TokenSource::new(
+        ctx.http.clone(),
+        cfg.token_url.clone()?,
+        cfg.scope.clone()?,
+        grant,
+    ))
+}
+
+/// `http://127.0.0.1…` or `http://localhost…`: a token endpoint on this host.
+fn is_loopback_http(url: &str) -> bool {
+    [
+        "http://127.0.0.1:",
+        "http://127.0.0.1/",
+        "http://localhost:",
+        "http://localhost/",
+        "http://[::1]:",
+    ]
+    .iter()
+    .any(|p| url.starts_with(p))
+}
+
+/// Our name in EHLO: the sender's domain (we have no better public name).
+fn helo_name(from: &Mailbox) -> String {
+    let domain = from.email.domain();
+    if domain.is_empty() {
+        "localhost".into()
+    } else {
+        domain.to_string()
+    }
+}
+
+/// TLS settings for the client: `Some(None)` for plain text, `None` when a
+/// problem was reported. The system's roots are trusted, plus `ca_file`.
+fn tls_config(
+    prefix: &str,
+    cfg: &SmtpConfig,
+    ctx: &ProviderContext,
+    issues: &mut Issues,
+) -> Option<Option<Arc<rustls::ClientConfig>>> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
     if cfg.tls == TlsMode::None {
         return Some(None);
     }
-    let mut builder = TlsParameters::builder(cfg.host.clone());
+    let mut extra = Vec::new();
     if let Some(file) = &cfg.ca_file {
         let path = relative_to(&ctx.base_dir, file);
         let pem = match std::fs::read(&path) {
@@ -252,8 +515,15 @@ fn tls_parameters(
                 return None;
             }
         };
-        match Certificate::from_pem(&pem) {
-            Ok(cert) => builder = builder.add_root_certificate(cert),
+        match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+            Ok(certs) if !certs.is_empty() => extra = certs,
+            Ok(_) => {
+                issues.push(
+                    format!("{prefix}.ca_file"),
+                    format!("`{}` holds no PEM certificate", path.display()),
+                );
+                return None;
+            }
             Err(e) => {
                 issues.push(
                     format!("{prefix}.ca_file"),
@@ -263,8 +533,17 @@ fn tls_parameters(
             }
         }
     }
-    match builder.build() {
-        Ok(params) => Some(Some(params)),
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let built = rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+        .and_then(|verifier| {
+            Ok(rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth())
+        });
+    match built {
+        Ok(c) => Some(Some(Arc::new(c))),
         Err(e) => {
             issues.push(format!("{prefix}.tls"), format!("cannot set up TLS: {e}"));
             None
@@ -283,25 +562,56 @@ fn message_id(msg: &OutboundMessage, from: &Mailbox) -> String {
     )
 }
 
-/// Sorts a lettre error into the engine's two kinds.
-fn classify(e: &lettre::transport::smtp::Error) -> SendError {
-    let code = e.status().map(|c| c.to_string());
-    if e.is_permanent() && !code.as_deref().is_some_and(|c| AUTH_CODES.contains(&c)) {
-        return SendError::Permanent {
-            code: "smtp-5xx".into(),
-            reason: format!("smtp: {e}"),
+/// Sorts a client error into the engine's two kinds.
+fn classify(e: &ClientError) -> SendError {
+    if let Some((step, reply)) = e.reply() {
+        let about_us = AUTH_CODES.contains(&reply.code)
+            || matches!(
+                step,
+                Step::Greeting | Step::Ehlo | Step::StartTls | Step::Auth
+            );
+        if reply.code / 100 == 5 && !about_us {
+            return SendError::Permanent {
+                code: "smtp-5xx".into(),
+                reason: format!("smtp: {e}"),
+            };
+        }
+        let what = if reply.code / 100 == 4 {
+            "temporary failure: "
+        } else {
+            ""
+        };
+        let hint = if step == Step::Auth {
+            auth_hint(&reply.text)
+        } else {
+            ""
+        };
+        return SendError::Transient {
+            reason: format!("smtp: {what}{e}{hint}"),
+            retry_after: None,
         };
     }
-    let what = if e.is_timeout() {
-        "time-out: "
-    } else if e.is_transient() {
-        "temporary failure: "
+    SendError::Transient {
+        reason: format!("smtp: {e}"),
+        retry_after: None,
+    }
+}
+
+/// What to fix when the relay refuses our sign-in, by the enhanced status
+/// codes Microsoft 365 and Google use.
+fn auth_hint(text: &str) -> &'static str {
+    let has = |code: &str| {
+        text.split(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .any(|w| w == code)
+    };
+    if has("5.7.30") {
+        "; the relay no longer accepts passwords (Basic authentication): set auth = \"xoauth2\" (README: Connecting Microsoft 365 and Google Workspace)"
+    } else if has("5.7.139") {
+        "; SMTP AUTH is turned off for this tenant or mailbox: enable Authenticated SMTP for the sending mailbox in the Exchange admin center"
+    } else if has("5.7.3") || has("5.7.8") || has("5.7.9") {
+        "; the sign-in was refused: with auth = \"xoauth2\" on Microsoft 365, give the app registration the SMTP.SendAsApp permission with admin consent, register its service principal in Exchange Online and grant it access to the mailbox; on Google, authorise the service account's client id for https://mail.google.com/ in domain-wide delegation; with a password, check username and password"
     } else {
         ""
-    };
-    SendError::Transient {
-        reason: format!("smtp: {what}{e}"),
-        retry_after: None,
     }
 }
 
@@ -371,6 +681,7 @@ mod tests {
             html: None,
             ack_url: "https://alerts.example.org/a/tok?x=1&y=2".into(),
             speech: String::new(),
+            severity: Severity::Emergency,
         };
         let h = render_html(&msg);
         assert!(h.contains("<p>Línea 1 &amp; más<br>\nLínea 2</p>"), "{h}");

@@ -801,6 +801,7 @@ mod tests {
             html: None,
             ack_url: String::new(),
             speech: "Escuela <cerrada> & \"hoy\"".into(),
+            severity: crate::playbook::Severity::Emergency,
         };
         let x = twiml(
             &msg,
@@ -835,6 +836,7 @@ mod tests {
             html: None,
             ack_url: String::new(),
             speech: "word ".repeat(500),
+            severity: crate::playbook::Severity::Emergency,
         };
         let x = twiml(&msg, &BTreeMap::new(), "https://h/v").unwrap();
         assert!(x.contains(r#"loop="2""#), "{x}");

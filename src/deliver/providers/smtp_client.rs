@@ -1,0 +1,669 @@
+//! A minimal SMTP client (RFC 5321) for the `smtp` provider: a pool of
+//! connections kept open across messages, ESMTP PIPELINING (RFC 2920) where
+//! the relay offers it, STARTTLS or implicit TLS (rustls), AUTH PLAIN, LOGIN
+//! and XOAUTH2.
+//!
+//! Why not lettre's transport: lettre 0.11 sends MAIL, RCPT and DATA one
+//! round trip at a time and checks every pooled connection with a NOOP before
+//! each message, five round trips a message. Here a message costs two: MAIL +
+//! RCPT + DATA in one write (with PIPELINING), then the body. lettre still
+//! builds the MIME message.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream};
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, Semaphore};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::ServerName;
+
+/// A pooled connection idle longer than this is closed rather than reused:
+/// relays drop idle sessions (Postfix after 300 s), and a send should not be
+/// the one to find out.
+const MAX_IDLE: Duration = Duration::from_secs(60);
+
+/// Longest reply line we accept, against a misbehaving peer.
+const MAX_REPLY_LINE: usize = 4096;
+
+/// How the connection is secured.
+#[derive(Clone)]
+pub enum Security {
+    Plain,
+    /// STARTTLS, required: a relay that does not offer it is refused.
+    StartTls(Arc<rustls::ClientConfig>),
+    /// TLS from the first byte (port 465).
+    Implicit(Arc<rustls::ClientConfig>),
+}
+
+/// How we sign in, if at all.
+#[derive(Clone)]
+pub enum Login {
+    None,
+    /// PLAIN if offered, else LOGIN.
+    Password {
+        user: String,
+        password: String,
+    },
+    /// SASL XOAUTH2 with a bearer token fetched (or taken from the cache)
+    /// when a session opens.
+    XOAuth2 {
+        user: String,
+        tokens: Arc<super::smtp_oauth::TokenSource>,
+    },
+}
+
+/// Everything needed to open a session.
+pub struct ClientConfig {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    pub login: Login,
+    /// Our name in EHLO.
+    pub helo_name: String,
+    /// Bound on connecting and on each reply.
+    pub timeout: Duration,
+    /// Sessions kept open at most.
+    pub connections: usize,
+}
+
+/// A reply from the relay: three-digit code and its text lines joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub code: u16,
+    pub text: String,
+}
+
+impl std::fmt::Display for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.code, self.text)
+    }
+}
+
+/// Which step a refusal answered; the provider words its errors by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Greeting,
+    Ehlo,
+    StartTls,
+    Auth,
+    Mail,
+    Rcpt,
+    Data,
+    Message,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Greeting => "greeting",
+            Step::Ehlo => "EHLO",
+            Step::StartTls => "STARTTLS",
+            Step::Auth => "AUTH",
+            Step::Mail => "MAIL FROM",
+            Step::Rcpt => "RCPT TO",
+            Step::Data => "DATA",
+            Step::Message => "end of data",
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("connection lost: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("time-out waiting for the relay")]
+    Timeout,
+    #[error("the relay answered {step} with {reply}")]
+    Refused { step: Step, reply: Reply },
+    #[error("{0}")]
+    Protocol(String),
+    #[error("cannot get an OAuth token: {0}")]
+    Token(String),
+}
+
+impl ClientError {
+    /// The relay's reply, when the relay refused something.
+    pub fn reply(&self) -> Option<(Step, &Reply)> {
+        match self {
+            ClientError::Refused { step, reply } => Some((*step, reply)),
+            _ => None,
+        }
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One open session, ready for MAIL.
+struct Session {
+    stream: BufStream<Box<dyn Io>>,
+    pipelining: bool,
+    eight_bit: bool,
+    smtputf8: bool,
+    idle_since: Instant,
+}
+
+/// The pool: at most `connections` sessions, idle ones reused last-in
+/// first-out (the warmest connection first).
+pub struct SmtpClient {
+    cfg: ClientConfig,
+    idle: Mutex<Vec<Session>>,
+    permits: Semaphore,
+}
+
+impl SmtpClient {
+    pub fn new(cfg: ClientConfig) -> SmtpClient {
+        let permits = Semaphore::new(cfg.connections.max(1));
+        SmtpClient {
+            cfg,
+            idle: Mutex::new(Vec::new()),
+            permits,
+        }
+    }
+
+    /// Sends one message to one recipient. `data` is the message with CRLF
+    /// line ends, not yet dot-stuffed. Returns the relay's final reply.
+    pub async fn send(&self, from: &str, to: &str, data: &[u8]) -> Result<Reply, ClientError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Protocol("the SMTP client is closed".into()))?;
+        let reused = self.take_idle().await;
+        let was_reused = reused.is_some();
+        let mut session = match reused {
+            Some(s) => s,
+            None => self.open().await?,
+        };
+        match self.transaction(&mut session, from, to, data).await {
+            Ok(reply) => {
+                self.put_back(session).await;
+                Ok(reply)
+            }
+            // A reused session the relay closed while it sat idle: nothing was
+            // accepted, so one fresh session may try again.
+            Err(Attempt::Unused(_)) if was_reused => {
+                let mut session = self.open().await?;
+                match self.transaction(&mut session, from, to, data).await {
+                    Ok(reply) => {
+                        self.put_back(session).await;
+                        Ok(reply)
+                    }
+                    Err(e) => Err(self.after_failure(session, e).await),
+                }
+            }
+            Err(e) => Err(self.after_failure(session, e).await),
+        }
+    }
+
+    async fn take_idle(&self) -> Option<Session> {
+        let mut idle = self.idle.lock().await;
+        while let Some(s) = idle.pop() {
+            if s.idle_since.elapsed() < MAX_IDLE {
+                return Some(s);
+            }
+            // Too old: dropped (closed) without a round trip.
+        }
+        None
+    }
+
+    async fn put_back(&self, mut session: Session) {
+        session.idle_since = Instant::now();
+        self.idle.lock().await.push(session);
+    }
+
+    /// After a refused transaction the session is reset (RSET) and kept; after
+    /// a broken one it is dropped.
+    async fn after_failure(&self, mut session: Session, e: Attempt) -> ClientError {
+        match e {
+            Attempt::Refused(err) => {
+                let keep = err.reply().is_some_and(|(_, r)| r.code != 421)
+                    && self.reset(&mut session).await.is_ok();
+                if keep {
+                    self.put_back(session).await;
+                }
+                err
+            }
+            Attempt::Unused(err) | Attempt::Broken(err) => err,
+        }
+    }
+
+    async fn reset(&self, s: &mut Session) -> Result<(), ClientError> {
+        s.stream.write_all(b"RSET\r\n").await?;
+        s.stream.flush().await?;
+        let r = self.read_reply(s).await?;
+        if r.code == 250 {
+            Ok(())
+        } else {
+            Err(ClientError::Protocol(format!("RSET answered {r}")))
+        }
+    }
+
+    /// MAIL, RCPT and DATA (one write with PIPELINING), then the body.
+    async fn transaction(
+        &self,
+        s: &mut Session,
+        from: &str,
+        to: &str,
+        data: &[u8],
+    ) -> Result<Reply, Attempt> {
+        let mut params = String::new();
+        if !data.is_ascii() {
+            if !s.eight_bit {
+                return Err(Attempt::Refused(ClientError::Protocol(
+                    "the message has 8-bit content but the relay does not offer 8BITMIME".into(),
+                )));
+            }
+            params.push_str(" BODY=8BITMIME");
+        }
+        if !from.is_ascii() || !to.is_ascii() {
+            if !s.smtputf8 {
+                return Err(Attempt::Refused(ClientError::Protocol(
+                    "the address is not ASCII but the relay does not offer SMTPUTF8".into(),
+                )));
+            }
+            params.push_str(" SMTPUTF8");
+        }
+        let mail = format!("MAIL FROM:<{from}>{params}\r\n");
+        let rcpt = format!("RCPT TO:<{to}>\r\n");
+        // Until the first reply arrives nothing has been accepted: an error
+        // then is `Unused`, and a stale pooled session may be replaced.
+        let mut first = true;
+        let wrap = |first: bool, e: ClientError| {
+            if first {
+                Attempt::Unused(e)
+            } else {
+                Attempt::Broken(e)
+            }
+        };
+        let mut replies = Vec::with_capacity(3);
+        if s.pipelining {
+            let mut cmds = Vec::with_capacity(mail.len() + rcpt.len() + 6);
+            cmds.extend_from_slice(mail.as_bytes());
+            cmds.extend_from_slice(rcpt.as_bytes());
+            cmds.extend_from_slice(b"DATA\r\n");
+            self.write(s, &cmds).await.map_err(|e| wrap(true, e))?;
+            for _ in 0..3 {
+                let r = self.read_reply(s).await.map_err(|e| wrap(first, e))?;
+                first = false;
+                replies.push(r);
+            }
+        } else {
+            for cmd in [mail.as_bytes(), rcpt.as_bytes(), b"DATA\r\n"] {
+                self.write(s, cmd).await.map_err(|e| wrap(first, e))?;
+                let r = self.read_reply(s).await.map_err(|e| wrap(first, e))?;
+                first = false;
+                let ok = r.code / 100 == 2 || r.code == 354;
+                replies.push(r);
+                if !ok {
+                    break;
+                }
+            }
+        }
+        for (i, step) in [Step::Mail, Step::Rcpt, Step::Data].into_iter().enumerate() {
+            let Some(r) = replies.get(i) else { break };
+            let ok = if step == Step::Data {
+                r.code == 354
+            } else {
+                r.code / 100 == 2
+            };
+            if !ok {
+                // Should DATA have been accepted all the same (a relay that
+                // does not reject DATA without recipients), the session is in
+                // the data phase: drop it rather than send an empty message.
+                let data_open = replies.get(2).is_some_and(|r| r.code == 354);
+                let err = ClientError::Refused {
+                    step,
+                    reply: r.clone(),
+                };
+                return Err(if data_open || r.code == 421 {
+                    Attempt::Broken(err)
+                } else {
+                    Attempt::Refused(err)
+                });
+            }
+        }
+        let body = dot_stuff(data);
+        self.write(s, &body).await.map_err(Attempt::Broken)?;
+        let r = self.read_reply(s).await.map_err(Attempt::Broken)?;
+        if r.code / 100 == 2 {
+            Ok(r)
+        } else {
+            let err = ClientError::Refused {
+                step: Step::Message,
+                reply: r.clone(),
+            };
+            Err(if r.code == 421 {
+                Attempt::Broken(err)
+            } else {
+                Attempt::Refused(err)
+            })
+        }
+    }
+
+    async fn write(&self, s: &mut Session, bytes: &[u8]) -> Result<(), ClientError> {
+        let io = async {
+            s.stream.write_all(bytes).await?;
+            s.stream.flush().await
+        };
+        match tokio::time::timeout(self.cfg.timeout, io).await {
+            Ok(r) => Ok(r?),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    async fn read_reply(&self, s: &mut Session) -> Result<Reply, ClientError> {
+        read_reply(&mut s.stream, self.cfg.timeout).await
+    }
+
+    /// Connects, greets, secures and signs in.
+    async fn open(&self) -> Result<Session, ClientError> {
+        let cfg = &self.cfg;
+        let addr = format!("{}:{}", cfg.host, cfg.port);
+        let tcp = match tokio::time::timeout(cfg.timeout, TcpStream::connect(&addr)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
+            Err(_) => return Err(ClientError::Timeout),
+        };
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Io> = match &cfg.security {
+            Security::Implicit(tls) => Box::new(self.handshake(tls, tcp).await?),
+            _ => Box::new(tcp),
+        };
+        let mut stream = BufStream::new(stream);
+        let greeting = read_reply(&mut stream, cfg.timeout).await?;
+        if greeting.code != 220 {
+            return Err(ClientError::Refused {
+                step: Step::Greeting,
+                reply: greeting,
+            });
+        }
+        let mut ext = self.ehlo(&mut stream).await?;
+        if let Security::StartTls(tls) = &cfg.security {
+            if !ext.has("STARTTLS") {
+                return Err(ClientError::Protocol(
+                    "the relay does not offer STARTTLS (tls = \"starttls\" requires it)".into(),
+                ));
+            }
+            let r = command(&mut stream, b"STARTTLS\r\n", cfg.timeout).await?;
+            if r.code != 220 {
+                return Err(ClientError::Refused {
+                    step: Step::StartTls,
+                    reply: r,
+                });
+            }
+            // Nothing may follow the 220 before the handshake, so the read
+            // buffer is empty and the raw stream can be taken out.
+            let raw = stream.into_inner();
+            let tls_stream = self.handshake(tls, raw).await?;
+            stream = BufStream::new(Box::new(tls_stream) as Box<dyn Io>);
+            ext = self.ehlo(&mut stream).await?;
+        }
+        self.login(&mut stream, &ext).await?;
+        Ok(Session {
+            stream,
+            pipelining: ext.has("PIPELINING"),
+            eight_bit: ext.has("8BITMIME"),
+            smtputf8: ext.has("SMTPUTF8"),
+            idle_since: Instant::now(),
+        })
+    }
+
+    async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        tls: &Arc<rustls::ClientConfig>,
+        stream: S,
+    ) -> Result<tokio_rustls::client::TlsStream<S>, ClientError> {
+        let name = ServerName::try_from(self.cfg.host.clone()).map_err(|e| {
+            ClientError::Protocol(format!("`{}` is not a TLS server name: {e}", self.cfg.host))
+        })?;
+        let connect = TlsConnector::from(tls.clone()).connect(name, stream);
+        match tokio::time::timeout(self.cfg.timeout, connect).await {
+            Ok(Ok(s)) => Ok(s),
+            Ok(Err(e)) => Err(ClientError::Tls(e)),
+            Err(_) => Err(ClientError::Timeout),
+        }
+    }
+
+    async fn ehlo(&self, stream: &mut BufStream<Box<dyn Io>>) -> Result<Extensions, ClientError> {
+        let cmd = format!("EHLO {}\r\n", self.cfg.helo_name);
+        let r = command(stream, cmd.as_bytes(), self.cfg.timeout).await?;
+        if r.code != 250 {
+            return Err(ClientError::Refused {
+                step: Step::Ehlo,
+                reply: r,
+            });
+        }
+        Ok(Extensions::parse(&r.text))
+    }
+
+    async fn login(
+        &self,
+        stream: &mut BufStream<Box<dyn Io>>,
+        ext: &Extensions,
+    ) -> Result<(), ClientError> {
+        let t = self.cfg.timeout;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let refused = |reply: Reply| ClientError::Refused {
+            step: Step::Auth,
+            reply,
+        };
+        match &self.cfg.login {
+            Login::None => Ok(()),
+            Login::Password { user, password } => {
+                let r = if ext.auth("PLAIN") || !ext.auth("LOGIN") {
+                    let cmd = format!("AUTH PLAIN {}\r\n", b64(&format!("\0{user}\0{password}")));
+                    command(stream, cmd.as_bytes(), t).await?
+                } else {
+                    let r = command(stream, b"AUTH LOGIN\r\n", t).await?;
+                    if r.code != 334 {
+                        return Err(refused(r));
+                    }
+                    let r = command(stream, format!("{}\r\n", b64(user)).as_bytes(), t).await?;
+                    if r.code != 334 {
+                        return Err(refused(r));
+                    }
+                    command(stream, format!("{}\r\n", b64(password)).as_bytes(), t).await?
+                };
+                if r.code == 235 {
+                    Ok(())
+                } else {
+                    Err(refused(r))
+                }
+            }
+            Login::XOAuth2 { user, tokens } => {
+                let token = tokens.token().await.map_err(ClientError::Token)?;
+                let ir = b64(&format!("user={user}\x01auth=Bearer {token}\x01\x01"));
+                let r = command(stream, format!("AUTH XOAUTH2 {ir}\r\n").as_bytes(), t).await?;
+                let r = if r.code == 334 {
+                    // A JSON error detail (base64); an empty line ends the
+                    // exchange and the relay sends its final refusal.
+                    let detail = decode_detail(&r.text);
+                    let mut last = command(stream, b"\r\n", t).await?;
+                    if !detail.is_empty() {
+                        last.text = format!("{} (detail: {detail})", last.text);
+                    }
+                    last
+                } else {
+                    r
+                };
+                if r.code == 235 {
+                    Ok(())
+                } else {
+                    // A refused token may have been revoked: the next session
+                    // fetches a new one.
+                    tokens.invalidate().await;
+                    Err(refused(r))
+                }
+            }
+        }
+    }
+}
+
+/// How far a failed attempt got, which decides what happens to the session.
+enum Attempt {
+    /// Failed before the relay answered anything in this transaction.
+    Unused(ClientError),
+    /// The relay refused; the session is still in step (RSET and reuse it).
+    Refused(ClientError),
+    /// The session is out of step or gone; drop it.
+    Broken(ClientError),
+}
+
+/// EHLO keywords, upper-cased, with their parameters.
+struct Extensions(Vec<String>);
+
+impl Extensions {
+    fn parse(text: &str) -> Extensions {
+        // The first line is the greeting; the rest are keywords.
+        Extensions(
+            text.split('\n')
+                .skip(1)
+                .map(|l| l.trim().to_ascii_uppercase())
+                .collect(),
+        )
+    }
+
+    fn has(&self, keyword: &str) -> bool {
+        self.0
+            .iter()
+            .any(|l| l.split_whitespace().next() == Some(keyword))
+    }
+
+    fn auth(&self, mechanism: &str) -> bool {
+        self.0.iter().any(|l| {
+            let mut words = l.split(|c: char| c.is_whitespace() || c == '=');
+            words.next() == Some("AUTH") && words.any(|m| m == mechanism)
+        })
+    }
+}
+
+fn decode_detail(b64: &str) -> String {
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| b64.trim().to_string())
+}
+
+async fn command(
+    stream: &mut BufStream<Box<dyn Io>>,
+    cmd: &[u8],
+    timeout: Duration,
+) -> Result<Reply, ClientError> {
+    let io = async {
+        stream.write_all(cmd).await?;
+        stream.flush().await
+    };
+    match tokio::time::timeout(timeout, io).await {
+        Ok(r) => r?,
+        Err(_) => return Err(ClientError::Timeout),
+    }
+    read_reply(stream, timeout).await
+}
+
+/// Reads one (possibly multi-line) reply.
+async fn read_reply<S: AsyncBufReadExt + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Result<Reply, ClientError> {
+    let read = async {
+        let mut text = String::new();
+        let mut line = Vec::with_capacity(128);
+        loop {
+            line.clear();
+            let n = (&mut *stream)
+                .take(MAX_REPLY_LINE as u64)
+                .read_until(b'\n', &mut line)
+                .await?;
+            if n == 0 {
+                return Err(ClientError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the relay closed the connection",
+                )));
+            }
+            let l = String::from_utf8_lossy(&line);
+            let l = l.trim_end_matches(['\r', '\n']);
+            let code = l
+                .get(..3)
+                .and_then(|c| c.parse::<u16>().ok())
+                .filter(|c| (200..600).contains(c))
+                .ok_or_else(|| ClientError::Protocol(format!("not an SMTP reply: `{l}`")))?;
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            text.push_str(l.get(4..).unwrap_or(""));
+            if l.as_bytes().get(3) != Some(&b'-') {
+                return Ok(Reply { code, text });
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err(ClientError::Timeout),
+    }
+}
+
+/// The DATA payload: a leading dot doubled on every line (RFC 5321 4.5.2),
+/// ending with CRLF "." CRLF.
+pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 64);
+    let mut at_line_start = true;
+    for &b in data {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_stuffing_doubles_leading_dots_and_terminates() {
+        assert_eq!(dot_stuff(b".a\r\nb\r\n..c"), b"..a\r\nb\r\n...c\r\n.\r\n");
+        assert_eq!(dot_stuff(b"x\r\n"), b"x\r\n.\r\n");
+    }
+
+    #[test]
+    fn extensions_are_read_from_ehlo() {
+        let e = Extensions::parse("relay greets you\nPIPELINING\nAUTH PLAIN xoauth2\n8BITMIME");
+        assert!(e.has("PIPELINING"));
+        assert!(e.has("8BITMIME"));
+        assert!(!e.has("STARTTLS"));
+        assert!(e.auth("XOAUTH2"));
+        assert!(e.auth("PLAIN"));
+        assert!(!e.auth("LOGIN"));
+        assert!(Extensions::parse("x\nAUTH=LOGIN").auth("LOGIN"));
+    }
+
+    #[tokio::test]
+    async fn multi_line_replies_are_joined() {
+        let mut input: &[u8] = b"250-first\r\n250-second\r\n250 last\r\n";
+        let r = read_reply(&mut input, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(r.code, 250);
+        assert_eq!(r.text, "first\nsecond\nlast");
+        let mut junk: &[u8] = b"hello\r\n";
+        assert!(read_reply(&mut junk, Duration::from_secs(1)).await.is_err());
+    }
+}
