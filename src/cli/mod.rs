@@ -292,13 +292,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let spec = audience.spec()?;
             let store_dir = config.store_dir();
             let groups = config.groups.clone();
-            let preview = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let (preview, contacts) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let conn = crate::sis::open_current(&store_dir)?;
-                Ok(crate::audience::resolve(&conn, &spec, &groups)?.preview())
+                let audience = crate::audience::resolve(&conn, &spec, &groups)?;
+                let contacts = if json {
+                    last_changed(&conn, &audience)?
+                } else {
+                    Vec::new()
+                };
+                Ok((audience.preview(), contacts))
             })
             .await??;
             if json {
-                println!("{}", serde_json::to_string_pretty(&preview)?);
+                let mut out = serde_json::to_value(&preview)?;
+                out["contacts"] = serde_json::Value::Array(contacts);
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 print!("{preview}");
             }
@@ -399,6 +407,26 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// For `audience --json`: each recipient with when the SIS last changed
+/// their record, so an operator can see whether a number is fresh.
+fn last_changed(
+    conn: &rusqlite::Connection,
+    audience: &crate::audience::Audience,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let modified = crate::sis::last_modified(conn)?;
+    Ok(audience
+        .recipients
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "person_id": r.person_id,
+                "role": r.role,
+                "last_modified": modified.get(&r.person_id).cloned().flatten(),
+            })
+        })
+        .collect())
 }
 
 fn check_config(path: &Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {

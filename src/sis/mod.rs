@@ -3,13 +3,15 @@
 //! new import is picked up without a restart, and an alert that already froze
 //! its audience is not affected.
 //!
-//! - [`import()`] builds a new copy from an export (folder or zip);
+//! - [`import()`] builds a new copy from an export (folder or zip); a delta
+//!   export is merged on top of the current copy ([`delta`]);
 //! - [`watch()`] imports exports dropped in `sis.watch_dir`;
 //! - [`generate()`] writes synthetic exports (tests, benchmarks, the demo);
 //! - [`open_current`] opens the copy read-only for [`crate::audience::resolve`].
 //!
 //! The table layout is documented in [`schema`].
 
+pub mod delta;
 mod generate;
 mod import;
 pub mod schema;
@@ -28,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Dur;
 
 pub use import::{
-    DANGLING_MAX_SHARE, ImportError, ImportOptions, ImportReport, ImportWarning, import,
+    Changes, DANGLING_MAX_SHARE, ImportError, ImportOptions, ImportReport, ImportWarning, import,
 };
 
 /// `[sis]` settings.
@@ -150,6 +152,23 @@ pub fn read_meta(conn: &Connection) -> Result<SisMeta, rusqlite::Error> {
         schools: num("schools")?,
         contact_points: num("contact_points")?,
     })
+}
+
+/// When each person's record was last changed in the SIS (`dateLastModified`,
+/// RFC 3339 UTC), by sourcedId; `None` when the export did not say, or said
+/// it ambiguously. A copy imported before this was kept reads as all `None`.
+pub fn last_modified(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<String, Option<String>>, rusqlite::Error> {
+    let has_column = conn.prepare("SELECT modified FROM people LIMIT 0").is_ok();
+    let sql = if has_column {
+        "SELECT id, modified FROM people"
+    } else {
+        "SELECT id, NULL FROM people"
+    };
+    let mut st = conn.prepare(sql)?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
 }
 
 /// Grades as stored and as matched: trimmed, upper-cased, and numbers
