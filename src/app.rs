@@ -165,6 +165,7 @@ impl App {
         let engine_tasks = state.engine.spawn(stop_rx.clone());
         let tracker = tokio::spawn(crate::track::run(state.clone(), stop_rx.clone()));
         let watcher = spawn_sis_watch(&state, stop_rx.clone());
+        let syncer = spawn_sis_sync(&state, stop_rx.clone());
         // Alerts a crash interrupted while their audience was being written.
         let resumer = state.clone();
         tokio::spawn(async move {
@@ -212,6 +213,7 @@ impl App {
         if let Some(w) = watcher {
             let _ = tokio::time::timeout(Duration::from_secs(2), w).await;
         }
+        let _ = tokio::time::timeout(Duration::from_secs(2), syncer).await;
         if let Some(w) = watchdog {
             w.abort();
         }
@@ -221,6 +223,24 @@ impl App {
         tracing::info!("Stopped.");
         Ok(())
     }
+}
+
+/// Scheduled SIS pulls and SIS problem emails (`crate::sis::sync::run`).
+fn spawn_sis_sync(
+    state: &Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let (config, store, metrics) = (
+        state.config.clone(),
+        state.store.clone(),
+        state.metrics.clone(),
+    );
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        crate::sis::sync::run(config, store, metrics, shutdown).await;
+    })
 }
 
 /// Watches `sis.watch_dir` for nightly exports; each outcome goes to the
@@ -256,6 +276,20 @@ fn spawn_sis_watch(
             } else {
                 tracing::warn!(export = %outcome.name, "SIS export from the watch folder was rejected; the previous copy stays in use.");
             }
+            let rec = crate::sis::sync::record_of(
+                "watch-folder",
+                "bulk",
+                &outcome.name,
+                now_ms(),
+                &outcome.result,
+                "refused",
+            );
+            let (store, metrics) = (state.store.clone(), state.metrics.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::sis::sync::record(&store, &metrics, rec).await {
+                    tracing::error!(error = %e, "Cannot record a SIS sync.");
+                }
+            });
             let store = state.store.clone();
             tokio::spawn(async move {
                 let now = now_ms();

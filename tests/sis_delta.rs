@@ -126,8 +126,10 @@ async fn delta_on_top_of_full_is_used_by_the_next_alert() {
         .unwrap();
     assert_eq!(modified.as_deref(), Some("2026-11-20T08:00:00Z"));
     drop(conn);
-    let mut small = SisConfig::default();
-    small.max_shrink = 0.1;
+    let small = SisConfig {
+        max_shrink: 0.1,
+        ..Default::default()
+    };
     import(&full_set(), &store).unwrap();
     let err = sis::import(&delta, &store, &small, &ImportOptions::default()).unwrap_err();
     assert!(

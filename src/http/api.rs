@@ -252,6 +252,25 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Adds `degraded` (true/false) and `problems` (sentences) to the readiness
+/// answer: a refused or failed SIS sync, or a copy older than `[sis]
+/// max_age`. Still 200: alerts go out on the copy there is.
+async fn sis_degraded(state: &AppState, body: &mut serde_json::Value) {
+    let problems = crate::sis::sync::problems(
+        &state.store,
+        &state.config.store_dir(),
+        state.config.sis.max_age,
+        jiff::Timestamp::now(),
+    )
+    .await;
+    body["degraded"] = (!problems.is_empty()).into();
+    body["problems"] = problems
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect::<Vec<_>>()
+        .into();
+}
+
 /// Ready when the store answers and a SIS copy exists to resolve audiences.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     let store_ok = state
@@ -260,7 +279,8 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         .await
         .is_ok();
     let sis_ok = crate::sis::current_path(&state.config.store_dir()).exists();
-    let body = serde_json::json!({ "store": store_ok, "sis": sis_ok });
+    let mut body = serde_json::json!({ "store": store_ok, "sis": sis_ok });
+    sis_degraded(&state, &mut body).await;
     let status = if store_ok && sis_ok {
         StatusCode::OK
     } else {

@@ -174,6 +174,9 @@ impl CsvSet {
     }
 }
 
+/// Per merged file: the line each row starts on, and where the row came from.
+type LineMap = (Vec<u64>, Vec<(bool, u64)>);
+
 /// `(version, [(file, value)])` from a manifest, names and values lower-cased.
 type Manifest = (Option<String>, Vec<(String, String)>);
 
@@ -225,9 +228,9 @@ fn load_base(current: &Path) -> Result<BTreeMap<String, Vec<u8>>, String> {
             })?
             .collect::<Result<Vec<_>, _>>()
         });
-    match rows {
-        Ok(rows) => out.extend(rows),
-        Err(_) => {}
+    // No table: a copy from before deltas were supported (said below).
+    if let Ok(rows) = rows {
+        out.extend(rows);
     }
     if !out.contains_key("users.csv") || !out.contains_key("orgs.csv") {
         return Err("the current SIS copy does not keep the full export it was built from (it was imported by an older klaxon); import a full (bulk) export once, and deltas will apply on top of it".into());
@@ -409,6 +412,7 @@ pub(crate) fn apply(
     store_dir: &Path,
     cfg: &SisConfig,
     opts: &ImportOptions,
+    origin: Origin,
 ) -> Result<ImportReport, ImportError> {
     let refuse = |reason: String| ImportError::Delta {
         path: src.to_path_buf(),
@@ -494,7 +498,7 @@ pub(crate) fn apply(
     let io = |path: PathBuf| move |e| ImportError::Io { path, source: e };
     let mut manifest =
         format!("propertyName,value\nmanifest.version,1.0\noneroster.version,{version}\n");
-    let mut line_maps: HashMap<String, (Vec<u64>, Vec<(bool, u64)>)> = HashMap::new();
+    let mut line_maps: HashMap<String, LineMap> = HashMap::new();
     for (name, set) in &files {
         manifest.push_str(&format!("file.{name},bulk\n"));
         let path = tmp.path().join(format!("{name}.csv"));
@@ -504,10 +508,6 @@ pub(crate) fn apply(
     let mpath = tmp.path().join("manifest.csv");
     std::fs::write(&mpath, manifest).map_err(io(mpath.clone()))?;
 
-    let origin = Origin {
-        source: src.display().to_string(),
-        kind: "delta",
-    };
     let relabel = |file: &mut String, line: &mut u64| {
         let Some((lines, origins)) = line_maps.get(file.as_str()) else {
             return;

@@ -438,7 +438,11 @@ pub fn import(
     opts: &ImportOptions,
 ) -> Result<ImportReport, ImportError> {
     if super::delta::is_delta(src)? {
-        return super::delta::apply(src, store_dir, cfg, opts);
+        let origin = Origin {
+            source: src.display().to_string(),
+            kind: "delta",
+        };
+        return super::delta::apply(src, store_dir, cfg, opts, origin);
     }
     let origin = Origin {
         source: src.display().to_string(),

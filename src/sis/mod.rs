@@ -14,8 +14,10 @@
 pub mod delta;
 mod generate;
 mod import;
+pub mod rest;
 pub mod schema;
 mod source;
+pub mod sync;
 mod watch;
 
 pub use watch::{WatchOutcome, watch};
@@ -47,6 +49,35 @@ pub struct SisConfig {
     pub watch_dir: Option<PathBuf>,
     /// How often the watch folder is looked at.
     pub watch_interval: Dur,
+    /// A copy older than this makes `/readyz` report degraded.
+    pub max_age: Dur,
+    /// Who is emailed when a sync is refused or the copy grows stale.
+    pub notify: Vec<String>,
+    /// `[sis.source]`: pull from the SIS on a schedule.
+    pub source: Option<rest::SourceConfig>,
+}
+
+impl SisConfig {
+    /// Checks what serde cannot; problems go to `issues` under `sis.*`.
+    pub fn validate(&self, base_dir: &Path, issues: &mut crate::config::Issues) {
+        if !(0.0..1.0).contains(&self.max_shrink) {
+            issues.push("sis.max_shrink", "must be at least 0 and below 1");
+        }
+        if self.max_age.0.is_zero() {
+            issues.push("sis.max_age", "must be more than 0s");
+        }
+        for (i, a) in self.notify.iter().enumerate() {
+            if crate::domain::email::EmailAddress::parse(a).is_err() {
+                issues.push(
+                    format!("sis.notify[{i}]"),
+                    format!("`{a}` is not an email address"),
+                );
+            }
+        }
+        if let Some(src) = &self.source {
+            src.validate(base_dir, issues);
+        }
+    }
 }
 
 impl Default for SisConfig {
@@ -57,6 +88,9 @@ impl Default for SisConfig {
             max_shrink: 0.10,
             watch_dir: None,
             watch_interval: Dur::secs(30),
+            max_age: Dur::secs(36 * 3600),
+            notify: Vec::new(),
+            source: None,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod alerts;
 pub mod audit;
 pub mod deliveries;
 pub mod schema;
+pub mod sis_syncs;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
