@@ -5,6 +5,8 @@
 //! same set; an expired token mid-pull is renewed; a 500 on page 3 is
 //! retried, or, when it persists, the pull is refused and the old copy kept.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -519,4 +521,85 @@ async fn an_incremental_pull_asks_for_changes_and_merges_them() {
         )
         .unwrap();
     assert_eq!(phone, "+19504137777");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_pulls_on_its_schedule_and_records_the_sync() {
+    let (base, server) = serve("edfi-lms-toolkit-v1p1", |_| {}).await;
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("sis-secret");
+    std::fs::write(&secret_file, SECRET).unwrap();
+    let extra = format!(
+        r#"
+[sis.source]
+kind = "oneroster-rest"
+base_url = "{base}/ims/oneroster/v1p1"
+token_url = "{base}/oauth/token"
+client_id = "{CLIENT}"
+client_secret_file = "{}"
+every = "1h"
+page_size = 3
+{}"#,
+        secret_file.display(),
+        common::LOG_PROVIDER
+    );
+    let app = common::spawn_app_with(&extra).await;
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let m = app
+            .http
+            .get(format!("{}/metrics", app.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains("klaxon_sis_syncs_total{kind=\"rest\",outcome=\"ok\"} 1") {
+            break m;
+        }
+        assert!(std::time::Instant::now() < until, "no pull recorded: {m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let gauge = metrics
+        .lines()
+        .find(|l| l.starts_with("klaxon_sis_last_success_timestamp_seconds "))
+        .expect("last success gauge");
+    let secs: f64 = gauge.rsplit(' ').next().unwrap().parse().unwrap();
+    let now = jiff::Timestamp::now().as_second() as f64;
+    assert!((now - secs).abs() < 60.0, "{gauge}");
+    assert!(server.lock().unwrap().problems.is_empty());
+
+    let (action, detail): (String, String) = app
+        .db()
+        .query_row(
+            "SELECT action, detail FROM audit WHERE action LIKE 'sis.%' ORDER BY id DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(action, "sis.sync");
+    let detail: Value = serde_json::from_str(&detail).unwrap();
+    assert_eq!(detail["outcome"], "ok");
+    assert_eq!(detail["added"], 10, "{detail}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_klaxon"))
+        .arg("--config")
+        .arg(app.dir.path().join("klaxon.toml"))
+        .args(["sis", "status", "--json"])
+        .output()
+        .unwrap();
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let last = &status["syncs"][0];
+    assert_eq!(
+        (
+            last["trigger"].as_str(),
+            last["kind"].as_str(),
+            last["outcome"].as_str()
+        ),
+        (Some("schedule"), Some("rest"), Some("ok")),
+        "{status}"
+    );
+    assert_eq!(status["copy"]["students"], 8, "{status}");
+    app.stop().await;
 }

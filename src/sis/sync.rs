@@ -88,9 +88,16 @@ pub fn age_sentence(
     };
     let age = now.duration_since(at);
     let max = jiff::SignedDuration::try_from(max_age.0).unwrap_or(jiff::SignedDuration::MAX);
+    let secs = max_age.0.as_secs();
+    // Dur prints "2160m"; people set and read "36h".
+    let max_text = if secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else {
+        max_age.to_string()
+    };
     (age > max).then(|| {
         format!(
-            "the SIS copy is {} h old (max_age {max_age})",
+            "the SIS copy is {} h old (max_age {max_text})",
             age.as_secs() / 3600
         )
     })
@@ -411,6 +418,7 @@ pub async fn run(
     // long (or until the schedule, if sooner): no hammering a broken server.
     let retry_gap = jiff::SignedDuration::from_secs(600);
     let mut last_try: Option<Timestamp> = None;
+    let mut first = true;
     loop {
         let now = Timestamp::now();
         let mut due = None;
@@ -438,11 +446,17 @@ pub async fn run(
             }
             due = Some(d);
         }
-        let wake = due.map_or(check_every, |d| {
-            Duration::try_from(d.duration_since(now))
-                .unwrap_or(Duration::ZERO)
-                .min(check_every)
-        });
+        // The first round checks at once: a daemon started on a stale copy
+        // says so now, not ten minutes later.
+        let wake = if std::mem::take(&mut first) {
+            Duration::ZERO
+        } else {
+            due.map_or(check_every, |d| {
+                Duration::try_from(d.duration_since(now))
+                    .unwrap_or(Duration::ZERO)
+                    .min(check_every)
+            })
+        };
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(wake) => {}
@@ -451,7 +465,10 @@ pub async fn run(
             && Timestamp::now() >= due
         {
             last_try = Some(Timestamp::now());
-            pull_and_record(&sis, p, src, &store, &metrics, &store_dir).await;
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = pull_and_record(&sis, p, src, &store, &metrics, &store_dir) => {}
+            }
         }
         let problems = problems(&store, &store_dir, sis.max_age, Timestamp::now()).await;
         notify(&config, &store, email.as_ref(), &problems).await;
