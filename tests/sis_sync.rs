@@ -108,3 +108,33 @@ async fn a_stale_copy_is_degraded_and_emailed_once() {
     );
     app.stop().await;
 }
+
+#[test]
+fn check_config_reads_the_sis_source_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[sis.source]\nkind = \"oneroster-rest\"\nbase_url = \"https://sis.example-isd.org/ims/oneroster/v1p1\"\ntoken_url = \"https://sis.example-isd.org/oauth/token\"\nclient_id = \"klaxon\"\nclient_secret_env = \"KLAXON_TEST_SIS_SECRET_UNSET\"\nat = \"02:30\"\n{}",
+        common::LOG_PROVIDER
+    );
+    std::fs::write(dir.path().join("klaxon.toml"), common::config_text(&extra)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_klaxon"))
+        .arg("--config")
+        .arg(dir.path().join("klaxon.toml"))
+        .args(["check-config", "--json"])
+        .env_remove("KLAXON_TEST_SIS_SECRET_UNSET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = v["problems"].as_array().unwrap();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p["key"] == "sis.source.client_secret_env"
+                && p["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("KLAXON_TEST_SIS_SECRET_UNSET")),
+        "{v}"
+    );
+}

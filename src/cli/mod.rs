@@ -474,16 +474,29 @@ fn last_changed(
         .collect())
 }
 
+/// Reads the `[sis.source]` secret as the pull will, so a missing one is
+/// found by `check-config` (the systemd `ExecStartPre`).
+fn sis_secret_issues(config: &Config) -> Vec<crate::config::ConfigIssue> {
+    let Some(src) = &config.sis.source else {
+        return Vec::new();
+    };
+    let mut issues = crate::config::Issues::default();
+    let _ = src.secret(&config.base_dir, &mut issues);
+    issues.list
+}
+
 fn check_config(path: &Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     let path = path.clone().unwrap_or_else(Config::default_path);
     let mut warnings = Vec::new();
     let mut issues = match Config::load(&path) {
         Ok(config) => {
             warnings = config.warnings.clone();
-            match crate::app::build_providers(&config) {
+            let mut found = match crate::app::build_providers(&config) {
                 Ok(_) => Vec::new(),
                 Err(issues) => issues,
-            }
+            };
+            found.extend(sis_secret_issues(&config));
+            found
         }
         Err(ConfigError::Invalid { issues, .. }) => issues,
         Err(e) => bail!(e),

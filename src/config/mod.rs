@@ -494,7 +494,7 @@ impl Config {
                 }
             }
         }
-        self.sis.validate(&self.base_dir, issues);
+        self.sis.validate(issues);
         for (i, g) in self.groups.iter().enumerate() {
             if self.groups[..i].iter().any(|o| o.name == g.name) {
                 issues.push(

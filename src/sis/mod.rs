@@ -59,7 +59,7 @@ pub struct SisConfig {
 
 impl SisConfig {
     /// Checks what serde cannot; problems go to `issues` under `sis.*`.
-    pub fn validate(&self, base_dir: &Path, issues: &mut crate::config::Issues) {
+    pub fn validate(&self, issues: &mut crate::config::Issues) {
         if !(0.0..1.0).contains(&self.max_shrink) {
             issues.push("sis.max_shrink", "must be at least 0 and below 1");
         }
@@ -75,7 +75,7 @@ impl SisConfig {
             }
         }
         if let Some(src) = &self.source {
-            src.validate(base_dir, issues);
+            src.validate(issues);
         }
     }
 }

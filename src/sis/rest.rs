@@ -82,7 +82,7 @@ pub enum Auth {
 
 impl SourceConfig {
     /// Checks what serde cannot; problems go to `issues` under `sis.source.*`.
-    pub fn validate(&self, base_dir: &Path, issues: &mut Issues) {
+    pub fn validate(&self, issues: &mut Issues) {
         if self.kind != "oneroster-rest" {
             issues.push(
                 "sis.source.kind",
@@ -136,7 +136,19 @@ impl SourceConfig {
         if self.timeout.0.is_zero() {
             issues.push("sis.source.timeout", "must be more than 0s");
         }
-        let _ = self.secret(base_dir, issues);
+        // The secret itself is read by `check-config` and when the pull
+        // starts, like providers' secrets: the config loads without it.
+        match (&self.client_secret_env, &self.client_secret_file) {
+            (Some(_), Some(_)) => issues.push(
+                "sis.source.client_secret_env",
+                "set either `client_secret_env` or `client_secret_file`, not both",
+            ),
+            (None, None) => issues.push(
+                "sis.source.client_secret_env",
+                "missing secret: set `client_secret_env` (an environment variable) or `client_secret_file` (a file); secrets are never read from the TOML itself",
+            ),
+            _ => {}
+        }
     }
 
     /// Reads the client secret from `client_secret_env` / `client_secret_file`.
@@ -895,6 +907,38 @@ mod tests {
         assert_eq!(
             oauth1_base_string("get", &url, &oauth),
             "GET&http%3A%2F%2Fexample.com%2Frequest&a2%3Dr%2520b%26a3%3Da%26b5%3D%253D%25253D%26c%2540%3D%26oauth_consumer_key%3D9djdj82h48djs9d2%26oauth_nonce%3D7d8f3e4a%26oauth_signature_method%3DHMAC-SHA1%26oauth_timestamp%3D137131201%26oauth_token%3Dkkk9d7dh3k39sjv7"
+        );
+    }
+
+    #[test]
+    fn a_bad_source_names_every_key() {
+        let cfg: SourceConfig = toml::from_str(
+            r#"
+kind = "powerschool"
+base_url = "sis.example.org"
+client_id = ""
+client_secret_env = "A"
+client_secret_file = "b"
+every = "1h"
+at = "25:00"
+page_size = 0
+"#,
+        )
+        .unwrap();
+        let mut issues = Issues::default();
+        cfg.validate(&mut issues);
+        let keys: Vec<&str> = issues.list.iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "sis.source.kind",
+                "sis.source.base_url",
+                "sis.source.token_url",
+                "sis.source.client_id",
+                "sis.source.every",
+                "sis.source.page_size",
+                "sis.source.client_secret_env"
+            ]
         );
     }
 

@@ -397,17 +397,35 @@ pub async fn run(
                 .find(|s| s.channels.contains(&crate::domain::Channel::Email))
                 .map(|s| s.provider)
         });
-    let mut puller = sis.source.as_ref().and_then(|src| {
+    let mut puller = None;
+    if let Some(src) = &sis.source {
         let mut issues = crate::config::Issues::default();
-        let secret = src.secret(&config.base_dir, &mut issues)?;
-        match Puller::new(src.clone(), secret) {
-            Ok(p) => Some((p, src.clone())),
+        let started = crate::store::now_ms();
+        let made = src
+            .secret(&config.base_dir, &mut issues)
+            .ok_or_else(|| {
+                issues
+                    .list
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .and_then(|secret| Puller::new(src.clone(), secret).map_err(|e| e.to_string()));
+        match made {
+            Ok(p) => puller = Some((p, src.clone())),
             Err(e) => {
-                tracing::error!(error = %e, "Cannot set up the SIS pull.");
-                None
+                // Recorded as a failed sync: /readyz says degraded and
+                // sis.notify hears of it, instead of a line in a log.
+                tracing::error!(error = %e, "Cannot start the SIS pull.");
+                let shown = Err(format!("cannot start the SIS pull: {e}"));
+                let rec = record_of("schedule", "rest", &src.base_url, started, &shown, "failed");
+                if let Err(e) = record(&store, &metrics, rec).await {
+                    tracing::error!(error = %e, "Cannot record a SIS sync.");
+                }
             }
         }
-    });
+    }
     if let Some(p) = &mut puller {
         // Between pulls, waiting for a minute or two is better than a long
         // backoff: the next scheduled pull tries again anyway.
