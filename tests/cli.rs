@@ -141,6 +141,7 @@ fn every_command_has_help_with_an_example() {
         vec!["check-config"],
         vec!["sis", "import"],
         vec!["sis", "generate"],
+        vec!["sis", "status"],
         vec!["audience"],
         vec!["trigger"],
         vec!["status"],
