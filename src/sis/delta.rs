@@ -550,6 +550,8 @@ pub(crate) fn apply(
 }
 
 /// Per active user: a fingerprint of its non-empty fields, by sourcedId.
+/// Streamed row by row: for a large district only the ids and hashes are
+/// held, not the rows.
 fn user_prints(conn: &Connection) -> Option<HashMap<String, u64>> {
     let content: Vec<u8> = conn
         .query_row(
@@ -558,22 +560,31 @@ fn user_prints(conn: &Connection) -> Option<HashMap<String, u64>> {
             |r| r.get(0),
         )
         .ok()?;
-    let set = CsvSet::read("users.csv", Box::new(Cursor::new(content)), false, false).ok()?;
-    let mut order: Vec<usize> = (0..set.canon.len()).collect();
-    order.sort_by(|&a, &b| set.canon[a].cmp(&set.canon[b]));
-    let mut out = HashMap::with_capacity(set.rows.len());
-    for (id, &r) in &set.by_id {
-        if !set.active(r) {
+    let mut t = Table::new("users.csv", Box::new(Cursor::new(content)), &["sourcedId"]).ok()?;
+    let columns: Vec<String> = t.columns().to_vec();
+    let mut order: Vec<usize> = (0..columns.len())
+        .filter(|&i| !columns[i].is_empty())
+        .collect();
+    order.sort_by(|&a, &b| columns[a].cmp(&columns[b]));
+    let (c_id, c_status, c_enabled) = (t.col("sourcedid"), t.col("status"), t.col("enableduser"));
+    let mut out = HashMap::new();
+    while t.next().ok()? {
+        let status = t.get(c_status);
+        let enabled = t.get(c_enabled).to_ascii_lowercase();
+        if status.eq_ignore_ascii_case("tobedeleted")
+            || status.eq_ignore_ascii_case("inactive")
+            || matches!(enabled.as_str(), "false" | "0" | "no")
+        {
             continue;
         }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for &c in &order {
-            let v = &set.rows[r][c];
+            let v = t.get(Some(c));
             if !v.is_empty() {
-                (&set.canon[c], v).hash(&mut h);
+                (&columns[c], v).hash(&mut h);
             }
         }
-        out.insert(id.clone(), h.finish());
+        out.insert(t.get(c_id).to_string(), h.finish());
     }
     Some(out)
 }
