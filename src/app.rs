@@ -206,6 +206,7 @@ impl App {
         let watcher = spawn_sis_watch(&state, stop_rx.clone());
         let mut feeds = crate::trigger::feed::spawn_all(&state, stop_rx.clone());
         feeds.extend(crate::trigger::watch::spawn(&state, stop_rx.clone()));
+        let syncer = spawn_sis_sync(&state, stop_rx.clone());
         // Alerts a crash interrupted while their audience was being written.
         let resumer = sv.clone();
         tokio::spawn(async move {
@@ -252,6 +253,7 @@ impl App {
                 f.abort();
             }
         }
+        let _ = tokio::time::timeout(Duration::from_secs(2), syncer).await;
         if let Some(w) = watchdog {
             w.abort();
         }
@@ -293,6 +295,24 @@ fn spawn_server(
     tokio::spawn(serve::serve(listener, router, limits, stop, grace))
 }
 
+/// Scheduled SIS pulls and SIS problem emails (`crate::sis::sync::run`).
+fn spawn_sis_sync(
+    state: &Arc<AppState>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let (config, store, metrics) = (
+        state.config.clone(),
+        state.store.clone(),
+        state.metrics.clone(),
+    );
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        crate::sis::sync::run(config, store, metrics, shutdown).await;
+    })
+}
+
 /// Watches `sis.watch_dir` for nightly exports; each outcome goes to the
 /// audit log and the metrics. `None` when no watch folder is configured.
 fn spawn_sis_watch(
@@ -326,6 +346,20 @@ fn spawn_sis_watch(
             } else {
                 tracing::warn!(export = %outcome.name, "SIS export from the watch folder was rejected; the previous copy stays in use.");
             }
+            let rec = crate::sis::sync::record_of(
+                "watch-folder",
+                "bulk",
+                &outcome.name,
+                crate::store::now_ms(),
+                &outcome.result,
+                "refused",
+            );
+            let (store, metrics) = (state.store.clone(), state.metrics.clone());
+            tokio::spawn(async move {
+                if let Err(e) = crate::sis::sync::record(&store, &metrics, rec).await {
+                    tracing::error!(error = %e, "Cannot record a SIS sync.");
+                }
+            });
             let store = state.store.clone();
             tokio::spawn(async move {
                 let now = crate::store::now_ms();

@@ -66,6 +66,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "CAP messages handled, by source and outcome",
     ),
     (
+        "klaxon_sis_syncs_total",
+        "SIS syncs (pulls and imports), by kind and outcome (ok, refused, failed)",
+    ),
+    (
         "klaxon_webhook_refusals_total",
         "Signed webhook triggers refused, by source and reason (nothing recorded)",
     ),
@@ -96,6 +100,10 @@ const GAUGES: &[(&str, &str)] = &[
     (
         "klaxon_open_alerts",
         "Alerts not yet closed, by state and drill",
+    ),
+    (
+        "klaxon_sis_last_success_timestamp_seconds",
+        "When the last SIS sync that replaced the copy finished (Unix seconds)",
     ),
     (
         "klaxon_feed_up",

@@ -141,6 +141,7 @@ fn every_command_has_help_with_an_example() {
         vec!["check-config"],
         vec!["sis", "import"],
         vec!["sis", "generate"],
+        vec!["sis", "status"],
         vec!["audience"],
         vec!["trigger"],
         vec!["status"],
@@ -179,6 +180,14 @@ fn import_audience_preview_and_token_create() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["recipients"], 4, "{v}");
     assert_eq!(v["unreachable"].as_array().unwrap().len(), 1, "{v}");
+    let contacts = v["contacts"].as_array().unwrap();
+    assert_eq!(contacts.len(), 4, "{v}");
+    assert!(
+        contacts
+            .iter()
+            .all(|c| c["last_modified"] == "2026-08-01T00:00:00Z"),
+        "each contact says when it was last changed: {v}"
+    );
     let (code, out, _) = run(dir.path(), &["audience", "--school", "S1"]);
     assert_eq!(code, 0);
     assert!(out.contains("guardian"), "{out}");

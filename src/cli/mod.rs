@@ -188,6 +188,15 @@ enum SisCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The SIS copy in use, what needs attention, and the last syncs.
+    #[command(after_help = "Examples:\n  klaxon sis status\n  klaxon sis status --last 50 --json")]
+    Status {
+        /// How many syncs to list
+        #[arg(long, default_value_t = 10)]
+        last: i64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a synthetic OneRoster export of N students.
     #[command(after_help = "Example:\n  klaxon sis generate --students 100000 /tmp/district")]
     Generate {
@@ -326,13 +335,21 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let spec = audience.spec()?;
             let store_dir = config.store_dir();
             let groups = config.groups.clone();
-            let preview = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+            let (preview, contacts) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                 let conn = crate::sis::open_current(&store_dir)?;
-                Ok(crate::audience::resolve(&conn, &spec, &groups)?.preview())
+                let audience = crate::audience::resolve(&conn, &spec, &groups)?;
+                let contacts = if json {
+                    last_changed(&conn, &audience)?
+                } else {
+                    Vec::new()
+                };
+                Ok((audience.preview(), contacts))
             })
             .await??;
             if json {
-                outln!("{}", serde_json::to_string_pretty(&preview)?);
+                let mut out = serde_json::to_value(&preview)?;
+                out["contacts"] = serde_json::Value::Array(contacts);
+                outln!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 out!("{preview}");
             }
@@ -472,6 +489,73 @@ fn cap_inspect(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Records a `klaxon sis import` in the sync log, like a pull; a store that
+/// cannot be opened only costs the record (the import itself stands).
+async fn record_cli_import(
+    config: &Config,
+    path: &std::path::Path,
+    started: i64,
+    report: &Result<crate::sis::ImportReport, crate::sis::ImportError>,
+) {
+    let shown = match report {
+        Ok(r) => Ok(r.clone()),
+        Err(e) => Err(e.to_string()),
+    };
+    let outcome = match report {
+        Err(crate::sis::ImportError::Io { .. } | crate::sis::ImportError::Sqlite { .. }) => {
+            "failed"
+        }
+        _ => "refused",
+    };
+    let rec = crate::sis::sync::record_of(
+        "cli",
+        "bulk",
+        &path.display().to_string(),
+        started,
+        &shown,
+        outcome,
+    );
+    let Ok(store) = Store::open(&config.store_dir(), true) else {
+        return;
+    };
+    let metrics = crate::metrics::Metrics::default();
+    if let Err(e) = crate::sis::sync::record(&store, &metrics, rec).await {
+        eprintln!("warning: the import is done but could not be recorded in the sync log: {e}");
+    }
+    store.close();
+}
+
+/// For `audience --json`: each recipient with when the SIS last changed
+/// their record, so an operator can see whether a number is fresh.
+fn last_changed(
+    conn: &rusqlite::Connection,
+    audience: &crate::audience::Audience,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let modified = crate::sis::last_modified(conn)?;
+    Ok(audience
+        .recipients
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "person_id": r.person_id,
+                "role": r.role,
+                "last_modified": modified.get(&r.person_id).cloned().flatten(),
+            })
+        })
+        .collect())
+}
+
+/// Reads the `[sis.source]` secret as the pull will, so a missing one is
+/// found by `check-config` (the systemd `ExecStartPre`).
+fn sis_secret_issues(config: &Config) -> Vec<crate::config::ConfigIssue> {
+    let Some(src) = &config.sis.source else {
+        return Vec::new();
+    };
+    let mut issues = crate::config::Issues::default();
+    let _ = src.secret(&config.base_dir, &mut issues);
+    issues.list
+}
+
 fn check_config(path: &Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> {
     let path = path.clone().unwrap_or_else(Config::default_path);
     let mut warnings = Vec::new();
@@ -483,6 +567,7 @@ fn check_config(path: &Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> 
                 Err(issues) => issues,
             };
             issues.extend(crate::http::hook_trigger::check_secrets(&config));
+            issues.extend(sis_secret_issues(&config));
             issues
         }
         Err(ConfigError::Invalid { issues, .. }) => issues,
@@ -529,15 +614,13 @@ async fn sis(config: &Option<PathBuf>, cmd: SisCommand) -> anyhow::Result<ExitCo
                 .with_context(|| format!("creating {}", store_dir.display()))?;
             let sis_cfg = config.sis.clone();
             eprintln!("Importing {} …", path.display());
+            let (src, dir) = (path.clone(), store_dir.clone());
+            let started = crate::store::now_ms();
             let report = tokio::task::spawn_blocking(move || {
-                crate::sis::import(
-                    &path,
-                    &store_dir,
-                    &sis_cfg,
-                    &crate::sis::ImportOptions { force },
-                )
+                crate::sis::import(&src, &dir, &sis_cfg, &crate::sis::ImportOptions { force })
             })
             .await?;
+            record_cli_import(&config, &path, started, &report).await;
             match report {
                 Ok(r) => {
                     if json {
@@ -560,6 +643,42 @@ async fn sis(config: &Option<PathBuf>, cmd: SisCommand) -> anyhow::Result<ExitCo
                     Ok(ExitCode::from(2))
                 }
             }
+        }
+        SisCommand::Status { last, json } => {
+            let config = load_config(config)?;
+            let store_dir = config.store_dir();
+            let store = Store::open(&store_dir, true)?;
+            let syncs = store
+                .read(move |c| crate::store::sis_syncs::recent(c, last))
+                .await?;
+            let problems: Vec<String> = crate::sis::sync::problems(
+                &store,
+                &store_dir,
+                config.sis.max_age,
+                jiff::Timestamp::now(),
+            )
+            .await
+            .into_iter()
+            .map(|(_, s)| s)
+            .collect();
+            store.close();
+            let meta = crate::sis::open_current(&store_dir)
+                .ok()
+                .and_then(|c| crate::sis::read_meta(&c).ok());
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "copy": meta,
+                        "degraded": !problems.is_empty(),
+                        "problems": problems,
+                        "syncs": syncs,
+                    }))?
+                );
+            } else {
+                output::sis_status(meta.as_ref(), &problems, &syncs, &config.server.timezone);
+            }
+            Ok(ExitCode::SUCCESS)
         }
         SisCommand::Generate {
             students,

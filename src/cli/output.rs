@@ -247,3 +247,55 @@ pub fn contactability(rows: &[ContactProblem], tz: &str) {
         &rows,
     );
 }
+
+/// `klaxon sis status`: the copy in use, what is wrong, the last syncs.
+pub fn sis_status(
+    meta: Option<&crate::sis::SisMeta>,
+    problems: &[String],
+    syncs: &[crate::store::sis_syncs::SyncRecord],
+    tz: &str,
+) {
+    match meta {
+        Some(m) => println!(
+            "The SIS copy in use was imported at {} from {}: {} students, {} guardians, {} staff.",
+            m.imported_at, m.source, m.students, m.guardians, m.staff
+        ),
+        None => println!("There is no SIS copy yet."),
+    }
+    if problems.is_empty() {
+        println!("Nothing needs attention.");
+    } else {
+        println!("Needs attention:");
+        for p in problems {
+            println!("  - {p}");
+        }
+    }
+    println!();
+    if syncs.is_empty() {
+        println!("No syncs recorded yet.");
+        return;
+    }
+    let rows: Vec<Vec<String>> = syncs
+        .iter()
+        .map(|r| {
+            vec![
+                local(Some(r.finished_at), tz),
+                r.trigger.clone(),
+                r.kind.clone(),
+                r.outcome.clone(),
+                format!("+{} ~{} -{}", r.added, r.changed, r.removed),
+                r.warnings.to_string(),
+                r.message
+                    .as_deref()
+                    .map(|m| m.chars().take(100).collect())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "finished", "by", "kind", "outcome", "people", "warnings", "why",
+        ],
+        &rows,
+    );
+}

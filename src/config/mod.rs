@@ -604,6 +604,7 @@ impl Config {
         crate::cap::rules::validate(&self.rules, &self.schools, &self.playbooks, issues);
         crate::trigger::feed::validate(&self.feeds, issues);
         crate::http::hook_trigger::validate(&self.webhooks, &self.playbooks, issues);
+        self.sis.validate(issues);
         for (i, g) in self.groups.iter().enumerate() {
             if self.groups[..i].iter().any(|o| o.name == g.name) {
                 issues.push(

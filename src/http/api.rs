@@ -421,6 +421,25 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Adds `degraded` (true/false) and `problems` (sentences) to the readiness
+/// answer: a refused or failed SIS sync, or a copy older than `[sis]
+/// max_age`. Still 200: alerts go out on the copy there is.
+async fn sis_degraded(state: &AppState, body: &mut serde_json::Value) {
+    let problems = crate::sis::sync::problems(
+        &state.store,
+        &state.config.store_dir(),
+        state.config.sis.max_age,
+        jiff::Timestamp::now(),
+    )
+    .await;
+    body["degraded"] = (!problems.is_empty()).into();
+    body["problems"] = problems
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect::<Vec<_>>()
+        .into();
+}
+
 /// Ready when the store answers and a SIS copy exists to resolve audiences;
 /// a background task that panicked recently is reported (it was restarted).
 pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
@@ -441,12 +460,17 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             "there is no SIS copy (sis.db is missing); alerts are refused until `klaxon sis import` runs",
         ),
     };
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "store": store_ok, "sis": sis_ok, "reason": reason,
         "degraded": !panics.is_empty(),
         "tasks_restarted_recently": panics,
         "feeds_failing": feeds_failing,
     });
+    // A refused or stale SIS sync, or a task restarted: degraded, still serving.
+    sis_degraded(&state, &mut body).await;
+    if !panics.is_empty() {
+        body["degraded"] = true.into();
+    }
     let status = if store_ok && sis_ok && feeds_failing.is_empty() {
         StatusCode::OK
     } else {

@@ -12,13 +12,21 @@
 //! known header misspellings, an org whose parent is not in the file, a
 //! department with no school above it (used as the school), unusable phone
 //! numbers and emails, agent links that are not guardian↔student. What is
-//! rejected whole: see [`ImportError`]. Dates (`dateLastModified`,
-//! `beginDate`…) are not interpreted, so `1/05/2023` style dates do no harm.
+//! rejected whole: see [`ImportError`]. A user's `dateLastModified` is kept
+//! (`people.modified`) when it is a date that can be read one way only; a
+//! `1/05/2023` style date is left out with a warning. Other dates are not
+//! interpreted.
+//!
+//! The CSV files the copy was built from are stored in it (`base_files`) so
+//! that a delta export can later be merged on top: [`import()`] hands a delta
+//! manifest to [`super::delta`], which merges and comes back here with a full
+//! set.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -64,10 +72,27 @@ impl fmt::Display for ImportWarning {
     }
 }
 
+/// People records (users.csv rows, by sourcedId) that differ from the
+/// previous copy: what an operator reads to see what a sync changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Changes {
+    pub added: u64,
+    pub changed: u64,
+    pub removed: u64,
+}
+
 /// What an import found and wrote.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ImportReport {
     pub source: String,
+    /// `bulk` (a full export), `delta` (merged on top of the previous copy)
+    /// or `rest` (pulled from a OneRoster REST API).
+    #[serde(default)]
+    pub kind: String,
+    /// People added, changed and removed compared with the previous copy
+    /// (all added when there was none).
+    #[serde(default)]
+    pub changes: Changes,
     pub oneroster_version: String,
     pub imported_at: String,
     pub schools: u64,
@@ -97,6 +122,11 @@ impl fmt::Display for ImportReport {
             f,
             "OneRoster {} export imported from {}",
             self.oneroster_version, self.source
+        )?;
+        writeln!(
+            f,
+            "  people: {} added, {} changed, {} removed since the previous copy",
+            self.changes.added, self.changes.changed, self.changes.removed
         )?;
         writeln!(f, "  schools      {:>8}", self.schools)?;
         writeln!(f, "  students     {:>8}", self.students)?;
@@ -271,6 +301,8 @@ pub enum ImportError {
         after: u64,
         max_shrink: f64,
     },
+    #[error("refusing the delta export {path}: {reason}")]
+    Delta { path: PathBuf, reason: String },
     #[error("SQLite while {context}: {source}")]
     Sqlite {
         context: &'static str,
@@ -419,12 +451,41 @@ impl Build<'_> {
     }
 }
 
+/// Where a full set being imported came from, as the report names it.
+pub(crate) struct Origin {
+    pub source: String,
+    pub kind: &'static str,
+}
+
 /// Imports the export at `src` into `store_dir/sis.db`. See the module docs.
+/// A delta export is merged on top of the current copy first.
 pub fn import(
     src: &Path,
     store_dir: &Path,
     cfg: &SisConfig,
     opts: &ImportOptions,
+) -> Result<ImportReport, ImportError> {
+    if super::delta::is_delta(src)? {
+        let origin = Origin {
+            source: src.display().to_string(),
+            kind: "delta",
+        };
+        return super::delta::apply(src, store_dir, cfg, opts, origin);
+    }
+    let origin = Origin {
+        source: src.display().to_string(),
+        kind: "bulk",
+    };
+    import_full(src, store_dir, cfg, opts, &origin)
+}
+
+/// Imports a full set (every file `bulk`) and swaps it in.
+pub(crate) fn import_full(
+    src: &Path,
+    store_dir: &Path,
+    cfg: &SisConfig,
+    opts: &ImportOptions,
+    origin: &Origin,
 ) -> Result<ImportReport, ImportError> {
     let started = Instant::now();
     let mut source = Source::open(src)?;
@@ -456,7 +517,8 @@ pub fn import(
     let mut b = Build {
         cfg,
         report: ImportReport {
-            source: src.display().to_string(),
+            source: origin.source.clone(),
+            kind: origin.kind.to_string(),
             ..Default::default()
         },
         orgs: HashMap::new(),
@@ -474,8 +536,9 @@ pub fn import(
     };
     {
         let tx = conn.transaction().map_err(sql("starting the load"))?;
-        load(&tx, &mut source, &mut b)?;
+        let files = load(&tx, &mut source, &mut b)?;
         finish(&tx, &mut b)?;
+        store_base(&tx, &mut source, &files)?;
         tx.commit().map_err(sql("committing the load"))?;
     }
     conn.close().map_err(|(_, e)| ImportError::Sqlite {
@@ -484,6 +547,7 @@ pub fn import(
     })?;
 
     let current = current_path(store_dir);
+    b.report.changes = super::delta::people_changes(&current, &tmp.0);
     if !opts.force {
         shrink_guard(&current, &b.report, cfg.max_shrink)?;
     } else if shrink_guard(&current, &b.report, cfg.max_shrink).is_err() {
@@ -580,7 +644,36 @@ fn rewrite_report(path: &Path, report: &ImportReport) -> Result<(), ImportError>
     Ok(())
 }
 
-fn load(tx: &Transaction, source: &mut Source, b: &mut Build) -> Result<(), ImportError> {
+/// Keeps the manifest and every file it lists as bulk in the new copy, so a
+/// later delta has a base to merge into.
+fn store_base(tx: &Transaction, source: &mut Source, files: &[String]) -> Result<(), ImportError> {
+    let mut ins = tx
+        .prepare("INSERT INTO base_files(name, content) VALUES (?1, ?2)")
+        .map_err(sql("preparing base_files"))?;
+    let names =
+        std::iter::once("manifest.csv".to_string()).chain(files.iter().map(|f| format!("{f}.csv")));
+    for name in names {
+        let Some(mut reader) = source.open_file(&name)? else {
+            continue;
+        };
+        let mut content = Vec::new();
+        reader
+            .read_to_end(&mut content)
+            .map_err(|e| ImportError::Csv {
+                file: name.clone(),
+                line: 0,
+                message: format!("cannot read the file again to keep it: {e}"),
+            })?;
+        drop(reader);
+        ins.execute(params![name, content])
+            .map_err(sql("storing base_files"))?;
+    }
+    Ok(())
+}
+
+/// Loads every table; returns the (lower-case) names of the files the
+/// manifest lists as bulk.
+fn load(tx: &Transaction, source: &mut Source, b: &mut Build) -> Result<Vec<String>, ImportError> {
     let (version, files) = read_manifest(source, b)?;
     b.report.oneroster_version = match version {
         Version::V1_1 => "1.1".into(),
@@ -628,7 +721,13 @@ fn load(tx: &Transaction, source: &mut Source, b: &mut Build) -> Result<(), Impo
     if present("enrollments") {
         load_enrollments(source, b)?;
     }
-    Ok(())
+    let mut bulk: Vec<String> = files
+        .iter()
+        .filter(|(_, v)| v.as_str() == "bulk")
+        .map(|(k, _)| k.clone())
+        .collect();
+    bulk.sort();
+    Ok(bulk)
 }
 
 /// Opens a file the manifest lists as present and reads its header.
@@ -694,7 +793,7 @@ fn read_manifest(
                         line: t.line,
                         field: name,
                         value,
-                        reason: "delta exports cannot rebuild the SIS copy; export in bulk".into(),
+                        reason: "a manifest cannot mix delta files into a full set".into(),
                     });
                 }
                 _ => b.warn(
@@ -1009,6 +1108,47 @@ fn hash_id(id: &str) -> u64 {
     h.finish()
 }
 
+/// Reads a `dateLastModified` as an RFC 3339 UTC timestamp. Dates and
+/// date-times without an offset are taken as UTC. A `d/m/y` or `m/d/y` date
+/// is kept only when one reading is possible (`15/06/2023`); `1/05/2023`
+/// could be either, and a wrong "last changed" is worse than none.
+pub(crate) fn parse_modified(text: &str) -> Result<Option<String>, &'static str> {
+    use jiff::civil::{Date, DateTime};
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(ts) = text.parse::<jiff::Timestamp>() {
+        return Ok(Some(ts.to_string()));
+    }
+    let utc = |dt: DateTime| {
+        dt.to_zoned(jiff::tz::TimeZone::UTC)
+            .map(|z| Some(z.timestamp().to_string()))
+            .map_err(|_| "not a date; not kept")
+    };
+    if let Ok(dt) = text.parse::<DateTime>() {
+        return utc(dt);
+    }
+    if let Ok(d) = text.parse::<Date>() {
+        return utc(d.to_datetime(jiff::civil::Time::midnight()));
+    }
+    let parts: Vec<&str> = text.split('/').collect();
+    if let [a, b, y] = parts.as_slice() {
+        let (Ok(a), Ok(b), Ok(y)) = (a.parse::<i8>(), b.parse::<i8>(), y.parse::<i16>()) else {
+            return Err("not a date; not kept");
+        };
+        let dm = Date::new(y, b, a).ok();
+        let md = Date::new(y, a, b).ok();
+        return match (dm, md) {
+            (Some(d), None) | (None, Some(d)) => utc(d.to_datetime(jiff::civil::Time::midnight())),
+            (Some(d), Some(e)) if d == e => utc(d.to_datetime(jiff::civil::Time::midnight())),
+            (Some(_), Some(_)) => Err("day and month could be either way round; not kept"),
+            (None, None) => Err("not a date; not kept"),
+        };
+    }
+    Err("not a date; not kept")
+}
+
 /// Reads a language from an ISO code or a common English name.
 fn language_code(text: &str) -> Option<String> {
     let t = text.trim().to_ascii_lowercase();
@@ -1054,6 +1194,7 @@ fn load_users(
         c("preferredgivenname"),
         c("familyname"),
     );
+    let c_modified = c("datelastmodified");
     let (c_orgs, c_primary_org, c_email, c_sms, c_phone, c_agents, c_grades) = (
         c("orgsourcedids"),
         c("primaryorgsourcedid"),
@@ -1074,7 +1215,7 @@ fn load_users(
     }
 
     let mut ins_person = tx
-        .prepare("INSERT INTO people(pk, id, role, is_student, is_staff, is_guardian, given, family, language, grade) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)")
+        .prepare("INSERT INTO people(pk, id, role, is_student, is_staff, is_guardian, given, family, language, grade, modified) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)")
         .map_err(sql("preparing people"))?;
     let mut ins_contact = tx
         .prepare("INSERT INTO contacts(person, channel, address) VALUES (?1, ?2, ?3)")
@@ -1191,6 +1332,14 @@ fn load_users(
                     .find(|g| !g.is_empty())
             })
             .flatten();
+        let modified = match parse_modified(t.get(c_modified)) {
+            Ok(m) => m,
+            Err(why) => {
+                let v = t.get(c_modified).to_string();
+                b.warn(FILE, line, "dateLastModified", &v, why);
+                None
+            }
+        };
         ins_person
             .execute(params![
                 pk,
@@ -1203,6 +1352,7 @@ fn load_users(
                 t.get(c_family),
                 language.as_deref().unwrap_or(&default_language),
                 grade,
+                modified,
             ])
             .map_err(sql("inserting people"))?;
 
@@ -1520,6 +1670,27 @@ mod tests {
         assert_eq!(role_bits("relative"), Some(GUARDIAN));
         assert_eq!(role_bits("student"), Some(STUDENT));
         assert_eq!(role_bits("wizard"), None);
+    }
+
+    #[test]
+    fn last_modified_dates_are_read_one_way_only() {
+        assert_eq!(
+            parse_modified("2023-05-01T18:25:43.511Z")
+                .unwrap()
+                .as_deref(),
+            Some("2023-05-01T18:25:43.511Z")
+        );
+        assert_eq!(
+            parse_modified("2023-05-01").unwrap().as_deref(),
+            Some("2023-05-01T00:00:00Z")
+        );
+        assert_eq!(
+            parse_modified("15/06/2023").unwrap().as_deref(),
+            Some("2023-06-15T00:00:00Z")
+        );
+        assert_eq!(parse_modified("").unwrap(), None);
+        assert!(parse_modified("1/05/2023").is_err());
+        assert!(parse_modified("yesterday").is_err());
     }
 
     #[test]

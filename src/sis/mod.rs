@@ -3,17 +3,21 @@
 //! new import is picked up without a restart, and an alert that already froze
 //! its audience is not affected.
 //!
-//! - [`import()`] builds a new copy from an export (folder or zip);
+//! - [`import()`] builds a new copy from an export (folder or zip); a delta
+//!   export is merged on top of the current copy ([`delta`]);
 //! - [`watch()`] imports exports dropped in `sis.watch_dir`;
 //! - [`generate()`] writes synthetic exports (tests, benchmarks, the demo);
 //! - [`open_current`] opens the copy read-only for [`crate::audience::resolve`].
 //!
 //! The table layout is documented in [`schema`].
 
+pub mod delta;
 mod generate;
 mod import;
+pub mod rest;
 pub mod schema;
 mod source;
+pub mod sync;
 mod watch;
 
 pub use watch::{WatchOutcome, watch};
@@ -28,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::Dur;
 
 pub use import::{
-    DANGLING_MAX_SHARE, ImportError, ImportOptions, ImportReport, ImportWarning, import,
+    Changes, DANGLING_MAX_SHARE, ImportError, ImportOptions, ImportReport, ImportWarning, import,
 };
 
 /// `[sis]` settings.
@@ -45,6 +49,35 @@ pub struct SisConfig {
     pub watch_dir: Option<PathBuf>,
     /// How often the watch folder is looked at.
     pub watch_interval: Dur,
+    /// A copy older than this makes `/readyz` report degraded.
+    pub max_age: Dur,
+    /// Who is emailed when a sync is refused or the copy grows stale.
+    pub notify: Vec<String>,
+    /// `[sis.source]`: pull from the SIS on a schedule.
+    pub source: Option<rest::SourceConfig>,
+}
+
+impl SisConfig {
+    /// Checks what serde cannot; problems go to `issues` under `sis.*`.
+    pub fn validate(&self, issues: &mut crate::config::Issues) {
+        if !(0.0..1.0).contains(&self.max_shrink) {
+            issues.push("sis.max_shrink", "must be at least 0 and below 1");
+        }
+        if self.max_age.0.is_zero() {
+            issues.push("sis.max_age", "must be more than 0s");
+        }
+        for (i, a) in self.notify.iter().enumerate() {
+            if crate::domain::email::EmailAddress::parse(a).is_err() {
+                issues.push(
+                    format!("sis.notify[{i}]"),
+                    format!("`{a}` is not an email address"),
+                );
+            }
+        }
+        if let Some(src) = &self.source {
+            src.validate(issues);
+        }
+    }
 }
 
 impl Default for SisConfig {
@@ -55,6 +88,9 @@ impl Default for SisConfig {
             max_shrink: 0.10,
             watch_dir: None,
             watch_interval: Dur::secs(30),
+            max_age: Dur::secs(36 * 3600),
+            notify: Vec::new(),
+            source: None,
         }
     }
 }
@@ -177,6 +213,23 @@ pub fn read_meta(conn: &Connection) -> Result<SisMeta, rusqlite::Error> {
         schools: num("schools")?,
         contact_points: num("contact_points")?,
     })
+}
+
+/// When each person's record was last changed in the SIS (`dateLastModified`,
+/// RFC 3339 UTC), by sourcedId; `None` when the export did not say, or said
+/// it ambiguously. A copy imported before this was kept reads as all `None`.
+pub fn last_modified(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<String, Option<String>>, rusqlite::Error> {
+    let has_column = conn.prepare("SELECT modified FROM people LIMIT 0").is_ok();
+    let sql = if has_column {
+        "SELECT id, modified FROM people"
+    } else {
+        "SELECT id, NULL FROM people"
+    };
+    let mut st = conn.prepare(sql)?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
 }
 
 /// Grades as stored and as matched: trimmed, upper-cased, and numbers

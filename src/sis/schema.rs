@@ -9,13 +9,14 @@
 //! |---|---|---|
 //! | `meta` | fact about the import | `key`, `value`: `schema_version`, `imported_at`, `source`, `oneroster_version`, `students`, `guardians`, `staff`, `schools`, `contact_points`, `report` (JSON) |
 //! | `schools` | school (an org of type `school`, or an org with no school above it that people belong to) | `pk`, `id`, `name`, `kind` (the OneRoster org type) |
-//! | `people` | active person | `pk`, `id`, `role` (primary: `student`, `staff`, `guardian`), `is_student`, `is_staff`, `is_guardian` (a teacher can also be a guardian), `given` (preferred given name if any), `family`, `language` (primary subtag, lower case), `grade` (students; leading zeros dropped) |
+//! | `people` | active person | `pk`, `id`, `role` (primary: `student`, `staff`, `guardian`), `is_student`, `is_staff`, `is_guardian` (a teacher can also be a guardian), `given` (preferred given name if any), `family`, `language` (primary subtag, lower case), `grade` (students; leading zeros dropped), `modified` (the record's `dateLastModified` as an RFC 3339 UTC timestamp; NULL when absent or ambiguous) |
 //! | `person_schools` | person × school | `person`, `school` |
 //! | `guardianship` | guardian × student | `guardian`, `student` |
 //! | `contacts` | person × usable address | `person`, `channel` (`sms`, `voice`, `email`), `address` (E.164 or lower-cased email). The same address on several people is several rows; `COUNT(DISTINCT address)` is the number of contact points |
 //! | `classes` | active class | `pk`, `id`, `title`, `school` |
 //! | `class_grades` | class × grade it is for | `class`, `grade` |
 //! | `class_members` | enrollment (deduplicated) | `class`, `person`, `role` (`student` or `staff`) |
+//! | `base_files` | CSV file the copy was built from | `name` (`manifest.csv`, `users.csv`…), `content`: the full set as merged so far, tombstones (`tobedeleted` rows) included, so a delta export can be applied on top (see [`crate::sis::delta`]) |
 //!
 //! Indexes are created after the bulk load (see [`INDEXES`]); each serves one
 //! step of audience resolution.
@@ -36,7 +37,8 @@ CREATE TABLE people (
     given TEXT NOT NULL,
     family TEXT NOT NULL,
     language TEXT NOT NULL,
-    grade TEXT
+    grade TEXT,
+    modified TEXT
 );
 CREATE TABLE person_schools (person INTEGER NOT NULL, school INTEGER NOT NULL);
 CREATE TABLE guardianship (guardian INTEGER NOT NULL, student INTEGER NOT NULL);
@@ -44,6 +46,7 @@ CREATE TABLE contacts (person INTEGER NOT NULL, channel TEXT NOT NULL, address T
 CREATE TABLE classes (pk INTEGER PRIMARY KEY, id TEXT NOT NULL, title TEXT NOT NULL, school INTEGER);
 CREATE TABLE class_grades (class INTEGER NOT NULL, grade TEXT NOT NULL);
 CREATE TABLE class_members (class INTEGER NOT NULL, person INTEGER NOT NULL, role TEXT NOT NULL);
+CREATE TABLE base_files (name TEXT PRIMARY KEY, content BLOB NOT NULL);
 ";
 
 pub const INDEXES: &str = "

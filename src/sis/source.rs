@@ -136,7 +136,7 @@ impl<R: Read> Read for QuoteCounter<R> {
 }
 
 /// Canonical (lower-case) column names for header spellings seen in the wild.
-fn canonical(name: &str) -> String {
+pub(crate) fn canonical(name: &str) -> String {
     let lower = name
         .trim()
         .trim_start_matches('\u{feff}')
@@ -334,6 +334,16 @@ impl<'a> Table<'a> {
             self.notes.push((self.line, "row".into(), note));
         }
         Ok(true)
+    }
+
+    /// Canonical (lower-case) names of the header's columns, unnamed ones as "".
+    pub(crate) fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// The header as written.
+    pub(crate) fn written(&self) -> &[String] {
+        &self.written
     }
 
     /// The trimmed text of a column in the current row ("" when absent).

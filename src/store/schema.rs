@@ -196,6 +196,29 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (source, signature)
     );
     "#,
+    // 6 (SIS sync): one row per SIS import or pull, for `klaxon sis
+    // status`, `/readyz` and the problem emails; and the problems already
+    // emailed, so each is sent once, not once per try.
+    r#"
+    CREATE TABLE sis_syncs (
+        id          INTEGER PRIMARY KEY,
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER NOT NULL,
+        trigger     TEXT NOT NULL,              -- schedule | watch-folder | cli
+        kind        TEXT NOT NULL,              -- bulk | delta | rest | rest-incremental
+        source      TEXT NOT NULL,              -- file path or base URL
+        outcome     TEXT NOT NULL,              -- ok | refused | failed
+        added       INTEGER NOT NULL DEFAULT 0,
+        changed     INTEGER NOT NULL DEFAULT 0,
+        removed     INTEGER NOT NULL DEFAULT 0,
+        warnings    INTEGER NOT NULL DEFAULT 0,
+        message     TEXT                        -- why it was refused or failed
+    );
+    CREATE TABLE sis_notices (
+        problem TEXT PRIMARY KEY,
+        sent_at INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -284,6 +284,16 @@ async fn create_now(
 ) -> Result<TriggerResponse, TriggerError> {
     let pb = playbook(sv, &req.playbook)?;
     let (message, note) = clean_message(req.message.clone())?;
+    // A copy older than `[sis] max_age` still serves, and the operator hears so.
+    let stale = crate::sis::sync::staleness(
+        &sv.config.store_dir(),
+        sv.config.sis.max_age,
+        jiff::Timestamp::from_millisecond(sv.now_ms()).unwrap_or_else(|_| jiff::Timestamp::now()),
+    );
+    let note = match (note, stale) {
+        (Some(n), Some(s)) => Some(format!("{n}; {s}")),
+        (n, s) => n.or(s),
+    };
     let mut spec = req.audience.clone();
     if spec.roles.is_empty() {
         spec.roles = pb.roles.clone();
