@@ -5,7 +5,7 @@
 mod common;
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::spawn_app;
 use rusqlite::{Connection, OpenFlags};
@@ -26,7 +26,6 @@ async fn a_spanish_speaking_guardian_answers_the_early_dismissal_page_in_chromiu
     let Some(browser) = Browser::start().await else {
         return;
     };
-    let started = Instant::now();
     let app = spawn_app().await;
     let created: serde_json::Value = app
         .trigger(json!({
@@ -224,9 +223,4 @@ async fn a_spanish_speaking_guardian_answers_the_early_dismissal_page_in_chromiu
         "no Chromium process outlives the browser"
     );
     app.stop().await;
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "the browser test stays fast: {:?}",
-        started.elapsed()
-    );
 }
