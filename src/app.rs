@@ -242,9 +242,14 @@ impl App {
             }
         }
         let short = deadline.min(tokio::time::Instant::now() + Duration::from_secs(2));
-        let _ = tokio::time::timeout_at(short, tracker).await;
-        if let Some(w) = watcher {
-            let _ = tokio::time::timeout_at(short, w).await;
+        let mut tracker = tracker;
+        if tokio::time::timeout_at(short, &mut tracker).await.is_err() {
+            tracker.abort();
+        }
+        if let Some(mut w) = watcher
+            && tokio::time::timeout_at(short, &mut w).await.is_err()
+        {
+            w.abort();
         }
         for mut f in feeds {
             if tokio::time::timeout_at(short, &mut f).await.is_err() {
@@ -253,15 +258,21 @@ impl App {
                 f.abort();
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(2), syncer).await;
+        let mut syncer = syncer;
+        if tokio::time::timeout_at(short, &mut syncer).await.is_err() {
+            // A pull still waiting on the network: the copy in use stays.
+            syncer.abort();
+        }
         if let Some(w) = watchdog {
             w.abort();
         }
         let store = state.store.clone();
         drop(state);
+        // Every task that wrote has stopped; what the writer has not
+        // committed by now was never reported done to anyone.
         let left = deadline
             .saturating_duration_since(tokio::time::Instant::now())
-            .max(Duration::from_millis(200));
+            .clamp(Duration::from_millis(200), Duration::from_secs(2));
         store.close_within(left);
         drop(store_lock);
         tracing::info!("Stopped.");

@@ -91,6 +91,15 @@ const HISTOGRAMS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Gauges with a single value and no labels.
+const PLAIN_GAUGES: &[(&str, &str)] = &[
+    ("klaxon_start_time_seconds", "When the daemon started"),
+    (
+        "klaxon_sis_last_success_timestamp_seconds",
+        "When the last SIS sync that replaced the copy finished (Unix seconds)",
+    ),
+];
+
 /// Gauges set at scrape time (or by their owner).
 const GAUGES: &[(&str, &str)] = &[
     (
@@ -100,10 +109,6 @@ const GAUGES: &[(&str, &str)] = &[
     (
         "klaxon_open_alerts",
         "Alerts not yet closed, by state and drill",
-    ),
-    (
-        "klaxon_sis_last_success_timestamp_seconds",
-        "When the last SIS sync that replaced the copy finished (Unix seconds)",
     ),
     (
         "klaxon_feed_up",
@@ -126,8 +131,8 @@ pub struct Metrics {
     counters: HashMap<&'static str, Family<Labels, Counter>>,
     histograms: HashMap<&'static str, Hist>,
     gauges: HashMap<&'static str, Family<Labels, Gauge<f64, AtomicU64>>>,
-    /// When the daemon started: one value, no labels.
-    start_time: Gauge<f64, AtomicU64>,
+    /// Gauges with one value and no labels (`PLAIN_GAUGES`).
+    plain: HashMap<&'static str, Gauge<f64, AtomicU64>>,
     /// Serialises scrapes: gauges are cleared and refilled per scrape.
     scrape: Mutex<()>,
 }
@@ -154,14 +159,14 @@ impl Default for Metrics {
             registry.register(*name, *help, f.clone());
             gauges.insert(*name, f);
         }
-        let start_time = Gauge::<f64, AtomicU64>::default();
-        registry.register(
-            "klaxon_start_time_seconds",
-            "When the daemon started",
-            start_time.clone(),
-        );
+        let mut plain = HashMap::new();
+        for (name, help) in PLAIN_GAUGES {
+            let g = Gauge::<f64, AtomicU64>::default();
+            registry.register(*name, *help, g.clone());
+            plain.insert(*name, g);
+        }
         Metrics {
-            start_time,
+            plain,
             registry,
             counters,
             histograms,
@@ -210,8 +215,8 @@ impl Metrics {
     }
 
     pub fn set_gauge(&self, name: &'static str, l: &[(&str, &str)], value: f64) {
-        if name == "klaxon_start_time_seconds" {
-            self.start_time.set(value);
+        if let Some(g) = self.plain.get(name) {
+            g.set(value);
             return;
         }
         match self.gauges.get(name) {
@@ -224,6 +229,9 @@ impl Metrics {
 
     /// A gauge's current value; `None` when it was never set.
     pub fn gauge(&self, name: &'static str, l: &[(&str, &str)]) -> Option<f64> {
+        if let Some(g) = self.plain.get(name) {
+            return Some(g.get());
+        }
         self.gauges
             .get(name)
             .and_then(|f| f.get(&labels(l)).map(|g| g.get()))
