@@ -328,18 +328,32 @@ fn spawn_sis_sync(
 /// audit log and the metrics. `None` when no watch folder is configured.
 fn spawn_sis_watch(
     state: &Arc<AppState>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let mut cfg = state.config.sis.clone();
     let dir = cfg.watch_dir.as_ref()?;
     cfg.watch_dir = Some(crate::config::relative_to(&state.config.base_dir, dir));
     let store_dir = state.config.store_dir();
+    let (metrics, tasks, clock) = (
+        state.metrics.clone(),
+        state.tasks.clone(),
+        state.clock.clone(),
+    );
     let state = state.clone();
-    Some(tokio::spawn(async move {
-        let shutdown = async move {
-            let _ = stop.wait_for(|s| *s).await;
-        };
-        crate::sis::watch(cfg, store_dir, shutdown, move |outcome| {
+    // Supervised: a panic while importing is counted and the folder watched again.
+    Some(crate::supervise::spawn(
+        "sis-watch",
+        metrics,
+        tasks,
+        clock,
+        move || {
+            let (cfg, store_dir, state, mut stop) =
+                (cfg.clone(), store_dir.clone(), state.clone(), stop.clone());
+            async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                crate::sis::watch(cfg, store_dir, shutdown, move |outcome| {
             let ok = outcome.result.is_ok();
             state
                 .metrics
@@ -385,7 +399,9 @@ fn spawn_sis_watch(
             });
         })
         .await;
-    }))
+            }
+        },
+    ))
 }
 
 /// Completes on SIGTERM or SIGINT: the production shutdown signal.

@@ -470,6 +470,13 @@ impl Config {
             config.warnings.push(w);
         }
         for (name, pb) in &config.playbooks {
+            for lang in pb.templates_without_drill_marker() {
+                config.warnings.push(ConfigIssue {
+                    key: format!("playbooks.{name}.messages.{lang}"),
+                    line: None,
+                    message: "the template has no drill marker of its own ({% if drill %}…{% endif %}); klaxon puts \"DRILL - \" (in the language) before it on every channel".into(),
+                });
+            }
             if !pb.channels.contains(&Channel::Sms) {
                 continue;
             }

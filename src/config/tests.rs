@@ -220,3 +220,14 @@ fn a_public_listener_with_a_plain_http_public_url_is_warned_about() {
     let local = Config::from_str(GOOD, Path::new("/etc/klaxon/klaxon.toml")).unwrap();
     assert!(local.warnings.iter().all(|w| w.key != "server.listen"));
 }
+
+#[test]
+fn templates_without_their_own_drill_marker_are_named() {
+    let text = format!(
+        "{GOOD}\n[playbooks.fire]\ntitle = \"Fire\"\nseverity = \"emergency\"\nchannels = [\"sms\"]\n[playbooks.fire.messages]\nen = \"FIRE at {{{{ school }}}}. {{{{ link }}}}\"\nes = \"{{% if drill %}}SIMULACRO {{% endif %}}INCENDIO {{{{ link }}}}\"\n"
+    );
+    let c = Config::from_str(&text, Path::new("/etc/klaxon/klaxon.toml")).unwrap();
+    let keys: Vec<&str> = c.warnings.iter().map(|w| w.key.as_str()).collect();
+    assert!(keys.contains(&"playbooks.fire.messages.en"), "{keys:?}");
+    assert!(!keys.contains(&"playbooks.fire.messages.es"), "{keys:?}");
+}
