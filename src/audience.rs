@@ -89,14 +89,61 @@ pub struct Audience {
 pub enum AudienceError {
     #[error("unknown group {0:?} (not in [[groups]])")]
     UnknownGroup(String),
-    #[error("unknown school {0:?} (not in the SIS copy)")]
-    UnknownSchool(String),
-    #[error("unknown class {0:?} (not in the SIS copy)")]
-    UnknownClass(String),
+    /// A school, grade or class the SIS copy does not have, with the
+    /// closest values it does have (closest first).
+    #[error("{what} `{value}` is not in the SIS; {}", known_list(what, known))]
+    Unknown {
+        what: &'static str,
+        value: String,
+        known: Vec<String>,
+    },
     #[error("group {group:?} names person {id:?}, who is not in the SIS copy")]
     UnknownPerson { group: String, id: String },
     #[error("reading the SIS copy: {0}")]
     Sqlite(#[from] rusqlite::Error),
+}
+
+impl AudienceError {
+    /// True when the request named something that is not there (a client
+    /// mistake), false when reading the SIS failed.
+    pub fn is_unknown_name(&self) -> bool {
+        !matches!(self, AudienceError::Sqlite(_))
+    }
+}
+
+fn known_list(what: &str, known: &[String]) -> String {
+    const SHOWN: usize = 8;
+    if known.is_empty() {
+        return format!("the SIS copy has no {what}s");
+    }
+    let mut s = format!("{what}s are {}", known[..known.len().min(SHOWN)].join(", "));
+    if known.len() > SHOWN {
+        s += &format!(", … ({} in all)", known.len());
+    }
+    s
+}
+
+/// `candidates` ordered by how close they are to `value` (edit distance on
+/// lowercase text, then alphabetical), so the likely meant one comes first.
+pub fn closest(value: &str, mut candidates: Vec<String>) -> Vec<String> {
+    let v = value.to_lowercase();
+    candidates.sort_by_cached_key(|c| (edit_distance(&v, &c.to_lowercase()), c.clone()));
+    candidates.dedup();
+    candidates
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 /// The narrowing dimensions of a spec or a group, with ids resolved to keys.
@@ -214,6 +261,85 @@ impl Plan {
     }
 }
 
+/// What the pre-flight checks need to know of an audience, without names
+/// or addresses: counted in two scans, so it is cheap for a whole district.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanSummary {
+    pub recipients: usize,
+    /// Recipients per language (as the SIS spells it).
+    pub languages: BTreeMap<String, usize>,
+    /// Deliveries one send makes per channel, with the same channel choice
+    /// as the store (`domain::channels_for`).
+    pub deliveries: BTreeMap<Channel, usize>,
+    /// Recipients with no address on any channel this install can send on.
+    pub unreachable: usize,
+}
+
+impl Plan {
+    /// Counts the plan's recipients per language and deliveries per channel
+    /// for a playbook sending on `wanted`, on an install with `available`.
+    pub fn summary(
+        &self,
+        sis: &Connection,
+        wanted: &[Channel],
+        available: &[Channel],
+    ) -> Result<PlanSummary, AudienceError> {
+        let is_recipient = |pk: u32| matches!(self.need.get(pk as usize), Some(Need::As(_)));
+        let mut out = PlanSummary {
+            recipients: self.keys.len(),
+            ..Default::default()
+        };
+        let big = self.keys.len() > SCAN_THRESHOLD;
+        rows_for(
+            sis,
+            &self.keys,
+            big,
+            "SELECT pk, language FROM people",
+            "SELECT pk, language FROM people WHERE pk = ?1",
+            |r| {
+                if is_recipient(r.get(0)?) {
+                    *out.languages.entry(r.get(1)?).or_default() += 1;
+                }
+                Ok(())
+            },
+        )?;
+        // One bit per channel a person has an address for.
+        let mut has: HashMap<u32, u8> = HashMap::with_capacity(self.keys.len());
+        rows_for(
+            sis,
+            &self.keys,
+            big,
+            "SELECT person, channel FROM contacts",
+            "SELECT person, channel FROM contacts WHERE person = ?1",
+            |r| {
+                let pk: u32 = r.get(0)?;
+                if is_recipient(pk)
+                    && let Some(ch) = r.get_ref(1)?.as_str().ok().and_then(Channel::parse)
+                {
+                    *has.entry(pk).or_default() |= 1 << ch as u8;
+                }
+                Ok(())
+            },
+        )?;
+        for &pk in &self.keys {
+            let bits = has.get(&pk).copied().unwrap_or(0);
+            let addresses: Vec<(Channel, String)> = Channel::ALL
+                .into_iter()
+                .filter(|c| bits & (1 << *c as u8) != 0)
+                .map(|c| (c, String::new()))
+                .collect();
+            let chosen = crate::domain::channels_for(wanted, available, &addresses);
+            if chosen.is_empty() {
+                out.unreachable += 1;
+            }
+            for (ch, _) in chosen {
+                *out.deliveries.entry(*ch).or_default() += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Picks the audience's person keys (see [`resolve`] for the rules).
 pub fn plan(
     sis: &Connection,
@@ -295,17 +421,50 @@ fn dims(
             .iter()
             .find(|(_, (sid, _))| sid == id)
             .map(|(pk, _)| *pk);
-        d.schools
-            .push(pk.ok_or_else(|| AudienceError::UnknownSchool(id.clone()))?);
+        d.schools.push(pk.ok_or_else(|| AudienceError::Unknown {
+            what: "school",
+            value: id.clone(),
+            known: closest(id, schools.values().map(|(sid, _)| sid.clone()).collect()),
+        })?);
     }
-    for g in grades {
-        d.grades.push(normalize_grade(g));
+    if !grades.is_empty() {
+        // Grades a student or a class has: anything else reaches nobody.
+        let mut st = sis.prepare_cached(
+            "SELECT grade FROM people WHERE is_student = 1 AND grade IS NOT NULL
+             UNION SELECT grade FROM class_grades",
+        )?;
+        let known: Vec<String> = st
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<_, _>>()?;
+        for g in grades {
+            let n = normalize_grade(g);
+            if !known.iter().any(|k| normalize_grade(k) == n) {
+                return Err(AudienceError::Unknown {
+                    what: "grade",
+                    value: g.clone(),
+                    known: closest(g, known),
+                });
+            }
+            d.grades.push(n);
+        }
     }
     let mut st = sis.prepare_cached("SELECT pk FROM classes WHERE id = ?1")?;
     for id in class_ids {
         let pk: Option<u32> = st.query_row([id], |r| r.get(0)).ok();
-        d.classes
-            .push(pk.ok_or_else(|| AudienceError::UnknownClass(id.clone()))?);
+        match pk {
+            Some(pk) => d.classes.push(pk),
+            None => {
+                let mut all = sis.prepare_cached("SELECT id FROM classes")?;
+                let known = all
+                    .query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<_, _>>()?;
+                return Err(AudienceError::Unknown {
+                    what: "class",
+                    value: id.clone(),
+                    known: closest(id, known),
+                });
+            }
+        }
     }
     Ok(d)
 }

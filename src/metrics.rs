@@ -56,6 +56,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "klaxon_task_panics_total",
         "Background tasks that panicked and were restarted, by task",
     ),
+    (
+        "klaxon_idempotent_replays_total",
+        "POSTs repeated with an Idempotency-Key: replayed, or refused for another body",
+    ),
     ("klaxon_alerts_closed_total", "Alerts closed, by reason"),
     (
         "klaxon_feed_polls_total",

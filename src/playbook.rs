@@ -79,6 +79,25 @@ pub struct PlaybookConfig {
     /// `students` (names), `link`, `title`, `drill` (bool), `message` (the
     /// operator's text, if any).
     pub messages: BTreeMap<String, String>,
+    /// Languages the operator's message must be written in: a trigger whose
+    /// `message` lacks one of them is refused. Empty: any text is accepted
+    /// (the answer names the languages that get it untranslated).
+    #[serde(default)]
+    pub message_languages: Vec<String>,
+    /// `"two-person"`: an alert waits, held, until a second operator (not
+    /// the one who triggered it) approves it, or the first sends it at once
+    /// with a typed reason (an emergency override, put up for review).
+    #[serde(default)]
+    pub approval: Approval,
+}
+
+/// How many people it takes to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Approval {
+    #[default]
+    OnePerson,
+    TwoPerson,
 }
 
 fn default_roles() -> Vec<Role> {
@@ -102,6 +121,21 @@ fn yes() -> bool {
 }
 
 impl PlaybookConfig {
+    /// Languages whose template never shows the operator's `message`: a
+    /// message given to this playbook would not reach them.
+    pub fn templates_without_message(&self) -> Vec<String> {
+        let env = minijinja::Environment::new();
+        self.messages
+            .iter()
+            .filter(|(_, text)| {
+                env.template_from_str(text)
+                    .map(|t| !t.undeclared_variables(false).contains("message"))
+                    .unwrap_or(false)
+            })
+            .map(|(lang, _)| lang.clone())
+            .collect()
+    }
+
     pub fn validate(&self, prefix: &str, issues: &mut Issues) {
         if self.channels.is_empty() {
             issues.push(
@@ -247,11 +281,13 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             confirm: true,
             choices: vec![],
             messages: messages(&[
-                ("en", "{% if drill %}DRILL - {% endif %}LOCKDOWN at {{ school }}. Students are safe inside. Do not come to the school. Confirm: {{ link }}"),
-                ("es", "{% if drill %}SIMULACRO - {% endif %}CIERRE DE EMERGENCIA en {{ school }}. Estudiantes seguros adentro. No venga a la escuela. Confirme: {{ link }}"),
-                ("vi", "{% if drill %}DIỄN TẬP - {% endif %}PHONG TỎA tại {{ school }}. Học sinh an toàn bên trong. Đừng đến trường. Xác nhận: {{ link }}"),
-                ("zh", "{% if drill %}演习 - {% endif %}{{ school }}封锁。学生在室内安全。请勿前往学校。确认：{{ link }}"),
+                ("en", "{% if drill %}DRILL - {% endif %}LOCKDOWN at {{ school }}. Students are safe inside. Do not come to the school. {{ message }} Confirm: {{ link }}"),
+                ("es", "{% if drill %}SIMULACRO - {% endif %}CIERRE DE EMERGENCIA en {{ school }}. Estudiantes seguros adentro. No venga a la escuela. {{ message }} Confirme: {{ link }}"),
+                ("vi", "{% if drill %}DIỄN TẬP - {% endif %}PHONG TỎA tại {{ school }}. Học sinh an toàn bên trong. Đừng đến trường. {{ message }} Xác nhận: {{ link }}"),
+                ("zh", "{% if drill %}演习 - {% endif %}{{ school }}封锁。学生在室内安全。请勿前往学校。{{ message }} 确认：{{ link }}"),
             ]),
+            message_languages: Vec::new(),
+            approval: Approval::OnePerson,
         },
     );
     m.insert(
@@ -269,9 +305,11 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             confirm: true,
             choices: vec![],
             messages: messages(&[
-                ("en", "{% if drill %}DRILL - {% endif %}SHELTER IN PLACE at {{ school }}. Everyone is staying indoors. Confirm: {{ link }}"),
-                ("es", "{% if drill %}SIMULACRO - {% endif %}REFUGIO EN EL LUGAR en {{ school }}. Todos permanecen adentro. Confirme: {{ link }}"),
+                ("en", "{% if drill %}DRILL - {% endif %}SHELTER IN PLACE at {{ school }}. Everyone is staying indoors. {{ message }} Confirm: {{ link }}"),
+                ("es", "{% if drill %}SIMULACRO - {% endif %}REFUGIO EN EL LUGAR en {{ school }}. Todos permanecen adentro. {{ message }} Confirme: {{ link }}"),
             ]),
+            message_languages: Vec::new(),
+            approval: Approval::OnePerson,
         },
     );
     m.insert(
@@ -292,6 +330,8 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
                 ("en", "{% if drill %}DRILL - {% endif %}EVACUATION of {{ school }}. Students are moving to the relocation site. {{ message }} Confirm: {{ link }}"),
                 ("es", "{% if drill %}SIMULACRO - {% endif %}EVACUACIÓN de {{ school }}. Los estudiantes se trasladan al sitio de reubicación. {{ message }} Confirme: {{ link }}"),
             ]),
+            message_languages: Vec::new(),
+            approval: Approval::OnePerson,
         },
     );
     m.insert(
@@ -317,6 +357,8 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
                 ("en", "{% if drill %}DRILL - {% endif %}EARLY DISMISSAL at {{ school }} today. {{ message }} Tell us how {{ students }} will get home: {{ link }}"),
                 ("es", "{% if drill %}SIMULACRO - {% endif %}SALIDA ANTICIPADA hoy en {{ school }}. {{ message }} Díganos cómo llegará a casa {{ students }}: {{ link }}"),
             ]),
+            message_languages: Vec::new(),
+            approval: Approval::OnePerson,
         },
     );
     m.insert(
@@ -337,6 +379,8 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
                 ("en", "{% if drill %}DRILL - {% endif %}{{ school }} is CLOSED due to weather. {{ message }} Confirm: {{ link }}"),
                 ("es", "{% if drill %}SIMULACRO - {% endif %}{{ school }} está CERRADA por el clima. {{ message }} Confirme: {{ link }}"),
             ]),
+            message_languages: Vec::new(),
+            approval: Approval::OnePerson,
         },
     );
     m.insert(
@@ -357,6 +401,8 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
                 ("en", "{% if drill %}DRILL - {% endif %}ALL CLEAR at {{ school }}. The situation is over. {{ message }} Details: {{ link }}"),
                 ("es", "{% if drill %}SIMULACRO - {% endif %}TODO DESPEJADO en {{ school }}. La situación terminó. {{ message }} Detalles: {{ link }}"),
             ]),
+            message_languages: Vec::new(),
+            approval: Approval::OnePerson,
         },
     );
     m.insert(
@@ -377,6 +423,8 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
                 ("en", "{% if drill %}DRILL - {% endif %}UPDATE: {{ title }} at {{ school }}. {{ message }} Details: {{ link }}"),
                 ("es", "{% if drill %}SIMULACRO - {% endif %}ACTUALIZACIÓN: {{ title }} en {{ school }}. {{ message }} Detalles: {{ link }}"),
             ]),
+            message_languages: Vec::new(),
+            approval: Approval::OnePerson,
         },
     );
     m

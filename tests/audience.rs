@@ -258,14 +258,41 @@ fn unknown_names_are_errors_not_empty_audiences() {
     let dir = tempfile::tempdir().unwrap();
     let sis = district(dir.path());
     let r = audience::resolve(&sis, &spec(&["sch-z"], &[], &[]), &[]);
-    assert!(matches!(r, Err(AudienceError::UnknownSchool(s)) if s == "sch-z"));
+    assert!(
+        matches!(&r, Err(AudienceError::Unknown { what: "school", value, known }) if value == "sch-z" && !known.is_empty()),
+        "{:?}",
+        r.err()
+    );
     let s = AudienceSpec {
         classes: vec!["c9".into()],
         ..Default::default()
     };
+    assert!(matches!(
+        audience::resolve(&sis, &s, &[]),
+        Err(AudienceError::Unknown { what: "class", value, .. }) if value == "c9"
+    ));
+    // A grade no student or class has reaches nobody: refused, closest first.
+    let s = AudienceSpec {
+        grades: vec!["K".into()],
+        ..Default::default()
+    };
+    let e = audience::resolve(&sis, &s, &[]).unwrap_err();
     assert!(
-        matches!(audience::resolve(&sis, &s, &[]), Err(AudienceError::UnknownClass(c)) if c == "c9")
+        matches!(&e, AudienceError::Unknown { what: "grade", .. }),
+        "{e}"
     );
+    assert!(
+        e.to_string()
+            .starts_with("grade `K` is not in the SIS; grades are "),
+        "{e}"
+    );
+}
+
+#[test]
+fn closest_names_come_first() {
+    let known = vec!["KG".to_string(), "01".into(), "02".into(), "12".into()];
+    assert_eq!(audience::closest("K", known.clone())[0], "KG");
+    assert_eq!(audience::closest("2", known)[0], "02");
 }
 
 #[test]

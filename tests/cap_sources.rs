@@ -373,3 +373,85 @@ async fn the_drop_folder_handles_cap_files_and_archives_them_with_their_outcome(
     );
     app.stop().await;
 }
+
+/// A CAP message in English and Spanish (`<info>` per language, as IPAWS
+/// carries them): each family gets the text built from the `<info>` in
+/// their language, and Vietnamese families (no `<info>` of theirs) the
+/// English one.
+#[tokio::test]
+async fn a_bilingual_cap_message_reaches_each_family_in_its_language() {
+    let app = common::spawn_app_with(&format!("{}{EXTRA}", common::LOG_PROVIDER)).await;
+    let now = jiff::Timestamp::now();
+    let expires = now + jiff::SignedDuration::from_hours(2);
+    let info = |lang: &str, event: &str, area: &str| {
+        format!(
+            r#"<info><language>{lang}</language><event>{event}</event>
+    <urgency>Immediate</urgency><severity>Extreme</severity><certainty>Observed</certainty>
+    <eventCode><valueName>SAME</valueName><value>SPW</value></eventCode>
+    <expires>{expires}</expires>
+    <area><areaDesc>{area}</areaDesc>
+      <geocode><valueName>SAME</valueName><value>048453</value></geocode></area>
+  </info>"#
+        )
+    };
+    let doc = format!(
+        r#"<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
+  <identifier>BI-1</identifier><sender>{SENDER}</sender><sent>{now}</sent>
+  <status>Actual</status><msgType>Alert</msgType><scope>Public</scope>
+  {}
+  {}
+</alert>"#,
+        info("en-US", "Shelter in place warning", "Example County"),
+        info(
+            "es-US",
+            "Aviso de refugio en el lugar",
+            "Condado de Ejemplo"
+        ),
+    );
+    let incoming = app.path().join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    std::fs::write(incoming.join("bilingual.xml"), doc).unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let id: Option<i64> = app
+            .db()
+            .query_row("SELECT max(id) FROM alerts", [], |r| r.get(0))
+            .unwrap();
+        if let Some(id) = id {
+            break id;
+        }
+        assert!(Instant::now() < until, "no alert from the drop folder");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    app.wait_settled(id).await;
+    let sent: Vec<serde_json::Value> = app
+        .outbox()
+        .into_iter()
+        .filter(|m| m["alert_id"] == id)
+        .collect();
+    let by_lang = |lang: &str| -> Vec<String> {
+        sent.iter()
+            .filter(|m| m["language"] == lang)
+            .map(|m| m["body"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (es, en, vi) = (by_lang("es"), by_lang("en"), by_lang("vi"));
+    assert!(
+        !es.is_empty() && !en.is_empty() && !vi.is_empty(),
+        "{sent:?}"
+    );
+    for b in &es {
+        assert!(
+            b.contains("Aviso de refugio en el lugar para Condado de Ejemplo"),
+            "{b}"
+        );
+        assert!(!b.contains("Shelter in place warning"), "{b}");
+    }
+    for b in en.iter().chain(&vi) {
+        assert!(
+            b.contains("Shelter in place warning for Example County"),
+            "{b}"
+        );
+    }
+    app.stop().await;
+}

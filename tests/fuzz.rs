@@ -466,3 +466,92 @@ fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// Every CAP document in `../shared/data/cap` (CAP 1.1 and 1.2, ATOM,
+/// api.weather.gov GeoJSON).
+fn cap_seeds() -> Vec<Vec<u8>> {
+    fn walk(dir: &Path, out: &mut Vec<Vec<u8>>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            if p.is_dir() {
+                walk(&p, out);
+            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("xml" | "json")) {
+                out.push(std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&Path::new(SHARED).join("cap"), &mut out);
+    out
+}
+
+#[test]
+fn cap_atom_geojson() {
+    let seeds = cap_seeds();
+    assert!(seeds.len() >= 8, "CAP seeds missing under {SHARED}/cap");
+    // A rule that names every event of the samples, with zones and
+    // per-school targeting, so a parsed alert goes through the whole
+    // decision and message rendering.
+    let rule: klaxon::cap::rules::RuleConfig = toml::from_str(
+        r#"
+name = "all"
+events = ["Blizzard Warning", "Severe Thunderstorm Warning", "Special Weather Statement",
+          "Flood Watch", "Earthquake", "Required Monthly Test", "Test Message"]
+event_codes = ["RMT", "SVR", "BZW", "EQW", "FFA"]
+playbook = "weather-closure"
+test_as_drill = true
+message = "{{ headline }} / {{ event }} for {{ area }} from {{ onset }} to {{ ends }}. {{ instruction }}"
+[messages]
+es = "{{ event }} para {{ area }}"
+"#,
+    )
+    .unwrap();
+    let mut schools = std::collections::BTreeMap::new();
+    schools.insert(
+        "S1".to_string(),
+        toml::from_str::<klaxon::cap::rules::SchoolGeo>(
+            "zones = [\"MNZ020\", \"ORZ004\"]\nlocation = [44.9, -93.2]",
+        )
+        .unwrap(),
+    );
+    fuzz(
+        "cap_atom_geojson",
+        (0..seeds.len(), edits()),
+        |(which, edits)| {
+            let bytes = mutate(&seeds[which], &edits);
+            match klaxon::cap::parse_document(&bytes) {
+                Ok(doc) => {
+                    for alert in &doc.alerts {
+                        let now = jiff::Timestamp::now();
+                        let _ = klaxon::cap::rules::evaluate(
+                            alert,
+                            std::slice::from_ref(&rule),
+                            &schools,
+                            now,
+                        );
+                        if let Ok(text) =
+                            klaxon::cap::rules::render_messages(&rule, alert, "America/Chicago")
+                        {
+                            for lang in text.languages() {
+                                prop_assert!(text.for_language(&lang).chars().count() <= 1000);
+                            }
+                        }
+                    }
+                    for s in &doc.skipped {
+                        prop_assert!(!s.error.to_string().is_empty());
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    prop_assert!(!msg.is_empty());
+                    prop_assert!(msg.len() < 4096, "error too long: {} bytes", msg.len());
+                }
+            }
+            Ok(())
+        },
+    );
+}

@@ -40,6 +40,9 @@ fn new_alert(held: bool) -> NewAlert {
         priority: 0,
         audience_json: "{}".into(),
         message: None,
+        messages: None,
+        two_person: false,
+        override_reason: None,
         drill: false,
         held,
         confirm: true,
@@ -194,7 +197,7 @@ async fn an_approve_during_materialization_releases_the_chunks_written_after_it(
     assert!(f.claim(T0 + 1).await.is_empty(), "held sends nothing");
     let r = f
         .store
-        .write(move |c| alerts::release(c, id, T0 + 5, "op", (120_000, 900_000, 0)))
+        .write(move |c| alerts::release(c, id, T0 + 5, "op", (120_000, 900_000, 0), None))
         .await
         .unwrap();
     assert_eq!(r, alerts::Released::Now);
@@ -203,7 +206,7 @@ async fn an_approve_during_materialization_releases_the_chunks_written_after_it(
     // A second approve is answered, not refused.
     let again = f
         .store
-        .write(move |c| alerts::release(c, id, T0 + 6, "op", (120_000, 900_000, 0)))
+        .write(move |c| alerts::release(c, id, T0 + 6, "op", (120_000, 900_000, 0), None))
         .await
         .unwrap();
     assert_eq!(again, alerts::Released::Already);

@@ -73,7 +73,7 @@ pub async fn load_page(sv: &Services, token: String) -> Result<Option<PageModel>
         &lang,
         &alert.place,
         &alert.title,
-        alert.message.as_deref(),
+        alert.message_for(&lang),
         &names(&recipient),
         alert.drill,
     );
@@ -85,7 +85,7 @@ pub async fn load_page(sv: &Services, token: String) -> Result<Option<PageModel>
                 &lang,
                 &u.place,
                 &u.title,
-                u.message.as_deref(),
+                u.message_for(&lang),
                 &names(&recipient),
                 u.drill,
             ),

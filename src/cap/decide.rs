@@ -2,6 +2,7 @@
 //! it and the messages it references. Pure, so `klaxon cap inspect` and the
 //! daemon (feeds, webhook, drop folder) give the same answer.
 
+use crate::domain::text::{MessageText, base_language};
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
@@ -33,7 +34,7 @@ pub enum Action {
         drill: bool,
         hold: bool,
         targets: Targets,
-        message: String,
+        message: MessageText,
         /// The earlier message this one updates (for `on_update = "notify"`).
         refers_to: Option<i64>,
     },
@@ -42,7 +43,7 @@ pub enum Action {
         rule: String,
         original_alert: i64,
         refers_to: i64,
-        text: String,
+        text: MessageText,
     },
     /// Stored, nothing sent (an ignored Update or Cancel).
     Record {
@@ -198,10 +199,12 @@ fn create(
             targets,
         } => {
             let r = &rules[rule];
-            let message = rules::render_message(r, alert, tz).unwrap_or_else(|_| {
-                rules::primary_info(alert)
-                    .map(|i| i.event.clone())
-                    .unwrap_or_default()
+            let message = rules::render_messages(r, alert, tz).unwrap_or_else(|_| {
+                MessageText::One(
+                    rules::primary_info(alert)
+                        .map(|i| i.event.clone())
+                        .unwrap_or_default(),
+                )
             });
             Action::Create {
                 rule: r.name.clone(),
@@ -217,16 +220,43 @@ fn create(
     }
 }
 
-fn rescind_text(cancel: &CapAlert) -> String {
-    match rules::primary_info(cancel) {
-        Some(i) => format!(
-            "The {} is cancelled by the issuing authority; the earlier notice no longer applies.",
-            i.event
+/// The rescinding notice, in English and in each language the Cancel
+/// carries an `<info>` for that klaxon has words for.
+fn rescind_text(cancel: &CapAlert) -> MessageText {
+    let sentence = |lang: &str, event: Option<&str>| match (lang, event) {
+        ("es", Some(e)) => Some(format!(
+            "La autoridad emisora canceló: {e}. El aviso anterior ya no aplica."
+        )),
+        ("es", None) => {
+            Some("La autoridad emisora canceló la alerta anterior; ya no aplica.".to_string())
+        }
+        ("en", Some(e)) => Some(format!(
+            "The {e} is cancelled by the issuing authority; the earlier notice no longer applies."
+        )),
+        ("en", None) => Some(
+            "The earlier alert is cancelled by the issuing authority; it no longer applies."
+                .to_string(),
         ),
-        None => {
-            "The earlier alert is cancelled by the issuing authority; it no longer applies.".into()
+        _ => None,
+    };
+    let mut out = std::collections::BTreeMap::new();
+    let primary = rules::primary_info(cancel).map(|i| i.event.as_str());
+    out.insert(
+        "en".to_string(),
+        sentence("en", primary).unwrap_or_default(),
+    );
+    for info in &cancel.infos {
+        let lang = base_language(&info.language);
+        if !out.contains_key(&lang)
+            && let Some(t) = sentence(&lang, Some(info.event.as_str()))
+        {
+            out.insert(lang, t);
         }
     }
+    if out.len() == 1 {
+        return MessageText::One(out.into_values().next().unwrap_or_default());
+    }
+    MessageText::PerLanguage(out)
 }
 
 #[cfg(test)]
@@ -261,6 +291,7 @@ mod tests {
             on_cancel,
             test_as_drill: false,
             message: DEFAULT_MESSAGE.into(),
+            messages: BTreeMap::new(),
         }
     }
 

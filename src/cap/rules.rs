@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Area, CapAlert, Certainty, Info, MsgType, Severity, Status, Urgency, geo};
 use crate::config::Issues;
+use crate::domain::text::{DEFAULT_LANGUAGE, MessageText, base_language};
 
 /// EAS event codes that are tests whatever the message's status says:
 /// Required Monthly/Weekly Test, Demonstration, National Periodic Test.
@@ -36,6 +37,13 @@ pub enum Follow {
 /// Default for `message`: what the playbook's `{{ message }}` says.
 pub const DEFAULT_MESSAGE: &str =
     "{{ event }} for {{ area }}{% if ends %} until {{ ends }}{% endif %}.";
+
+/// The default in other languages, used when the alert carries an `<info>`
+/// in that language and the rule gives no template of its own.
+pub const DEFAULT_MESSAGES: &[(&str, &str)] = &[(
+    "es",
+    "{{ event }} para {{ area }}{% if ends %} hasta {{ ends }}{% endif %}.",
+)];
 
 /// One `[[rules]]` table.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +79,11 @@ pub struct RuleConfig {
     /// description, instruction.
     #[serde(default = "default_message")]
     pub message: String,
+    /// The same template in other languages (`[rules.messages] es = "…"`):
+    /// recipients speaking one get it, filled from the CAP `<info>` in their
+    /// language when the alert has one.
+    #[serde(default)]
+    pub messages: BTreeMap<String, String>,
 }
 
 fn default_message() -> String {
@@ -135,10 +148,18 @@ pub fn validate(
         }
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-        if let Err(e) = env.add_template("m", &r.message) {
-            issues.push(format!("{p}.message"), format!("template error: {e}"));
-        } else if let Err(e) = env.get_template("m").and_then(|t| t.render(sample_vars())) {
-            issues.push(format!("{p}.message"), format!("template error: {e}"));
+        let templates = std::iter::once((format!("{p}.message"), &r.message)).chain(
+            r.messages
+                .iter()
+                .map(|(lang, t)| (format!("{p}.messages.{lang}"), t)),
+        );
+        for (key, text) in templates {
+            if let Err(e) = env
+                .template_from_str(text)
+                .and_then(|t| t.render(sample_vars()))
+            {
+                issues.push(key, format!("template error: {e}"));
+            }
         }
     }
     for (id, s) in schools {
@@ -424,10 +445,59 @@ pub fn primary_info(alert: &CapAlert) -> Option<&Info> {
         .or_else(|| alert.infos.first())
 }
 
-/// Renders the rule's `message` template with the alert's fields; times in
-/// the district's time zone.
+/// Renders the rule's `message` template with the alert's fields (its
+/// English `<info>`, or the first); times in the district's time zone.
 pub fn render_message(rule: &RuleConfig, alert: &CapAlert, tz: &str) -> Result<String, String> {
-    let info = primary_info(alert);
+    render_one(&rule.name, &rule.message, primary_info(alert), tz)
+}
+
+/// The message in every language the alert or the rule speaks: for each,
+/// the rule's template in that language (or the built-in default, or its
+/// `message`), filled from the alert's `<info>` in that language (or the
+/// English one). One text when only one language results.
+pub fn render_messages(
+    rule: &RuleConfig,
+    alert: &CapAlert,
+    tz: &str,
+) -> Result<MessageText, String> {
+    let mut langs: Vec<String> = vec![DEFAULT_LANGUAGE.to_string()];
+    let info_langs = alert.infos.iter().map(|i| base_language(&i.language));
+    for l in info_langs.chain(rule.messages.keys().map(|k| base_language(k))) {
+        if !l.is_empty() && !langs.contains(&l) {
+            langs.push(l);
+        }
+    }
+    let mut out = BTreeMap::new();
+    for lang in &langs {
+        let own = rule
+            .messages
+            .iter()
+            .find(|(k, _)| base_language(k) == *lang);
+        let builtin = DEFAULT_MESSAGES
+            .iter()
+            .find(|(l, _)| l == lang)
+            .filter(|_| rule.message == DEFAULT_MESSAGE)
+            .map(|(_, t)| *t);
+        let template = own
+            .map(|(_, t)| t.as_str())
+            .or(builtin)
+            .unwrap_or(&rule.message);
+        let info = alert
+            .infos
+            .iter()
+            .find(|i| base_language(&i.language) == *lang)
+            .or_else(|| primary_info(alert));
+        out.insert(lang.clone(), render_one(&rule.name, template, info, tz)?);
+    }
+    if out.len() == 1 {
+        return Ok(MessageText::One(
+            out.into_values().next().unwrap_or_default(),
+        ));
+    }
+    Ok(MessageText::PerLanguage(out))
+}
+
+fn render_one(rule: &str, template: &str, info: Option<&Info>, tz: &str) -> Result<String, String> {
     let zone = jiff::tz::TimeZone::get(tz).unwrap_or(jiff::tz::TimeZone::UTC);
     let when = |t: Option<Timestamp>| {
         t.map(|t| {
@@ -458,8 +528,8 @@ pub fn render_message(rule: &RuleConfig, alert: &CapAlert, tz: &str) -> Result<S
     };
     let env = minijinja::Environment::new();
     let text = env
-        .render_str(&rule.message, vars)
-        .map_err(|e| format!("rule `{}` message: {e}", rule.name))?;
+        .render_str(template, vars)
+        .map_err(|e| format!("rule `{rule}` message: {e}"))?;
     // The API refuses messages over 1000 characters; keep within it.
     Ok(text
         .split_whitespace()
@@ -483,6 +553,62 @@ mod tests {
             .remove(0)
     }
 
+    /// The NWS blizzard warning with a Spanish `<info>` added after the
+    /// English one (as IPAWS messages carry them).
+    fn bilingual() -> CapAlert {
+        let path = format!(
+            "{}/../shared/data/cap/nws/cap11/nws-blizzard-warning-MNZ020-021-2021-12-27.xml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let xml = std::fs::read_to_string(path).unwrap();
+        let start = xml.find("<info>").unwrap();
+        let end = xml.rfind("</info>").unwrap() + "</info>".len();
+        let english = &xml[start..end];
+        // The sample has no <language>: CAP's default, en-US.
+        let spanish = english
+            .replacen("<info>", "<info><language>es-US</language>", 1)
+            .replace(
+                "<event>Blizzard Warning</event>",
+                "<event>Aviso de ventisca</event>",
+            );
+        assert_ne!(english, spanish);
+        let doc = format!("{}{}{}", &xml[..end], spanish, &xml[end..]);
+        parse_document(doc.as_bytes()).unwrap().alerts.remove(0)
+    }
+
+    #[test]
+    fn messages_are_rendered_per_language_from_the_info_in_that_language() {
+        let a = bilingual();
+        assert_eq!(a.infos.len(), 2);
+        let r = rule(&["Blizzard Warning"], &[]);
+        let text = render_messages(&r, &a, "America/Chicago").unwrap();
+        let MessageText::PerLanguage(m) = &text else {
+            panic!("two languages: {text:?}");
+        };
+        assert_eq!(m.keys().collect::<Vec<_>>(), vec!["en", "es"]);
+        assert!(m["en"].starts_with("Blizzard Warning for "), "{}", m["en"]);
+        assert!(
+            m["es"].starts_with("Aviso de ventisca para "),
+            "{}",
+            m["es"]
+        );
+        assert!(m["es"].contains(" hasta "), "{}", m["es"]);
+        // Vietnamese families get the English text.
+        assert_eq!(text.for_language("vi"), m["en"]);
+
+        // A rule's own template for a language wins, even without an <info>
+        // in it; one text when the alert has only English.
+        let mut r = rule(&["Blizzard Warning"], &[]);
+        r.messages
+            .insert("vi".into(), "Bão tuyết: {{ event }}".into());
+        let english_only = file("nws/cap11/nws-blizzard-warning-MNZ020-021-2021-12-27.xml");
+        let text = render_messages(&r, &english_only, "UTC").unwrap();
+        assert_eq!(text.for_language("vi"), "Bão tuyết: Blizzard Warning");
+        let plain =
+            render_messages(&rule(&["Blizzard Warning"], &[]), &english_only, "UTC").unwrap();
+        assert!(matches!(plain, MessageText::One(_)), "{plain:?}");
+    }
+
     fn rule(events: &[&str], zones: &[&str]) -> RuleConfig {
         RuleConfig {
             name: "r".into(),
@@ -498,6 +624,7 @@ mod tests {
             on_cancel: Follow::Ignore,
             test_as_drill: false,
             message: DEFAULT_MESSAGE.into(),
+            messages: BTreeMap::new(),
         }
     }
 

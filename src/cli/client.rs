@@ -137,10 +137,19 @@ pub async fn action(
     message: Option<String>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let body = match &message {
-        Some(m) => serde_json::json!({ "message": m }),
-        None => serde_json::json!({}),
-    };
+    let body = message.map(|m| serde_json::json!({ "message": m }));
+    action_with(config, id, what, body, json).await
+}
+
+/// POSTs `body` (or `{}`) to one of an alert's lifecycle routes and prints the answer.
+pub async fn action_with(
+    config: &Config,
+    id: i64,
+    what: &str,
+    body: Option<serde_json::Value>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let body = body.unwrap_or_else(|| serde_json::json!({}));
     let v: serde_json::Value = call(
         config,
         reqwest::Method::POST,

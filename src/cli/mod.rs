@@ -66,22 +66,34 @@ enum Command {
     },
     /// Ask the running daemon to start an alert; prints the alert id.
     #[command(
-        after_help = "Examples:\n  klaxon trigger lockdown --school 0042\n  klaxon trigger early-dismissal --school 0042 --message \"Water main break\"\n  klaxon trigger evacuation --school 0042 --drill\n\nReads the API token from KLAXON_TOKEN."
+        after_help = "Examples:\n  klaxon trigger lockdown --school 0042\n  klaxon trigger early-dismissal --school 0042 --message \"Water main break\"\n  klaxon trigger early-dismissal --school 0042 --message \"Water main break\" --message-in es=\"Rotura de tubería\"\n  klaxon trigger evacuation --school 0042 --drill\n\nReads the API token from KLAXON_TOKEN."
     )]
     Trigger {
         /// Playbook name, e.g. lockdown, shelter, evacuation, early-dismissal, weather-closure
         playbook: String,
         #[command(flatten)]
         audience: AudienceArgs,
-        /// Extra text added to the playbook's message
+        /// Extra text added to the playbook's message (English; see --message-in)
         #[arg(long, value_name = "TEXT")]
         message: Option<String>,
+        /// The text in another language, e.g. es="Rotura de tubería" (repeatable)
+        #[arg(long = "message-in", value_name = "LANG=TEXT")]
+        message_in: Vec<String>,
         /// Mark as a drill: measured like a real alert, every message says DRILL
         #[arg(long)]
         drill: bool,
         /// Create the alert but hold it until `klaxon approve`
         #[arg(long)]
         hold: bool,
+        /// Create it even if the audience reaches nobody
+        #[arg(long)]
+        allow_empty: bool,
+        /// Send even though an alert of this playbook is open for these schools
+        #[arg(long)]
+        confirm_duplicate: bool,
+        /// Send now although a second operator must approve it: why (audited, reviewed later)
+        #[arg(long, value_name = "REASON")]
+        override_reason: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -98,9 +110,14 @@ enum Command {
         json: bool,
     },
     /// Release an alert held for approval.
-    #[command(after_help = "Example:\n  klaxon approve 42")]
+    #[command(
+        after_help = "Examples:\n  klaxon approve 42\n  klaxon approve 42 --override-reason \"Intruder on site, no second operator reachable\""
+    )]
     Approve {
         alert_id: i64,
+        /// You triggered this two-person alert and it cannot wait: why (audited, reviewed later)
+        #[arg(long, value_name = "REASON")]
+        override_reason: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -359,17 +376,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             playbook,
             audience,
             message,
+            message_in,
             drill,
             hold,
+            allow_empty,
+            confirm_duplicate,
+            override_reason,
             json,
         } => {
             let config = load_config(&cli.config)?;
             let req = crate::trigger::TriggerRequest {
                 playbook,
                 audience: audience.spec()?,
-                message,
+                message: message_text(message, &message_in)?,
                 drill,
                 hold,
+                allow_empty,
+                confirm_duplicate,
+                override_reason,
             };
             client::trigger(&config, &req, json).await
         }
@@ -381,9 +405,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let config = load_config(&cli.config)?;
             client::status(&config, alert_id, watch, json).await
         }
-        Command::Approve { alert_id, json } => {
+        Command::Approve {
+            alert_id,
+            override_reason,
+            json,
+        } => {
             let config = load_config(&cli.config)?;
-            client::action(&config, alert_id, "approve", None, json).await
+            let body = override_reason.map(|r| serde_json::json!({ "override_reason": r }));
+            client::action_with(&config, alert_id, "approve", body, json).await
         }
         Command::AllClear {
             alert_id,
@@ -709,4 +738,29 @@ async fn sis(config: &Option<PathBuf>, cmd: SisCommand) -> anyhow::Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `--message` and `--message-in LANG=TEXT` as the API's `message`: one
+/// text, or a map per language (`--message` is the English one).
+fn message_text(
+    message: Option<String>,
+    message_in: &[String],
+) -> anyhow::Result<Option<crate::domain::text::MessageText>> {
+    use crate::domain::text::MessageText;
+    if message_in.is_empty() {
+        return Ok(message.map(MessageText::One));
+    }
+    let mut map = std::collections::BTreeMap::new();
+    if let Some(m) = message {
+        map.insert("en".to_string(), m);
+    }
+    for pair in message_in {
+        let Some((lang, text)) = pair.split_once('=') else {
+            anyhow::bail!(
+                "--message-in `{pair}`: write it as LANG=TEXT, e.g. es=\"Rotura de tubería\""
+            );
+        };
+        map.insert(lang.trim().to_string(), text.to_string());
+    }
+    Ok(Some(MessageText::PerLanguage(map)))
 }

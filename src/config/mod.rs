@@ -47,8 +47,20 @@ pub struct Config {
     pub webhooks: BTreeMap<String, WebhookConfig>,
     /// `[triggers]`: the CAP drop folder.
     pub triggers: TriggersConfig,
+    /// `[approval]`: the two-person rule beyond the playbooks that ask for it.
+    pub approval: ApprovalConfig,
     /// Things that work but deserve a look; `check-config` prints them.
     pub warnings: Vec<ConfigIssue>,
+}
+
+/// `[approval]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalConfig {
+    /// `"two-person"`: every district-wide alert (no schools, grades, classes
+    /// or groups named) needs a second operator, whatever its playbook says.
+    #[serde(default)]
+    pub district_wide: crate::playbook::Approval,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -404,11 +416,12 @@ impl Config {
             None => {}
         }
         let triggers = take_optional::<TriggersConfig>(&mut root, "triggers", &mut issues);
+        let approval = take_optional::<ApprovalConfig>(&mut root, "approval", &mut issues);
 
         for key in root.keys() {
             issues.push(
                 key.clone(),
-                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools, feeds, webhooks or triggers",
+                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools, feeds, webhooks, triggers or approval",
             );
         }
 
@@ -463,6 +476,7 @@ impl Config {
             feeds,
             webhooks,
             triggers: triggers.unwrap_or_default(),
+            approval: approval.unwrap_or_default(),
         };
         config.validate(&mut issues);
         let mut config = config;

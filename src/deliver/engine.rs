@@ -46,6 +46,19 @@ const BURST_SHARE: f64 = 0.01;
 const INITIAL_LATENCY_US: u64 = 20_000;
 
 /// A provider with its limiter and breaker.
+/// What the capacity check knows of one provider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotCapacity {
+    pub name: String,
+    pub channels: Vec<Channel>,
+    /// Messages per second it can take.
+    pub rate: f64,
+    /// Whether `rate` is a configured limit (else observed latency).
+    pub limited: bool,
+    /// Share of its requests that failed transiently so far.
+    pub transient_share: f64,
+}
+
 pub struct Slot {
     pub name: String,
     pub channels: Vec<Channel>,
@@ -254,6 +267,39 @@ impl Engine {
                 })
             })
             .sum()
+    }
+
+    /// Each provider's channels and sustainable rate (messages per second,
+    /// as `channel_rate` counts it) and the share of its requests that failed
+    /// transiently since start (each costs a retry), for the capacity check.
+    pub fn capacity(&self) -> Vec<SlotCapacity> {
+        self.slots
+            .iter()
+            .map(|s| {
+                let get = |outcome| {
+                    self.metrics.get(
+                        "klaxon_provider_requests_total",
+                        &[("provider", &s.name), ("outcome", outcome)],
+                    ) as f64
+                };
+                let transient = get("transient");
+                let all = transient + get("accepted") + get("permanent");
+                SlotCapacity {
+                    name: s.name.clone(),
+                    channels: s.channels.clone(),
+                    rate: s.rate.unwrap_or_else(|| {
+                        let lat = s
+                            .latency_us
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                            .max(100) as f64
+                            / 1e6;
+                        self.cfg.concurrency as f64 / lat
+                    }),
+                    limited: s.rate.is_some(),
+                    transient_share: if all > 0.0 { transient / all } else { 0.0 },
+                }
+            })
+            .collect()
     }
 
     /// How long handing over `counts` deliveries per channel takes at the

@@ -86,3 +86,25 @@ impl fmt::Display for Role {
         f.write_str(self.as_str())
     }
 }
+
+/// Channels a recipient is sent on: the playbook's channels they have an
+/// address for; if they have none of those, another channel this install can
+/// send on, so a guardian with only a landline still gets the call.
+pub fn channels_for<'a>(
+    wanted: &[Channel],
+    available: &[Channel],
+    addresses: &'a [(Channel, String)],
+) -> Vec<&'a (Channel, String)> {
+    let mut chosen: Vec<&(Channel, String)> = Vec::new();
+    for ch in wanted {
+        if let Some(a) = addresses.iter().find(|(c, _)| c == ch) {
+            chosen.push(a);
+        }
+    }
+    if chosen.is_empty()
+        && let Some(a) = addresses.iter().find(|(c, _)| available.contains(c))
+    {
+        chosen.push(a);
+    }
+    chosen
+}

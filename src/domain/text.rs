@@ -21,6 +21,79 @@ pub fn clean(s: &str) -> (String, usize) {
     (out.trim().to_string(), removed)
 }
 
+/// The operator's words: one text, or one per language (`{"en": …, "es": …}`).
+/// One text is taken to be English: families in other languages get it
+/// untranslated, and the trigger's answer says so.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum MessageText {
+    One(String),
+    PerLanguage(std::collections::BTreeMap<String, String>),
+}
+
+/// The language a single (not per-language) text is taken to be in.
+pub const DEFAULT_LANGUAGE: &str = "en";
+
+/// The base of a language tag: `es` for `es-MX`, lowercase.
+pub fn base_language(tag: &str) -> String {
+    tag.split(['-', '_'])
+        .next()
+        .unwrap_or(tag)
+        .trim()
+        .to_ascii_lowercase()
+}
+
+impl MessageText {
+    /// The text for `language`: its own, its base language's, else the
+    /// default language's, else any.
+    pub fn for_language(&self, language: &str) -> &str {
+        match self {
+            MessageText::One(t) => t,
+            MessageText::PerLanguage(m) => pick(m, language).unwrap_or_default(),
+        }
+    }
+
+    /// Whether `language` gets text written in it (not a fallback).
+    pub fn covers(&self, language: &str) -> bool {
+        let base = base_language(language);
+        match self {
+            MessageText::One(_) => base == DEFAULT_LANGUAGE,
+            MessageText::PerLanguage(m) => m
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case(language) || base_language(k) == base),
+        }
+    }
+
+    /// The languages written, as given.
+    pub fn languages(&self) -> Vec<String> {
+        match self {
+            MessageText::One(_) => vec![DEFAULT_LANGUAGE.to_string()],
+            MessageText::PerLanguage(m) => m.keys().cloned().collect(),
+        }
+    }
+
+    /// The text shown where one text is wanted (status, dashboard): the
+    /// default language's, else the first.
+    pub fn primary(&self) -> &str {
+        self.for_language(DEFAULT_LANGUAGE)
+    }
+}
+
+/// The entry of `m` for `language`: exact tag, then base language, then the
+/// default language, then the first entry.
+pub fn pick<'a>(
+    m: &'a std::collections::BTreeMap<String, String>,
+    language: &str,
+) -> Option<&'a str> {
+    let base = base_language(language);
+    m.iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(language))
+        .or_else(|| m.iter().find(|(k, _)| base_language(k) == base))
+        .or_else(|| m.iter().find(|(k, _)| base_language(k) == DEFAULT_LANGUAGE))
+        .or_else(|| m.iter().next())
+        .map(|(_, v)| v.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -29,5 +102,23 @@ mod tests {
         assert_eq!(t, "Go to the [31mnorth gateetag now");
         assert_eq!(n, 4);
         assert_eq!(super::clean("Escuela García").0, "Escuela García");
+    }
+
+    #[test]
+    fn per_language_text_falls_back_to_base_then_english() {
+        let m = super::MessageText::PerLanguage(
+            [("en", "Go home"), ("es-MX", "Vaya a casa")]
+                .into_iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        );
+        assert_eq!(m.for_language("es"), "Vaya a casa");
+        assert_eq!(m.for_language("ES-mx"), "Vaya a casa");
+        assert_eq!(m.for_language("vi"), "Go home");
+        assert!(m.covers("es-US"));
+        assert!(!m.covers("vi"));
+        let one = super::MessageText::One("Go home".into());
+        assert!(one.covers("en-US"));
+        assert!(!one.covers("es"));
     }
 }

@@ -25,7 +25,10 @@ impl From<TriggerError> for ApiError {
             TriggerError::UnknownPlaybook(..) | TriggerError::BadRequest(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
             }
-            TriggerError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            TriggerError::Forbidden(_) => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+            TriggerError::Conflict(_) | TriggerError::Duplicate(_) => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
             TriggerError::Audience(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
@@ -293,8 +296,9 @@ pub async fn inbox(
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FollowUp {
+    /// One text, or one per language.
     #[serde(default)]
-    message: Option<String>,
+    message: Option<crate::domain::text::MessageText>,
 }
 
 pub async fn all_clear(
@@ -339,14 +343,73 @@ pub async fn cancel(
     })))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Approve {
+    /// The operator who triggered a two-person alert sends it anyway: why.
+    #[serde(default)]
+    override_reason: Option<String>,
+}
+
 pub async fn approve(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<i64>,
+    body: Bytes,
 ) -> Result<Json<StatusView>, ApiError> {
     let caller = authorize(&state, &headers, ApiRole::Operator).await?;
-    trigger::approve(&state, AlertId(id), &caller.name).await?;
+    let a: Approve = parse_json(&body)?;
+    trigger::approve(&state, AlertId(id), &caller.name, a.override_reason).await?;
     Ok(Json(status_view(&state, id).await?))
+}
+
+/// Alerts sent with an emergency override, waiting for a second person's review.
+pub async fn reviews(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<alerts::AlertRow>>, ApiError> {
+    authorize(&state, &headers, ApiRole::Viewer).await?;
+    Ok(Json(state.store.read(alerts::to_review).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Review {
+    #[serde(default)]
+    note: String,
+}
+
+/// A second operator reviews an override after the fact.
+pub async fn review(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+    body: Bytes,
+) -> Result<Json<alerts::AlertRow>, ApiError> {
+    let caller = authorize(&state, &headers, ApiRole::Operator).await?;
+    let r: Review = parse_json(&body)?;
+    let aid = AlertId(id);
+    let a = state.store.read(move |c| alerts::get(c, aid)).await?;
+    if a.created_by == caller.name || a.approved_by.as_deref() == Some(caller.name.as_str()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "`{}` sent alert {id}; its review is for a second person",
+                caller.name
+            ),
+        ));
+    }
+    let (now, actor, note) = (
+        state.now_ms(),
+        caller.name.clone(),
+        crate::domain::text::clean(&r.note).0,
+    );
+    Ok(Json(
+        state
+            .store
+            .write(move |c| alerts::review(c, aid, now, &actor, &note))
+            .await?,
+    ))
 }
 
 pub async fn contactability(

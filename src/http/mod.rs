@@ -8,6 +8,7 @@ mod api;
 mod dashboard;
 pub mod hook_trigger;
 mod hooks;
+mod idempotency;
 mod pages;
 pub mod serve;
 
@@ -23,17 +24,24 @@ use crate::store::StoreError;
 use crate::store::tokens::{self, ApiRole, Caller};
 
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route(
-            "/api/v1/alerts",
-            post(api::create_alert).get(api::list_alerts),
-        )
-        .route("/api/v1/alerts/{id}", get(api::alert_status))
-        .route("/api/v1/alerts/{id}/outstanding", get(api::outstanding))
+    // The POSTs that start or change alerts honour `Idempotency-Key`.
+    let lifecycle = Router::new()
+        .route("/api/v1/alerts", post(api::create_alert))
         .route("/api/v1/alerts/{id}/all-clear", post(api::all_clear))
         .route("/api/v1/alerts/{id}/cancel", post(api::cancel))
         .route("/api/v1/alerts/{id}/approve", post(api::approve))
         .route("/api/v1/alerts/{id}/updates", post(api::update))
+        .route("/api/v1/alerts/{id}/review", post(api::review))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::layer,
+        ));
+    Router::new()
+        .merge(lifecycle)
+        .route("/api/v1/alerts", get(api::list_alerts))
+        .route("/api/v1/alerts/{id}", get(api::alert_status))
+        .route("/api/v1/alerts/{id}/outstanding", get(api::outstanding))
+        .route("/api/v1/reviews", get(api::reviews))
         .route("/api/v1/alerts/{id}/pickup", get(api::pickup))
         .route("/api/v1/alerts/{id}/inbox", get(api::inbox))
         .route("/api/v1/reports/contactability", get(api::contactability))

@@ -60,6 +60,14 @@ pub struct NewAlert {
     pub priority: i64,
     pub audience_json: String,
     pub message: Option<String>,
+    /// The text per language, JSON `{language: text}`, when there is one
+    /// per language (then `message` is the default language's).
+    pub messages: Option<String>,
+    /// A second operator must approve it (two-person rule).
+    pub two_person: bool,
+    /// Sent at once by its operator, without the second approval it needed:
+    /// why (an emergency override; it goes on the review list).
+    pub override_reason: Option<String>,
     pub drill: bool,
     /// Held alerts wait for `approve` before anything is sent.
     pub held: bool,
@@ -88,27 +96,7 @@ pub struct Created {
     pub deadline: Option<i64>,
 }
 
-/// Channels a recipient is sent on: the playbook's channels they have an
-/// address for; if they have none of those, another channel this install can
-/// send on, so a guardian with only a landline still gets the call.
-pub fn channels_for<'a>(
-    wanted: &[Channel],
-    available: &[Channel],
-    addresses: &'a [(Channel, String)],
-) -> Vec<&'a (Channel, String)> {
-    let mut chosen: Vec<&(Channel, String)> = Vec::new();
-    for ch in wanted {
-        if let Some(a) = addresses.iter().find(|(c, _)| c == ch) {
-            chosen.push(a);
-        }
-    }
-    if chosen.is_empty()
-        && let Some(a) = addresses.iter().find(|(c, _)| available.contains(c))
-    {
-        chosen.push(a);
-    }
-    chosen
-}
+pub use crate::domain::channels_for;
 
 /// The times that follow from a release at `now`.
 struct Deadlines {
@@ -148,8 +136,10 @@ pub fn insert(conn: &Connection, now: i64, new: &NewAlert) -> Result<AlertId, St
     conn.prepare_cached(
         "INSERT INTO alerts (playbook, title, priority, audience, message, drill, state, source, created_by,
                              created_at, released_at, notify_deadline, ack_deadline, parent_id,
-                             warning, place, materialized, snapshot, kind, confirm, escalate_until, close_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17, ?18, ?19, ?20, ?21)",
+                             warning, place, materialized, snapshot, kind, confirm, escalate_until, close_at, messages,
+                             approval, override_reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17, ?18, ?19, ?20, ?21, ?22,
+                 ?23, ?24)",
     )?
     .execute(params![
         new.playbook,
@@ -173,8 +163,21 @@ pub fn insert(conn: &Connection, now: i64, new: &NewAlert) -> Result<AlertId, St
         new.confirm,
         d.as_ref().and_then(|d| d.escalate_until),
         d.as_ref().map(|d| d.close_at),
+        new.messages,
+        new.two_person.then_some("two-person"),
+        new.override_reason,
     ])?;
     let alert_id = AlertId(conn.last_insert_rowid());
+    if let Some(reason) = &new.override_reason {
+        audit::record(
+            conn,
+            now,
+            &new.created_by,
+            "alert.override",
+            Some(alert_id.0),
+            &serde_json::json!({ "reason": reason, "at": "trigger" }).to_string(),
+        )?;
+    }
     let detail = serde_json::json!({
         "kind": new.kind.as_str(), "playbook": new.playbook, "audience": new.audience_json,
         "drill": new.drill, "held": new.held, "source": new.source, "parent": new.parent_id,
@@ -601,9 +604,27 @@ pub struct AlertRow {
     pub warning: Option<String>,
     /// The notify verdict about first deliveries; decided once.
     pub deadline_met: Option<bool>,
+    /// The operator's text per language, when written per language.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub messages: Option<std::collections::BTreeMap<String, String>>,
+    /// It needs a second operator's approval (two-person rule).
+    pub two_person: bool,
+    pub approved_by: Option<String>,
+    /// Sent without the second approval it needed, and why.
+    pub override_reason: Option<String>,
+    pub reviewed_by: Option<String>,
+    pub reviewed_at: Option<i64>,
 }
 
 impl AlertRow {
+    /// The operator's text for someone speaking `language`.
+    pub fn message_for(&self, language: &str) -> Option<&str> {
+        match &self.messages {
+            Some(m) => crate::domain::text::pick(m, language),
+            None => self.message.as_deref(),
+        }
+    }
+
     pub fn is_cancelled(&self) -> bool {
         self.closed_reason == Some(CloseReason::Cancelled)
     }
@@ -612,7 +633,8 @@ impl AlertRow {
 const ALERT_COLUMNS: &str = "id, kind, playbook, title, place, priority, audience, message, drill, state,
     closed_reason, confirm, materialized, source, created_by, created_at, released_at, notify_deadline,
     ack_deadline, escalate_until, close_at, settled_at, handed_over_at, escalated_at, closed_at,
-    parent_id, all_clear_id, recipients, unreachable, estimate_ms, warning, deadline_met";
+    parent_id, all_clear_id, recipients, unreachable, estimate_ms, warning, deadline_met, messages,
+    approval, approved_by, override_reason, reviewed_by, reviewed_at";
 
 fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
     let audience: String = r.get(6)?;
@@ -667,7 +689,74 @@ fn alert_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AlertRow> {
         estimate_ms: r.get(29)?,
         warning: r.get(30)?,
         deadline_met: r.get(31)?,
+        messages: r
+            .get::<_, Option<String>>(32)?
+            .and_then(|j| serde_json::from_str(&j).ok()),
+        two_person: r.get::<_, Option<String>>(33)?.as_deref() == Some("two-person"),
+        approved_by: r.get(34)?,
+        override_reason: r.get(35)?,
+        reviewed_by: r.get(36)?,
+        reviewed_at: r.get(37)?,
     })
+}
+
+/// Alerts (not follow-ups) of `playbook` still open (held, sending or
+/// settled), drill or not as asked: the candidates for a duplicate.
+pub fn open_of_playbook(
+    conn: &Connection,
+    playbook: &str,
+    drill: bool,
+) -> Result<Vec<AlertRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ALERT_COLUMNS} FROM alerts
+         WHERE playbook = ?1 AND drill = ?2 AND kind = 'alert' AND state <> 'closed'
+         ORDER BY id"
+    ))?;
+    let rows = stmt.query_map(params![playbook, drill], alert_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Alerts sent without the second approval they needed, not yet reviewed
+/// by a second person, oldest first.
+pub fn to_review(conn: &Connection) -> Result<Vec<AlertRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ALERT_COLUMNS} FROM alerts
+         WHERE override_reason IS NOT NULL AND reviewed_at IS NULL ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([], alert_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Records the after-the-fact review of an override by `actor`. A second
+/// review answers as the first.
+pub fn review(
+    conn: &Connection,
+    id: AlertId,
+    now: i64,
+    actor: &str,
+    note: &str,
+) -> Result<AlertRow, StoreError> {
+    let a = get(conn, id)?;
+    if a.override_reason.is_none() {
+        return Err(StoreError::Conflict(format!(
+            "alert {id} was not sent with an emergency override; there is nothing to review"
+        )));
+    }
+    if a.reviewed_at.is_none() {
+        conn.prepare_cached(
+            "UPDATE alerts SET reviewed_by = ?2, reviewed_at = ?3 WHERE id = ?1 AND reviewed_at IS NULL",
+        )?
+        .execute(params![id.0, actor, now])?;
+        audit::record(
+            conn,
+            now,
+            actor,
+            "alert.review",
+            Some(id.0),
+            &serde_json::json!({ "note": note }).to_string(),
+        )?;
+    }
+    get(conn, id)
 }
 
 pub fn get(conn: &Connection, id: AlertId) -> Result<AlertRow, StoreError> {
@@ -1255,6 +1344,7 @@ pub fn release(
     now: i64,
     actor: &str,
     windows: (i64, i64, i64),
+    override_reason: Option<&str>,
 ) -> Result<Released, StoreError> {
     let a = get(conn, id)?;
     match a.state {
@@ -1277,7 +1367,21 @@ pub fn release(
         "UPDATE deliveries SET state = 'queued', next_attempt_at = ?2, updated_at = ?2 WHERE alert_id = ?1 AND state = 'held'",
     )?
     .execute(params![id.0, now])?;
-    audit::record(conn, now, actor, "alert.approve", Some(id.0), "{}")?;
+    conn.prepare_cached(
+        "UPDATE alerts SET approved_by = ?2, override_reason = coalesce(?3, override_reason) WHERE id = ?1",
+    )?
+    .execute(params![id.0, actor, override_reason])?;
+    match override_reason {
+        Some(reason) => audit::record(
+            conn,
+            now,
+            actor,
+            "alert.override",
+            Some(id.0),
+            &serde_json::json!({ "reason": reason, "at": "approve" }).to_string(),
+        )?,
+        None => audit::record(conn, now, actor, "alert.approve", Some(id.0), "{}")?,
+    }
     settle_if_done(conn, id, now)?;
     Ok(Released::Now)
 }

@@ -70,6 +70,8 @@ struct AlertPart {
     place: String,
     released_at: Option<i64>,
     cancelled: bool,
+    /// The operator's text per language, when written per language.
+    per_language: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// Claims up to `limit` due deliveries of one channel, most urgent first.
@@ -110,7 +112,7 @@ pub fn claim(
     let mut alerts: std::collections::HashMap<i64, AlertPart> = std::collections::HashMap::new();
     let mut alert_q = conn.prepare_cached(
         "SELECT playbook, title, message, drill, ack_deadline, place, released_at, escalate_until,
-                closed_reason = 'cancelled'
+                closed_reason = 'cancelled', messages
          FROM alerts WHERE id = ?1",
     )?;
     let mut recipient_q = conn.prepare_cached(
@@ -136,6 +138,9 @@ pub fn claim(
                         released_at: r.get(6)?,
                         escalate_until: r.get(7)?,
                         cancelled: r.get::<_, Option<bool>>(8)?.unwrap_or(false),
+                        per_language: r
+                            .get::<_, Option<String>>(9)?
+                            .and_then(|j| serde_json::from_str(&j).ok()),
                     })
                 })?)
             }
@@ -168,7 +173,10 @@ pub fn claim(
             playbook: a.playbook.clone(),
             title: a.title.clone(),
             place: a.place.clone(),
-            message: a.message.clone(),
+            message: match &a.per_language {
+                Some(m) => crate::domain::text::pick(m, &language).map(str::to_string),
+                None => a.message.clone(),
+            },
             drill: a.drill,
             released_at: a.released_at,
             retry_until: if row.escalation {

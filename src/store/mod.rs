@@ -15,6 +15,7 @@ pub mod audit;
 pub mod cap;
 pub mod deliveries;
 pub mod guard;
+pub mod idempotency;
 pub mod keyfile;
 pub mod replies;
 pub mod schema;

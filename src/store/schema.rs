@@ -219,6 +219,33 @@ const MIGRATIONS: &[&str] = &[
         sent_at INTEGER NOT NULL
     );
     "#,
+    // 7 (operator text per language): the message as a JSON object
+    // {language: text} when the operator wrote one per language; NULL when
+    // `message` alone is the text for everyone.
+    r#"
+    ALTER TABLE alerts ADD COLUMN messages TEXT;
+    "#,
+    // 8 (Idempotency-Key): the first answer to a POST, per caller and key.
+    r#"
+    CREATE TABLE idempotency (
+        key          TEXT PRIMARY KEY,          -- sha256(credentials, route, key)
+        fingerprint  TEXT NOT NULL,             -- sha256(route, body)
+        created_at   INTEGER NOT NULL,
+        status       INTEGER,                   -- NULL while the request runs
+        content_type TEXT,
+        body         BLOB
+    );
+    CREATE INDEX idempotency_created ON idempotency(created_at);
+    "#,
+    // 9 (two-person rule): who must approve, who did, and emergency
+    // overrides with their review by a second person.
+    r#"
+    ALTER TABLE alerts ADD COLUMN approval TEXT;          -- NULL | 'two-person'
+    ALTER TABLE alerts ADD COLUMN approved_by TEXT;
+    ALTER TABLE alerts ADD COLUMN override_reason TEXT;   -- sent without a second approval, why
+    ALTER TABLE alerts ADD COLUMN reviewed_by TEXT;
+    ALTER TABLE alerts ADD COLUMN reviewed_at INTEGER;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

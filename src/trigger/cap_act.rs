@@ -11,6 +11,7 @@ use crate::audience::AudienceSpec;
 use crate::cap::decide::{self, Action};
 use crate::cap::rules::Targets;
 use crate::cap::{CapAlert, inspect};
+use crate::domain::text::MessageText;
 use crate::store::cap::{self as stored, Claim};
 use crate::store::now_ms;
 use crate::trigger::{TriggerError, TriggerRequest};
@@ -137,6 +138,14 @@ async fn act(
                         message: Some(message),
                         drill,
                         hold,
+                        // Only the closure's schools: a school without
+                        // people is not a reason to drop a storm warning.
+                        allow_empty: true,
+                        // CAP has its own dedup (identifier + sender +
+                        // sent): a second, distinct warning is news.
+                        confirm_duplicate: true,
+                        // A feed never overrides a second person's approval.
+                        override_reason: None,
                     };
                     crate::trigger::create(&state.services, req, ACTOR, &source)
                         .await?
@@ -241,9 +250,12 @@ pub async fn webhook(
     let req = TriggerRequest {
         playbook,
         audience,
-        message,
+        message: message.map(MessageText::One),
         drill,
         hold: false,
+        allow_empty: false,
+        confirm_duplicate: false,
+        override_reason: None,
     };
     crate::trigger::create(&state.services, req, &label, &label).await
 }

@@ -17,6 +17,7 @@
 //! the original's page, and they wait for the original to be fully written.
 
 pub mod cap_act;
+pub mod check;
 pub mod feed;
 pub mod watch;
 
@@ -28,8 +29,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::audience::{AudienceSpec, Recipient};
+use crate::domain::text::MessageText;
 use crate::domain::{AlertId, AlertState, Channel, CloseReason};
-use crate::playbook::{PlaybookConfig, Severity};
+use crate::playbook::{Approval, PlaybookConfig, Severity};
 use crate::services::Services;
 use crate::store::StoreError;
 use crate::store::alerts::{self, AlertKind, AlertRow, Fanout, NewAlert, Released};
@@ -37,9 +39,6 @@ use crate::store::alerts::{self, AlertKind, AlertRow, Fanout, NewAlert, Released
 /// Recipients per committed chunk after the first wave: small enough that a
 /// chunk's names and addresses are a few hundred kilobytes.
 const CHUNK: usize = 1_000;
-
-/// Longest operator message.
-const MAX_MESSAGE: usize = 1000;
 
 /// Chunks of recipients on their way to the store; an error ends the stream.
 type Chunks = tokio::sync::mpsc::Receiver<Result<Vec<Recipient>, String>>;
@@ -51,13 +50,26 @@ pub struct TriggerRequest {
     pub playbook: String,
     #[serde(default)]
     pub audience: AudienceSpec,
+    /// One text, or one per language: `{"en": "…", "es": "…"}`.
     #[serde(default)]
-    pub message: Option<String>,
+    pub message: Option<MessageText>,
     #[serde(default)]
     pub drill: bool,
     /// Create the alert but send nothing until `approve`.
     #[serde(default)]
     pub hold: bool,
+    /// Send at once although the playbook (or a district-wide audience)
+    /// needs a second operator's approval: why. Recorded, audited and put
+    /// on the review list.
+    #[serde(default)]
+    pub override_reason: Option<String>,
+    /// Create it even when the audience reaches nobody.
+    #[serde(default)]
+    pub allow_empty: bool,
+    /// Create it even when an alert of the same playbook is open for the
+    /// same schools.
+    #[serde(default)]
+    pub confirm_duplicate: bool,
 }
 
 /// The answer: `201 {id, recipients, deadline}` plus what an operator needs.
@@ -81,6 +93,16 @@ pub struct TriggerResponse {
     pub warning: Option<String>,
     /// The alert a follow-up belongs to.
     pub parent_id: Option<i64>,
+    /// Held until a second operator approves it (two-person rule).
+    #[serde(default)]
+    pub needs_second_approval: bool,
+    /// Sent without the second approval it needed, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<String>,
+    /// Languages of the audience that get the operator's text in another
+    /// language (it was not written in theirs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub untranslated: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +116,12 @@ pub enum TriggerError {
     Conflict(String),
     #[error("cannot resolve the audience: {0}")]
     Audience(String),
+    /// The caller may not do this (the two-person rule).
+    #[error("{0}")]
+    Forbidden(String),
+    /// An alert like this one is already open; the caller must confirm.
+    #[error("{0}")]
+    Duplicate(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -118,34 +146,38 @@ fn playbook(sv: &Services, name: &str) -> Result<PlaybookConfig, TriggerError> {
     })
 }
 
-/// Cleans and bounds the operator's text; says what was removed.
-fn clean_message(m: Option<String>) -> Result<(Option<String>, Option<String>), TriggerError> {
-    let Some(m) = m else {
-        return Ok((None, None));
-    };
-    if m.chars().count() > MAX_MESSAGE {
-        return Err(TriggerError::BadRequest(format!(
-            "message is longer than {MAX_MESSAGE} characters"
-        )));
+/// The alert row's `message` (the default language's text) and `messages`
+/// (JSON, when written per language).
+fn stored_message(text: Option<&MessageText>) -> (Option<String>, Option<String>) {
+    match text {
+        None => (None, None),
+        Some(t @ MessageText::One(_)) => (Some(t.primary().to_string()), None),
+        Some(t @ MessageText::PerLanguage(m)) => {
+            (Some(t.primary().to_string()), serde_json::to_string(m).ok())
+        }
     }
-    let (text, removed) = crate::domain::text::clean(&m);
-    let note = (removed > 0).then(|| {
-        format!("{removed} control or text-direction character(s) were removed from the message")
-    });
-    Ok(((!text.is_empty()).then_some(text), note))
 }
 
 /// Streams the audience of `spec` from a SIS file in chunks: the plan (who)
-/// is computed once, the details (names, addresses, children) per chunk, so
-/// a district-wide alert never holds every recipient in memory at once.
-fn stream_plan(sv: &Services, sis: PathBuf, spec: AudienceSpec) -> Chunks {
+/// is computed once (or given, when the pre-flight made it), the details
+/// (names, addresses, children) per chunk, so a district-wide alert never
+/// holds every recipient in memory at once.
+fn stream_plan(
+    sv: &Services,
+    sis: PathBuf,
+    spec: AudienceSpec,
+    plan: Option<crate::audience::Plan>,
+) -> Chunks {
     let groups = sv.config.groups.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(2);
     tokio::task::spawn_blocking(move || {
         let run = || -> Result<(), String> {
             let conn = crate::sis::open_at(&sis).map_err(|e| e.to_string())?;
             let read = conn.unchecked_transaction().map_err(|e| e.to_string())?;
-            let plan = crate::audience::plan(&conn, &spec, &groups).map_err(|e| e.to_string())?;
+            let plan = match plan {
+                Some(p) => p,
+                None => crate::audience::plan(&conn, &spec, &groups).map_err(|e| e.to_string())?,
+            };
             let mut i = 0;
             while i < plan.len() {
                 let chunk = plan
@@ -283,34 +315,85 @@ async fn create_now(
     source: &str,
 ) -> Result<TriggerResponse, TriggerError> {
     let pb = playbook(sv, &req.playbook)?;
-    let (message, note) = clean_message(req.message.clone())?;
+    let cleaned = check::message(&req.playbook, &pb, req.message.clone())?;
+    let mut notes: Vec<String> = cleaned.note.into_iter().collect();
     // A copy older than `[sis] max_age` still serves, and the operator hears so.
-    let stale = crate::sis::sync::staleness(
+    notes.extend(crate::sis::sync::staleness(
         &sv.config.store_dir(),
         sv.config.sis.max_age,
         jiff::Timestamp::from_millisecond(sv.now_ms()).unwrap_or_else(|_| jiff::Timestamp::now()),
-    );
-    let note = match (note, stale) {
-        (Some(n), Some(s)) => Some(format!("{n}; {s}")),
-        (n, s) => n.or(s),
-    };
+    ));
     let mut spec = req.audience.clone();
     if spec.roles.is_empty() {
         spec.roles = pb.roles.clone();
     }
     for g in &spec.groups {
         if !sv.config.groups.iter().any(|c| &c.name == g) {
-            return Err(TriggerError::BadRequest(format!("unknown group `{g}`")));
+            let known: Vec<String> = sv.config.groups.iter().map(|c| c.name.clone()).collect();
+            return Err(TriggerError::BadRequest(format!(
+                "group `{g}` is not in [[groups]]; groups are {}",
+                if known.is_empty() {
+                    "none (configure [[groups]])".to_string()
+                } else {
+                    crate::audience::closest(g, known).join(", ")
+                }
+            )));
         }
     }
+    if !req.confirm_duplicate {
+        refuse_duplicate(sv, &req.playbook, req.drill, &spec).await?;
+    }
+    let district_wide = spec.schools.is_empty()
+        && spec.classes.is_empty()
+        && spec.groups.is_empty()
+        && spec.grades.is_empty();
+    let two_person = pb.approval == Approval::TwoPerson
+        || (district_wide && sv.config.approval.district_wide == Approval::TwoPerson);
+    let override_reason = match &req.override_reason {
+        Some(r) if two_person => Some(reason(r)?),
+        Some(_) => {
+            return Err(TriggerError::BadRequest(
+                "override_reason is only for alerts that need a second approval; this one does not"
+                    .into(),
+            ));
+        }
+        None => None,
+    };
+    let held = req.hold || (two_person && override_reason.is_none());
     let snapshot = freeze(&sv.config.store_dir())?;
     let first = async {
-        let (snap, s2) = (snapshot.clone(), spec.clone());
-        let (place, first_spec) =
-            tokio::task::spawn_blocking(move || place_and_first_wave(&snap, &s2))
-                .await
-                .map_err(|e| TriggerError::Audience(e.to_string()))??;
-        let first = match first_spec {
+        // Pre-flight on the frozen copy: every name is checked, the whole
+        // audience counted, before anything is stored or sent.
+        let (snap, s2, groups) = (snapshot.clone(), spec.clone(), sv.config.groups.clone());
+        let (wanted, available) = (pb.channels.clone(), sv.engine.channels());
+        let pre = tokio::task::spawn_blocking(move || {
+            preflight(&snap, &s2, &groups, &wanted, &available)
+        })
+        .await
+        .map_err(|e| TriggerError::Audience(e.to_string()))??;
+        if pre.summary.recipients == 0 && !req.allow_empty {
+            return Err(TriggerError::BadRequest(format!(
+                "the audience ({}) reaches nobody in the SIS copy; check the schools, grades, classes and roles, or send \"allow_empty\": true to create it anyway",
+                describe_spec(&spec)
+            )));
+        }
+        let untranslated = check::untranslated(cleaned.text.as_ref(), &pre.summary.languages);
+        if !untranslated.is_empty() {
+            notes.push(format!(
+                "the message is not written in {}; they get it as written",
+                untranslated
+                    .iter()
+                    .map(|(l, n)| format!("{l} ({n} recipient{})", if *n == 1 { "" } else { "s" }))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        let capacity = check::capacity(&sv.engine.capacity(), &pre.summary.deliveries);
+        if let Some(advice) = capacity.advice(pb.notify_within.0.as_secs_f64()) {
+            tracing::warn!(playbook = %req.playbook, warning = %advice, "The deadline cannot be met at the configured rates.");
+            notes.insert(0, advice);
+        }
+        let first = match pre.first_wave {
             Some(fs) => {
                 let snap = snapshot.clone();
                 let groups = sv.config.groups.clone();
@@ -327,16 +410,20 @@ async fn create_now(
             None => Vec::new(),
         };
         let (notify_ms, ack_ms, escalate_ms) = windows(&pb);
+        let (message, messages) = stored_message(cleaned.text.as_ref());
         let new = NewAlert {
             kind: AlertKind::Alert,
             playbook: req.playbook.clone(),
             title: pb.title.clone(),
-            place,
+            place: pre.place,
             priority: pb.severity.priority(),
             audience_json: serde_json::to_string(&spec).unwrap_or_else(|_| "{}".into()),
-            message: message.clone(),
+            message,
+            messages,
             drill: req.drill,
-            held: req.hold,
+            held,
+            two_person,
+            override_reason: override_reason.clone(),
             confirm: pb.confirm,
             source: source.to_string(),
             created_by: actor.to_string(),
@@ -344,14 +431,15 @@ async fn create_now(
             ack_within_ms: ack_ms,
             escalate_within_ms: escalate_ms,
             parent_id: None,
-            warning: note.clone(),
+            warning: (!notes.is_empty()).then(|| notes.join("; ")),
             snapshot: Some(snapshot.display().to_string()),
         };
-        start(sv, &pb, new, first).await
+        let id = start(sv, &pb, new, first).await?;
+        Ok((id, pre.plan, capacity, untranslated))
     }
     .await;
-    let id = match first {
-        Ok(id) => id,
+    let (id, plan, capacity, untranslated) = match first {
+        Ok(v) => v,
         Err(e) => {
             // Nothing was committed: the snapshot is not needed.
             let _ = std::fs::remove_file(&snapshot);
@@ -359,18 +447,123 @@ async fn create_now(
         }
     };
     count_created(sv, &req.playbook, AlertKind::Alert, req.drill);
-    let rest = stream_plan(sv, snapshot.clone(), spec);
-    let out = complete(sv, id, &pb, rest).await;
+    let rest = stream_plan(sv, snapshot.clone(), spec, Some(plan));
+    let out = complete(sv, id, &pb, rest, Some(capacity.seconds)).await;
     // The snapshot goes only once the audience is fully written; otherwise
     // `resume` needs it after a restart.
     if out.is_ok() {
         let _ = std::fs::remove_file(&snapshot);
     }
     let mut resp = out?;
-    if resp.warning.is_none() {
-        resp.warning = note;
-    }
+    resp.untranslated = untranslated.into_iter().map(|(l, _)| l).collect();
     Ok(resp)
+}
+
+/// An override's reason: typed, cleaned, not empty.
+fn reason(r: &str) -> Result<String, TriggerError> {
+    let (text, _) = crate::domain::text::clean(r);
+    if text.chars().count() < 5 {
+        return Err(TriggerError::BadRequest(
+            "an override needs a reason of a few words: why can this not wait for a second approval?".into(),
+        ));
+    }
+    Ok(text.chars().take(500).collect())
+}
+
+/// What the pre-flight learns from the frozen SIS copy.
+struct Preflight {
+    place: String,
+    first_wave: Option<AudienceSpec>,
+    plan: crate::audience::Plan,
+    summary: crate::audience::PlanSummary,
+}
+
+fn preflight(
+    sis: &Path,
+    spec: &AudienceSpec,
+    groups: &[crate::audience::GroupConfig],
+    wanted: &[Channel],
+    available: &[Channel],
+) -> Result<Preflight, TriggerError> {
+    let (place, first_wave) = place_and_first_wave(sis, spec)?;
+    let conn = crate::sis::open_at(sis).map_err(|e| TriggerError::Audience(e.to_string()))?;
+    let read = conn
+        .unchecked_transaction()
+        .map_err(|e| TriggerError::Audience(e.to_string()))?;
+    let audience = |e: crate::audience::AudienceError| {
+        if e.is_unknown_name() {
+            TriggerError::BadRequest(e.to_string())
+        } else {
+            TriggerError::Audience(e.to_string())
+        }
+    };
+    let plan = crate::audience::plan(&conn, spec, groups).map_err(audience)?;
+    let summary = plan.summary(&conn, wanted, available).map_err(audience)?;
+    drop(read);
+    Ok(Preflight {
+        place,
+        first_wave,
+        plan,
+        summary,
+    })
+}
+
+/// The spec as an operator wrote it, for messages.
+fn describe_spec(spec: &AudienceSpec) -> String {
+    let mut parts = Vec::new();
+    let mut add = |what: &str, v: &[String]| {
+        if !v.is_empty() {
+            parts.push(format!("{what} {}", v.join(", ")));
+        }
+    };
+    add("schools", &spec.schools);
+    add("grades", &spec.grades);
+    add("classes", &spec.classes);
+    add("groups", &spec.groups);
+    let roles: Vec<String> = spec.roles.iter().map(|r| r.as_str().to_string()).collect();
+    add("roles", &roles);
+    if parts.is_empty() {
+        "the whole district".into()
+    } else {
+        parts.join("; ")
+    }
+}
+
+/// Refuses a second open alert of the same playbook for an overlapping set
+/// of schools (a district-wide one overlaps every school), unless the
+/// caller confirms it is meant.
+async fn refuse_duplicate(
+    sv: &Services,
+    playbook: &str,
+    drill: bool,
+    spec: &AudienceSpec,
+) -> Result<(), TriggerError> {
+    let pb = playbook.to_string();
+    let open = sv
+        .store
+        .read(move |c| alerts::open_of_playbook(c, &pb, drill))
+        .await?;
+    let overlaps = |a: &AlertRow| {
+        let theirs: Vec<String> = a
+            .audience
+            .get("schools")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        theirs.is_empty()
+            || spec.schools.is_empty()
+            || theirs.iter().any(|s| spec.schools.contains(s))
+    };
+    if let Some(a) = open.iter().find(|a| overlaps(a)) {
+        return Err(TriggerError::Duplicate(format!(
+            "alert {} ({}, {}) is already open for {}; send \"confirm_duplicate\": true to send another, or use `klaxon update {}` to add to it",
+            a.id,
+            playbook,
+            a.state.as_str(),
+            a.place,
+            a.id
+        )));
+    }
+    Ok(())
 }
 
 /// Commits the alert row with its first wave and wakes the engine.
@@ -408,6 +601,7 @@ async fn complete(
     id: AlertId,
     pb: &PlaybookConfig,
     mut chunks: Chunks,
+    estimate_s: Option<f64>,
 ) -> Result<TriggerResponse, TriggerError> {
     let available = sv.engine.channels();
     let f = fanout(sv, pb, pb.severity.priority());
@@ -433,29 +627,35 @@ async fn complete(
             .await?;
         sv.engine.kick();
     }
-    finish_with_estimate(sv, id, pb, &counts).await
+    finish_with_estimate(sv, id, pb, &counts, estimate_s).await
 }
 
-/// Marks the alert materialized with the capacity estimate for `counts`.
+/// Marks the alert materialized with its capacity estimate: the pre-flight's
+/// when there was one (the create path), else computed from `counts` (an
+/// alert resumed after a restart).
 async fn finish_with_estimate(
     sv: &Services,
     id: AlertId,
     pb: &PlaybookConfig,
     counts: &HashMap<Channel, i64>,
+    estimate_s: Option<f64>,
 ) -> Result<TriggerResponse, TriggerError> {
-    // Capacity: what the engine can hand over at the configured rates, against the deadline.
-    let estimate = sv.engine.estimate(counts);
-    let warning = (estimate > pb.notify_within.0).then(|| {
-        format!(
-            "at the configured provider rates handing over takes about {:.0} s, longer than the playbook's {} deadline",
-            estimate.as_secs_f64(),
-            pb.notify_within
-        )
-    });
-    if let Some(w) = &warning {
-        tracing::warn!(alert = id.0, warning = %w, "The deadline cannot be met at the configured rates.");
-    }
-    let estimate_ms = estimate.as_millis().min(i64::MAX as u128) as i64;
+    let (seconds, warning) = match estimate_s {
+        Some(s) => (s, None),
+        None => {
+            let deliveries = counts
+                .iter()
+                .map(|(c, n)| (*c, (*n).max(0) as usize))
+                .collect();
+            let c = check::capacity(&sv.engine.capacity(), &deliveries);
+            let advice = c.advice(pb.notify_within.0.as_secs_f64());
+            if let Some(w) = &advice {
+                tracing::warn!(alert = id.0, warning = %w, "The deadline cannot be met at the configured rates.");
+            }
+            (c.seconds, advice)
+        }
+    };
+    let estimate_ms = (seconds * 1000.0).round().min(i64::MAX as f64) as i64;
     finish(sv, id, Some(estimate_ms), warning).await?;
     let alert = sv.store.read(move |c| alerts::get(c, id)).await?;
     tracing::info!(
@@ -502,6 +702,9 @@ async fn response(sv: &Services, a: &AlertRow) -> Result<TriggerResponse, Trigge
         estimate_seconds: a.estimate_ms.unwrap_or(0) as f64 / 1000.0,
         warning: a.warning.clone(),
         parent_id: a.parent_id,
+        needs_second_approval: a.two_person && a.state == AlertState::Held,
+        override_reason: a.override_reason.clone(),
+        untranslated: Vec::new(),
     })
 }
 
@@ -516,9 +719,29 @@ fn count_created(sv: &Services, playbook: &str, kind: AlertKind, drill: bool) {
     );
 }
 
-/// Releases a held alert. A second approve answers as the first.
-pub async fn approve(sv: &Services, id: AlertId, actor: &str) -> Result<Released, TriggerError> {
+/// Releases a held alert. A second approve answers as the first. An alert
+/// under the two-person rule is released by another operator than the one
+/// who triggered it, or by that one with `override_reason` (an emergency
+/// override, recorded and put on the review list).
+pub async fn approve(
+    sv: &Services,
+    id: AlertId,
+    actor: &str,
+    override_reason: Option<String>,
+) -> Result<Released, TriggerError> {
     let alert = sv.store.read(move |c| alerts::get(c, id)).await?;
+    let own = alert.created_by == actor;
+    let override_reason = match override_reason {
+        Some(r) => Some(reason(&r)?),
+        None => None,
+    };
+    if alert.two_person && alert.state == AlertState::Held && own && override_reason.is_none() {
+        return Err(TriggerError::Forbidden(format!(
+            "alert {id} needs a second operator's approval (two-person rule), and `{actor}` triggered it: another operator approves it, or send it now with an override reason"
+        )));
+    }
+    // Only the one who triggered it overrides; anyone else simply approves.
+    let override_reason = override_reason.filter(|_| alert.two_person && own);
     let pb = sv.config.playbooks.get(&alert.playbook).ok_or_else(|| {
         TriggerError::Conflict(format!(
             "playbook `{}` is no longer configured",
@@ -530,7 +753,7 @@ pub async fn approve(sv: &Services, id: AlertId, actor: &str) -> Result<Released
     let actor = actor.to_string();
     let released = sv
         .store
-        .write(move |c| alerts::release(c, id, now, &actor, w))
+        .write(move |c| alerts::release(c, id, now, &actor, w, override_reason.as_deref()))
         .await
         .map_err(conflict)?;
     sv.engine.kick();
@@ -570,7 +793,7 @@ pub async fn cancel(sv: &Services, id: AlertId, actor: &str) -> Result<i64, Trig
 pub async fn all_clear(
     sv: &Arc<Services>,
     id: AlertId,
-    message: Option<String>,
+    message: Option<MessageText>,
     actor: &str,
 ) -> Result<TriggerResponse, TriggerError> {
     let original = sv.store.read(move |c| alerts::get(c, id)).await?;
@@ -589,11 +812,11 @@ pub async fn all_clear(
 pub async fn update(
     sv: &Arc<Services>,
     id: AlertId,
-    message: String,
+    message: MessageText,
     actor: &str,
 ) -> Result<TriggerResponse, TriggerError> {
     let original = sv.store.read(move |c| alerts::get(c, id)).await?;
-    if message.trim().is_empty() {
+    if message.primary().trim().is_empty() {
         return Err(TriggerError::BadRequest(
             "an update needs a message: what has changed?".into(),
         ));
@@ -607,7 +830,7 @@ async fn spawn_follow_up(
     sv: &Arc<Services>,
     original: AlertRow,
     kind: AlertKind,
-    message: Option<String>,
+    message: Option<MessageText>,
     actor: &str,
 ) -> Result<TriggerResponse, TriggerError> {
     let (sv, actor) = (sv.clone(), actor.to_string());
@@ -620,7 +843,7 @@ async fn follow_up(
     sv: &Arc<Services>,
     original: AlertRow,
     kind: AlertKind,
-    message: Option<String>,
+    message: Option<MessageText>,
     actor: &str,
 ) -> Result<TriggerResponse, TriggerError> {
     let id = AlertId(original.id);
@@ -653,7 +876,9 @@ async fn follow_up(
         "update"
     };
     let pb = playbook(sv, name)?;
-    let (message, note) = clean_message(message)?;
+    let cleaned = check::message(name, &pb, message)?;
+    let (message, messages) = stored_message(cleaned.text.as_ref());
+    let note = cleaned.note;
     let (notify_ms, ack_ms, escalate_ms) = windows(&pb);
     let new = NewAlert {
         kind,
@@ -668,6 +893,9 @@ async fn follow_up(
         priority: pb.severity.priority().min(original.priority),
         audience_json: original.audience.to_string(),
         message,
+        messages,
+        two_person: false,
+        override_reason: None,
         drill: original.drill,
         held: false,
         confirm: pb.confirm,
@@ -775,7 +1003,7 @@ async fn complete_follow_up(
             }
         }
     }
-    finish_with_estimate(sv, follow, pb, &counts).await
+    finish_with_estimate(sv, follow, pb, &counts, None).await
 }
 
 /// Completes alerts whose materialization a crash interrupted: the frozen
@@ -812,8 +1040,8 @@ pub async fn resume(sv: &Arc<Services>) -> Result<usize, TriggerError> {
             (_, Some(snap)) if Path::new(snap).exists() => {
                 let spec: AudienceSpec =
                     serde_json::from_value(alert.audience.clone()).unwrap_or_default();
-                let chunks = stream_plan(sv, PathBuf::from(snap), spec);
-                complete(sv, id, &pb, chunks).await?
+                let chunks = stream_plan(sv, PathBuf::from(snap), spec, None);
+                complete(sv, id, &pb, chunks, None).await?
             }
             _ => {
                 tracing::error!(

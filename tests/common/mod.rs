@@ -67,11 +67,17 @@ pub fn import(dir: &Path, export: &Path) {
 
 /// Creates a token directly in the store, as `klaxon token create` does.
 pub async fn make_token(dir: &Path, role: ApiRole) -> String {
+    make_named_token(dir, "test", role).await
+}
+
+/// A token for the person `name` (the actor the audit log and the
+/// two-person rule see). Call before the daemon starts on `dir`.
+pub async fn make_named_token(dir: &Path, name: &str, role: ApiRole) -> String {
     let store = Store::open(&dir.join("state"), false).expect("store");
     let t = tokens::generate();
-    let t2 = t.clone();
+    let (t2, name) = (t.clone(), name.to_string());
     store
-        .write(move |c| tokens::insert(c, "test", role, &t2, now_ms()).map(|_| ()))
+        .write(move |c| tokens::insert(c, &name, role, &t2, now_ms()).map(|_| ()))
         .await
         .expect("token");
     store.close();
@@ -178,7 +184,14 @@ impl TestApp {
         (self.dir, self.admin, self.viewer)
     }
 
-    pub async fn trigger(&self, body: serde_json::Value) -> reqwest::Response {
+    /// POSTs a trigger. Tests start several alerts of one playbook for one
+    /// school on purpose, so this confirms duplicates unless the body says
+    /// `"confirm_duplicate"` itself (tests/validation.rs tests the refusal).
+    pub async fn trigger(&self, mut body: serde_json::Value) -> reqwest::Response {
+        if let Some(o) = body.as_object_mut() {
+            o.entry("confirm_duplicate")
+                .or_insert(serde_json::Value::Bool(true));
+        }
         self.http
             .post(format!("{}/api/v1/alerts", self.base))
             .bearer_auth(&self.admin)

@@ -1,0 +1,234 @@
+//! The two-person rule (issue 9): a playbook marked `approval =
+//! "two-person"`, and by config every district-wide alert, waits until a
+//! second operator approves it; the one who triggered it cannot, except by
+//! an emergency override with a typed reason, which is recorded, audited
+//! and put on a review list for a second person.
+
+mod common;
+
+use std::path::Path;
+
+use common::{LOG_PROVIDER, config_text, import, make_named_token, start};
+use klaxon::store::tokens::ApiRole;
+use serde_json::json;
+
+const EXTRA: &str = r#"
+[approval]
+district_wide = "two-person"
+
+[playbooks.reunification]
+title = "Reunification"
+severity = "emergency"
+channels = ["sms", "email"]
+approval = "two-person"
+messages = { en = "Reunification at {{ school }}. {{ message }} {{ link }}" }
+"#;
+
+struct Ops {
+    app: common::TestApp,
+    alice: String,
+    bob: String,
+}
+
+async fn start_with_two_operators() -> Ops {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("klaxon.toml"),
+        config_text(&format!("{LOG_PROVIDER}{EXTRA}")),
+    )
+    .unwrap();
+    import(dir.path(), Path::new(common::FIXTURE));
+    let alice = make_named_token(dir.path(), "alice", ApiRole::Operator).await;
+    let bob = make_named_token(dir.path(), "bob", ApiRole::Operator).await;
+    let admin = make_named_token(dir.path(), "admin", ApiRole::Admin).await;
+    let viewer = make_named_token(dir.path(), "viewer", ApiRole::Viewer).await;
+    let app = start(dir, admin, viewer).await;
+    Ops { app, alice, bob }
+}
+
+async fn post(
+    ops: &Ops,
+    token: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = ops
+        .app
+        .http
+        .post(format!("{}{path}", ops.app.base))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let s = r.status().as_u16();
+    (s, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+fn sent(app: &common::TestApp, id: i64) -> i64 {
+    app.db()
+        .query_row(
+            "SELECT count(*) FROM deliveries WHERE alert_id = ?1 AND state <> 'held'",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+fn audit_actions(app: &common::TestApp, id: i64) -> Vec<(String, String)> {
+    let db = app.db();
+    let mut st = db
+        .prepare("SELECT actor, action FROM audit WHERE alert_id = ?1 ORDER BY id")
+        .unwrap();
+    st.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_second_operator_approves_and_the_first_cannot() {
+    let ops = start_with_two_operators().await;
+    let (s, b) = post(
+        &ops,
+        &ops.alice,
+        "/api/v1/alerts",
+        json!({"playbook": "reunification", "audience": {"schools": ["S1"]}, "message": "Go to the church."}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["held"], true, "{b}");
+    assert_eq!(b["needs_second_approval"], true, "{b}");
+    let id = b["id"].as_i64().unwrap();
+    assert_eq!(sent(&ops.app, id), 0);
+
+    // Alice triggered it: her approval is refused, and nothing moves.
+    let (s, b) = post(
+        &ops,
+        &ops.alice,
+        &format!("/api/v1/alerts/{id}/approve"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 403, "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("second operator"),
+        "{b}"
+    );
+    assert_eq!(sent(&ops.app, id), 0);
+    assert_eq!(ops.app.status(id).await["state"], "held");
+
+    // Bob approves: it goes.
+    let (s, b) = post(
+        &ops,
+        &ops.bob,
+        &format!("/api/v1/alerts/{id}/approve"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let st = ops.app.wait_settled(id).await;
+    assert_eq!(st["approved_by"], "bob", "{st}");
+    assert!(st["override_reason"].is_null());
+    assert!(sent(&ops.app, id) > 0);
+    let actions = audit_actions(&ops.app, id);
+    assert!(
+        actions.contains(&("alice".into(), "alert.create".into())),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("bob".into(), "alert.approve".into())),
+        "{actions:?}"
+    );
+}
+
+#[tokio::test]
+async fn district_wide_alerts_need_two_people_and_an_override_is_reviewed() {
+    let ops = start_with_two_operators().await;
+    // Lockdown is one-person, but a district-wide one falls under [approval].
+    let (s, b) = post(
+        &ops,
+        &ops.alice,
+        "/api/v1/alerts",
+        json!({"playbook": "lockdown"}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["needs_second_approval"], true, "{b}");
+    let id = b["id"].as_i64().unwrap();
+
+    // An override needs a reason of some words.
+    let (s, _) = post(
+        &ops,
+        &ops.alice,
+        &format!("/api/v1/alerts/{id}/approve"),
+        json!({"override_reason": "  "}),
+    )
+    .await;
+    assert_eq!(s, 422);
+    // With one, Alice sends it at once: recorded, audited, up for review.
+    let (s, b) = post(
+        &ops,
+        &ops.alice,
+        &format!("/api/v1/alerts/{id}/approve"),
+        json!({"override_reason": "Intruder reported, no second operator answering"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    let st = ops.app.wait_settled(id).await;
+    assert_eq!(
+        st["override_reason"],
+        "Intruder reported, no second operator answering"
+    );
+    assert!(audit_actions(&ops.app, id).contains(&("alice".into(), "alert.override".into())));
+    let list = ops.app.get_json("/api/v1/reviews").await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["id"], id);
+
+    // The review is for a second person.
+    let (s, _) = post(
+        &ops,
+        &ops.alice,
+        &format!("/api/v1/alerts/{id}/review"),
+        json!({"note": "mine"}),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, b) = post(
+        &ops,
+        &ops.bob,
+        &format!("/api/v1/alerts/{id}/review"),
+        json!({"note": "Justified."}),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["reviewed_by"], "bob");
+    assert!(
+        ops.app
+            .get_json("/api/v1/reviews")
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // An override at trigger time sends at once; on a one-person alert it is refused.
+    let (s, b) = post(
+        &ops,
+        &ops.bob,
+        "/api/v1/alerts",
+        json!({"playbook": "shelter", "override_reason": "Tornado on the ground now", "confirm_duplicate": true}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["held"], false, "{b}");
+    assert_eq!(b["override_reason"], "Tornado on the ground now");
+    let (s, b) = post(
+        &ops,
+        &ops.bob,
+        "/api/v1/alerts",
+        json!({"playbook": "shelter", "audience": {"schools": ["S2"]}, "override_reason": "Not needed here", "confirm_duplicate": true}),
+    )
+    .await;
+    assert_eq!(s, 422, "{b}");
+}
