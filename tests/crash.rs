@@ -156,7 +156,11 @@ path = "outbox.jsonl"
     let body = tw.requests()[0].field("Body").unwrap().to_string();
     let link = body
         .split_whitespace()
-        .find(|w| w.contains("/a/"))
+        .find_map(|w| {
+            w.find("http")
+                .map(|i| &w[i..])
+                .filter(|u| u.contains("/a/"))
+        })
         .unwrap()
         .to_string();
     let http = reqwest::Client::builder()

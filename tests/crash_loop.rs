@@ -152,7 +152,11 @@ path = "outbox.jsonl"
         if let Some(link) = tw.requests().iter().rev().find_map(|r| {
             r.field("Body").and_then(|b| {
                 b.split_whitespace()
-                    .find(|w| w.contains("/a/"))
+                    .find_map(|w| {
+                        w.find("http")
+                            .map(|i| &w[i..])
+                            .filter(|u| u.contains("/a/"))
+                    })
                     .map(str::to_string)
             })
         }) && !answered.contains(&link)

@@ -101,7 +101,9 @@ pub fn parse_document(bytes: &[u8]) -> Result<Document, CapError> {
         let v: Value = serde_json::from_str(text).map_err(|e| CapError::Json(e.to_string()))?;
         return geojson(&v);
     }
-    let root = xml::parse(text).map_err(CapError::Xml)?;
+    // An error may quote the document (an entity name runs to the next `;`):
+    // keep what a person reads, not a 60 kB echo (found by fuzzing).
+    let root = xml::parse(text).map_err(|e| CapError::Xml(clip(&e, 300)))?;
     match (root.name.as_str(), root.ns.as_deref()) {
         ("feed", Some(ATOM)) => Ok(atom(&root)),
         ("alert", ns) => {
@@ -118,6 +120,16 @@ pub fn parse_document(bytes: &[u8]) -> Result<Document, CapError> {
         }
         (name, _) => Err(CapError::UnknownRoot(format!("<{name}>"))),
     }
+}
+
+/// `s` cut to `max` characters, marked when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max).collect();
+    out.push('…');
+    out
 }
 
 fn missing(field: &str) -> CapError {

@@ -248,6 +248,13 @@ fn malformed_documents_are_typed_errors_naming_what_is_wrong() {
         CapError::Xml(_)
     ));
     assert_eq!(bad(""), CapError::Empty);
+    // Found by fuzzing: a stray `&` made the error quote 60 kB of document.
+    let long = format!(
+        "<alert xmlns='urn:oasis:names:tc:emergency:cap:1.2'><note>&{}</note></alert>",
+        "x".repeat(60_000)
+    );
+    let e = bad(&long).to_string();
+    assert!(e.len() < 1_000, "{} bytes", e.len());
     assert!(matches!(bad("<html/>"), CapError::UnknownRoot(_)));
     assert!(matches!(
         bad("<alert xmlns='urn:oasis:names:tc:emergency:cap:1.0'/>"),

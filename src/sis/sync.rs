@@ -249,17 +249,6 @@ pub fn record_of(
 /// Stores a sync's outcome in `sis_syncs` and the audit log (one
 /// transaction) and counts it in the metrics.
 pub async fn record(store: &Store, metrics: &Metrics, rec: SyncRecord) -> Result<(), StoreError> {
-    metrics.inc(
-        "klaxon_sis_syncs_total",
-        &[("kind", &rec.kind), ("outcome", &rec.outcome)],
-    );
-    if rec.outcome == "ok" {
-        metrics.set_gauge(
-            "klaxon_sis_last_success_timestamp_seconds",
-            &[],
-            rec.finished_at as f64 / 1000.0,
-        );
-    }
     let action = if rec.outcome == "ok" {
         "sis.sync"
     } else {
@@ -271,13 +260,32 @@ pub async fn record(store: &Store, metrics: &Metrics, rec: SyncRecord) -> Result
         "warnings": rec.warnings, "message": rec.message,
     })
     .to_string();
-    let actor = rec.trigger.clone();
+    let (actor, kind, outcome, finished_at) = (
+        rec.trigger.clone(),
+        rec.kind.clone(),
+        rec.outcome.clone(),
+        rec.finished_at,
+    );
+    // Committed first, counted after: `/metrics` never shows a sync the
+    // store does not have.
     store
         .write(move |c| {
             sis_syncs::insert(c, &rec)?;
             crate::store::audit::record(c, rec.finished_at, &actor, action, None, &detail)
         })
-        .await
+        .await?;
+    metrics.inc(
+        "klaxon_sis_syncs_total",
+        &[("kind", &kind), ("outcome", &outcome)],
+    );
+    if outcome == "ok" {
+        metrics.set_gauge(
+            "klaxon_sis_last_success_timestamp_seconds",
+            &[],
+            finished_at as f64 / 1000.0,
+        );
+    }
+    Ok(())
 }
 
 /// What is wrong with the SIS copy right now, as sentences: the latest sync
