@@ -203,6 +203,16 @@ impl App {
                 move || crate::track::run(sv2.clone(), stop.clone()),
             )
         };
+        let pager = {
+            let (sv2, stop) = (sv.clone(), stop_rx.clone());
+            crate::supervise::spawn(
+                "approval-pager",
+                sv.metrics.clone(),
+                sv.tasks.clone(),
+                sv.clock.clone(),
+                move || crate::trigger::pager::run(sv2.clone(), stop.clone()),
+            )
+        };
         let watcher = spawn_sis_watch(&state, stop_rx.clone());
         let mut feeds = crate::trigger::feed::spawn_all(&state, stop_rx.clone());
         feeds.extend(crate::trigger::watch::spawn(&state, stop_rx.clone()));
@@ -242,9 +252,10 @@ impl App {
             }
         }
         let short = deadline.min(tokio::time::Instant::now() + Duration::from_secs(2));
-        let mut tracker = tracker;
-        if tokio::time::timeout_at(short, &mut tracker).await.is_err() {
-            tracker.abort();
+        for mut t in [tracker, pager] {
+            if tokio::time::timeout_at(short, &mut t).await.is_err() {
+                t.abort();
+            }
         }
         if let Some(mut w) = watcher
             && tokio::time::timeout_at(short, &mut w).await.is_err()

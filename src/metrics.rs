@@ -57,6 +57,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "Background tasks that panicked and were restarted, by task",
     ),
     (
+        "klaxon_approval_pages_total",
+        "Approvers paged for alerts waiting for approval",
+    ),
+    (
         "klaxon_idempotent_replays_total",
         "POSTs repeated with an Idempotency-Key: replayed, or refused for another body",
     ),

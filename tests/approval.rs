@@ -232,3 +232,119 @@ async fn district_wide_alerts_need_two_people_and_an_override_is_reviewed() {
     .await;
     assert_eq!(s, 422, "{b}");
 }
+
+/// Approvers on call are paged while an alert waits: the first at once (SMS,
+/// voice, email with the alert's link), the next when nobody acts within
+/// `approval_escalate`; nobody after it is approved; a routine alert pages
+/// nobody in quiet hours.
+#[tokio::test]
+async fn approvers_on_call_are_paged_in_turn_while_an_alert_waits() {
+    let extra = format!(
+        r#"{LOG_PROVIDER}
+[approval]
+approval_escalate = "5m"
+quiet_hours = "00:00-24:00"
+approvers = [
+  {{ name = "First", phone = "+15125550101", email = "first@example-isd.org" }},
+  {{ name = "Second", phone = "+15125550102" }},
+]
+
+[playbooks.newsletter]
+title = "Newsletter"
+severity = "routine"
+channels = ["email"]
+messages = {{ en = "News. {{{{ message }}}} {{{{ link }}}}" }}
+"#
+    );
+    let clock = klaxon::clock::Clock::system();
+    let app = common::spawn_app_full(&extra, Path::new(common::FIXTURE), clock.clone()).await;
+    let pages = |app: &common::TestApp, id: i64| -> Vec<(String, String)> {
+        app.outbox()
+            .into_iter()
+            .filter(|m| m["alert_id"] == id && m["delivery_id"] == 0)
+            .map(|m| {
+                (
+                    m["to"].as_str().unwrap().to_string(),
+                    m["channel"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let wait_pages = |n: usize, id: i64| {
+        let app = &app;
+        async move {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let p = pages(app, id);
+                if p.len() >= n {
+                    return p;
+                }
+                assert!(
+                    std::time::Instant::now() < until,
+                    "{} pages, not {n}: {p:?}",
+                    p.len()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let r = app
+        .trigger(json!({"playbook": "lockdown", "audience": {"schools": ["S1"]}, "hold": true}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let first = wait_pages(3, id).await;
+    let mut got = first.clone();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("+15125550101".to_string(), "sms".to_string()),
+            ("+15125550101".to_string(), "voice".to_string()),
+            ("first@example-isd.org".to_string(), "email".to_string()),
+        ]
+    );
+    let body = app
+        .outbox()
+        .into_iter()
+        .find(|m| m["alert_id"] == id && m["channel"] == "sms" && m["delivery_id"] == 0)
+        .unwrap();
+    assert!(
+        body["body"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("/alerts/{id}")),
+        "{body}"
+    );
+    // Nobody acts for five minutes: the second approver.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(pages(&app, id).len(), 3, "not before approval_escalate");
+    clock.advance(std::time::Duration::from_secs(301));
+    let both = wait_pages(5, id).await;
+    assert!(
+        both.iter()
+            .any(|(to, ch)| to == "+15125550102" && ch == "voice"),
+        "{both:?}"
+    );
+    // Approved: nobody more, however long.
+    let r = app
+        .post(&format!("/api/v1/alerts/{id}/approve"), json!({}))
+        .await;
+    assert_eq!(r.status(), 200);
+    clock.advance(std::time::Duration::from_secs(900));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(pages(&app, id).len(), 5);
+
+    // A routine alert in quiet hours pages nobody.
+    let r = app
+        .trigger(json!({"playbook": "newsletter", "audience": {"schools": ["S1"]}, "hold": true}))
+        .await;
+    let routine = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    clock.advance(std::time::Duration::from_secs(10));
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(pages(&app, routine).is_empty());
+}

@@ -54,13 +54,34 @@ pub struct Config {
 }
 
 /// `[approval]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApprovalConfig {
     /// `"two-person"`: every district-wide alert (no schools, grades, classes
     /// or groups named) needs a second operator, whatever its playbook says.
     #[serde(default)]
     pub district_wide: crate::playbook::Approval,
+    /// Paged, in order, while an alert waits for approval.
+    #[serde(default)]
+    pub approvers: Vec<crate::trigger::pager::Approver>,
+    /// Nobody acts within this: the next approver on call is paged.
+    #[serde(default = "crate::trigger::pager::default_escalate")]
+    pub approval_escalate: Dur,
+    /// "21:00-07:00": routine alerts waiting for approval page nobody then;
+    /// emergencies always do.
+    #[serde(default)]
+    pub quiet_hours: Option<String>,
+}
+
+impl Default for ApprovalConfig {
+    fn default() -> ApprovalConfig {
+        ApprovalConfig {
+            district_wide: Default::default(),
+            approvers: Vec::new(),
+            approval_escalate: crate::trigger::pager::default_escalate(),
+            quiet_hours: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -516,6 +537,12 @@ impl Config {
 
     /// Cross-field checks that serde cannot express.
     fn validate(&self, issues: &mut Issues) {
+        crate::trigger::pager::validate(
+            &self.approval.approvers,
+            self.approval.quiet_hours.as_deref(),
+            &self.sis.default_country,
+            issues,
+        );
         let url = &self.server.public_url;
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             issues.push(

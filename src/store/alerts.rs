@@ -759,6 +759,49 @@ pub fn review(
     get(conn, id)
 }
 
+/// Alerts held, waiting for approval, oldest first.
+pub fn held(conn: &Connection) -> Result<Vec<AlertRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {ALERT_COLUMNS} FROM alerts WHERE state = 'held' ORDER BY id"
+    ))?;
+    let rows = stmt.query_map([], alert_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The approvers paged for an alert (index, when), in the order paged.
+pub fn approval_pages(conn: &Connection, id: AlertId) -> Result<Vec<(usize, i64)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT approver, paged_at FROM approval_pages WHERE alert_id = ?1 ORDER BY paged_at, approver",
+    )?;
+    let rows = stmt.query_map([id.0], |r| Ok((r.get::<_, i64>(0)? as usize, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Notes that approver `who` is paged for `id`; false when they already were.
+pub fn record_approval_page(
+    conn: &Connection,
+    id: AlertId,
+    who: usize,
+    now: i64,
+) -> Result<bool, StoreError> {
+    let n = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO approval_pages (alert_id, approver, paged_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![id.0, who as i64, now])?;
+    if n == 1 {
+        audit::record(
+            conn,
+            now,
+            "klaxon",
+            "alert.approver_paged",
+            Some(id.0),
+            &serde_json::json!({ "approver": who }).to_string(),
+        )?;
+    }
+    Ok(n == 1)
+}
+
 pub fn get(conn: &Connection, id: AlertId) -> Result<AlertRow, StoreError> {
     conn.prepare_cached(&format!("SELECT {ALERT_COLUMNS} FROM alerts WHERE id = ?1"))?
         .query_row([id.0], alert_from_row)

@@ -246,6 +246,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE alerts ADD COLUMN reviewed_by TEXT;
     ALTER TABLE alerts ADD COLUMN reviewed_at INTEGER;
     "#,
+    // 10 (approval paging): who was paged for an alert waiting for approval,
+    // so a restart never pages the same person twice for it.
+    r#"
+    CREATE TABLE approval_pages (
+        alert_id INTEGER NOT NULL,
+        approver INTEGER NOT NULL,              -- index in [[approval.approvers]]
+        paged_at INTEGER NOT NULL,
+        PRIMARY KEY (alert_id, approver)
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

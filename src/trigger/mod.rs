@@ -19,6 +19,7 @@
 pub mod cap_act;
 pub mod check;
 pub mod feed;
+pub mod pager;
 pub mod watch;
 
 use std::collections::HashMap;
