@@ -47,6 +47,10 @@ pub struct Config {
     pub webhooks: BTreeMap<String, WebhookConfig>,
     /// `[triggers]`: the CAP drop folder.
     pub triggers: TriggersConfig,
+    /// `[console]`: sessions and who signs in as what (`http::session`).
+    pub console: crate::http::session::ConsoleConfig,
+    /// `[oidc]`: the district's identity provider (`http::oidc`).
+    pub oidc: Option<crate::http::oidc::OidcConfig>,
     /// Things that work but deserve a look; `check-config` prints them.
     pub warnings: Vec<ConfigIssue>,
 }
@@ -404,11 +408,14 @@ impl Config {
             None => {}
         }
         let triggers = take_optional::<TriggersConfig>(&mut root, "triggers", &mut issues);
+        let console =
+            take_optional::<crate::http::session::ConsoleConfig>(&mut root, "console", &mut issues);
+        let oidc = crate::http::oidc::take_config(&mut root, &mut issues);
 
         for key in root.keys() {
             issues.push(
                 key.clone(),
-                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools, feeds, webhooks or triggers",
+                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools, feeds, webhooks, triggers, console or oidc",
             );
         }
 
@@ -463,6 +470,8 @@ impl Config {
             feeds,
             webhooks,
             triggers: triggers.unwrap_or_default(),
+            console: console.unwrap_or_default(),
+            oidc,
         };
         config.validate(&mut issues);
         let mut config = config;
@@ -612,6 +621,7 @@ impl Config {
         crate::trigger::feed::validate(&self.feeds, issues);
         crate::http::hook_trigger::validate(&self.webhooks, &self.playbooks, issues);
         self.sis.validate(issues);
+        self.console.validate(self.oidc.is_some(), issues);
         for (i, g) in self.groups.iter().enumerate() {
             if self.groups[..i].iter().any(|o| o.name == g.name) {
                 issues.push(

@@ -18,6 +18,7 @@ pub mod guard;
 pub mod keyfile;
 pub mod replies;
 pub mod schema;
+pub mod sessions;
 pub mod sis_syncs;
 pub mod tokens;
 
