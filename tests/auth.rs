@@ -525,3 +525,59 @@ async fn a_school_scoped_operator_acts_only_within_its_schools() {
     assert!(err.contains("403") && err.contains("S2"), "{err}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_an_https_public_url_the_session_cookie_is_secure_and_the_idle_time_is_configurable()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let text = common::config_text(&format!(
+        "{}\n[console]\nsession_idle = \"5m\"\n",
+        common::LOG_PROVIDER
+    ))
+    .replace("http://127.0.0.1:9", "https://alerts.example-isd.org");
+    std::fs::write(dir.path().join("klaxon.toml"), text).unwrap();
+    common::import(dir.path(), Path::new(common::FIXTURE));
+    let admin = common::make_token(dir.path(), ApiRole::Admin).await;
+    let viewer = common::make_token(dir.path(), ApiRole::Viewer).await;
+    let app = common::start(dir, admin, viewer).await;
+
+    let form = app
+        .http
+        .get(format!("{}/login", app.base))
+        .send()
+        .await
+        .unwrap();
+    let binding = set_cookie(&form, "klaxon_login").unwrap();
+    let csrf = hidden_input(&form.text().await.unwrap(), "csrf").unwrap();
+    let r = app
+        .http
+        .post(format!("{}/login", app.base))
+        .header("cookie", format!("klaxon_login={binding}"))
+        .form(&[("token", app.viewer.as_str()), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let session = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .find(|c| c.starts_with("klaxon_session="))
+        .unwrap();
+    assert!(session.contains("; Secure"), "{session}");
+    let cookie = format!(
+        "klaxon_session={}",
+        set_cookie(&r, "klaxon_session").unwrap()
+    );
+    app.clock.advance(Duration::from_secs(6 * 60));
+    let r = app
+        .http
+        .get(format!("{}/", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "idle past [console] session_idle = 5m");
+    app.stop().await;
+}

@@ -307,9 +307,15 @@ impl OidcClient {
             CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
             CoreJwsSigningAlgorithm::EcdsaP256Sha256,
         ]);
-        let claims = id_token
-            .claims(&verifier, &Nonce::new(nonce))
-            .map_err(|e| OidcError::Verify(error_chain(&e)))?;
+        let claims = match id_token.claims(&verifier, &Nonce::new(nonce)) {
+            Ok(c) => c,
+            Err(e) => {
+                // Perhaps the provider rotated its keys: read them afresh
+                // for the next try.
+                *self.metadata.lock().await = None;
+                return Err(OidcError::Verify(error_chain(&e)));
+            }
+        };
         // An address the provider says is unverified names nobody.
         let email = claims
             .email()
@@ -611,6 +617,65 @@ mod tests {
             vec!["x"]
         );
         assert!(groups_claim("not-a-jwt", "groups").is_empty());
+    }
+
+    #[test]
+    fn console_and_oidc_problems_are_named_with_key_and_line() {
+        let text = r#"
+[server]
+listen = "127.0.0.1:8080"
+public_url = "https://alerts.example-isd.org"
+
+[store]
+dir = "state"
+
+[[providers]]
+name = "log"
+kind = "log"
+channels = ["sms", "voice", "email"]
+path = "outbox.jsonl"
+
+[console]
+session_idle = "0s"
+
+[[console.roles]]
+match_group = "principals"
+role = "boss"
+
+[oidc]
+issuer = "http://idp.example.org"
+client_id = "klaxon"
+client_secret = "literal"
+"#;
+        let err =
+            crate::config::Config::from_str(text, std::path::Path::new("/etc/klaxon/klaxon.toml"))
+                .unwrap_err();
+        let crate::config::ConfigError::Invalid { issues, .. } = err else {
+            panic!("{err}");
+        };
+        let found = |key: &str| issues.iter().find(|i| i.key == key);
+        assert!(found("console.session_idle").is_some(), "{issues:?}");
+        let role = found("console.roles[0].role").expect("the bad role");
+        assert_eq!(role.line, Some(20), "{role:?}");
+        assert!(role.message.contains("viewer, operator or admin"));
+        let secret = found("oidc.client_secret").expect("the literal secret");
+        assert!(secret.message.contains("client_secret_env"), "{secret:?}");
+
+        // A good [oidc] whose secret file is missing: found by check-config.
+        let good = text
+            .replace("session_idle = \"0s\"", "")
+            .replace("\"boss\"", "\"operator\"")
+            .replace("http://idp.example.org", "https://idp.example.org")
+            .replace(
+                "client_secret = \"literal\"",
+                "client_secret_file = \"/nonexistent/klaxon-oidc\"",
+            );
+        let c =
+            crate::config::Config::from_str(&good, std::path::Path::new("/etc/klaxon/klaxon.toml"))
+                .unwrap();
+        let issues = check_secret(&c);
+        assert_eq!(issues.len(), 1, "{issues:?}");
+        assert_eq!(issues[0].key, "oidc.client_secret_file");
     }
 
     #[test]
