@@ -10,10 +10,12 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use common::TestApp;
 use klaxon::store::tokens::ApiRole;
 use serde_json::json;
+use support::browser::{Browser, Until};
 use support::oidc_provider;
 
 /// Where klaxon's config says it is reachable; the provider redirects
@@ -187,6 +189,11 @@ const SECRET: &str = "test-client-secret-0123456789";
 
 /// The daemon with `[oidc]` pointing at `issuer` and the role rules.
 async fn daemon(issuer: &str) -> TestApp {
+    daemon_at(issuer, "127.0.0.1:0", PUBLIC).await
+}
+
+/// As `daemon`, listening on `listen` and reachable at `public`.
+async fn daemon_at(issuer: &str, listen: &str, public: &str) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("oidc-secret"), SECRET).unwrap();
     let extra = format!(
@@ -211,7 +218,9 @@ role = "admin"
     );
     std::fs::write(
         dir.path().join("klaxon.toml"),
-        common::config_text(&extra).replace("http://127.0.0.1:9\"", &format!("{PUBLIC}\"")),
+        common::config_text(&extra)
+            .replace("http://127.0.0.1:9\"", &format!("{public}\""))
+            .replace("127.0.0.1:0", listen),
     )
     .unwrap();
     common::import(dir.path(), Path::new(common::FIXTURE));
@@ -363,5 +372,94 @@ async fn people_sign_in_through_the_identity_provider_with_their_role_and_scope(
         e["action"] == "signin" && e["detail"].as_str().unwrap_or("").contains("127.0.0.1")
     });
     assert!(origin_recorded, "from where: {entries:#?}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_signs_in_and_out_through_the_identity_provider_in_chromium() {
+    if skip() {
+        return;
+    }
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    // The browser follows the provider's redirect itself, so the daemon
+    // must listen where its public URL says: pick a free port first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let public = format!("http://127.0.0.1:{port}");
+    let idp = oidc_provider::start(
+        "klaxon",
+        SECRET,
+        &format!("{public}/auth/callback"),
+        &json!({"alice": {"email": "alice@example.org", "email_verified": true, "name": "Alice Principal"}}),
+    )
+    .await;
+    let app = daemon_at(&idp.issuer, &format!("127.0.0.1:{port}"), &public).await;
+    let own = app
+        .trigger(json!({"playbook": "shelter", "audience": {"schools": ["S1"]}, "hold": true}))
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+
+    // Straight to an alert's page: sent to sign in, then back there.
+    browser.goto(&format!("{public}/alerts/{own}")).await;
+    browser
+        .wait_for(
+            Until::Text("Sign in with Example ISD"),
+            Duration::from_secs(10),
+        )
+        .await;
+    browser.click("a[href^='/auth/login']").await;
+    browser
+        .wait_for(Until::Css("input[name=login]"), Duration::from_secs(10))
+        .await;
+    browser.fill("input[name=login]", "alice").await;
+    browser.fill("input[name=password]", "any password").await;
+    browser.submit("form").await;
+    // The provider's consent page.
+    browser
+        .wait_for(Until::Css("form button"), Duration::from_secs(10))
+        .await;
+    browser.submit("form").await;
+    browser
+        .wait_for(
+            Until::Text("Signed in as Alice Principal (operator, school(s) S1)"),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(
+        browser.url().await.ends_with(&format!("/alerts/{own}")),
+        "back where she was going: {}",
+        browser.url().await
+    );
+
+    browser.submit("form[action='/logout']").await;
+    browser
+        .wait_for(Until::Text("You are signed out"), Duration::from_secs(10))
+        .await;
+    browser.goto(&format!("{public}/")).await;
+    browser
+        .wait_for(
+            Until::Text("Sign in with Example ISD"),
+            Duration::from_secs(10),
+        )
+        .await;
+    let entries = audit(&app).await;
+    for action in ["signin", "signout"] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["actor"] == "oidc:alice@example.org" && e["action"] == action),
+            "{action}: {entries:#?}"
+        );
+    }
+    browser.close().await;
     app.stop().await;
 }

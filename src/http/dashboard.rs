@@ -99,7 +99,7 @@ pub async fn alert(
         .unwrap_or_default();
     let s = &view.status;
     let a = &s.alert;
-    let mut b = String::new();
+    let mut b = super::session::logout_form(&op);
     b.push_str("<p><a href=\"/\">← all alerts</a></p>");
     if a.drill {
         b.push_str("<p class=\"banner drill\">DRILL</p>");
