@@ -581,3 +581,47 @@ async fn behind_an_https_public_url_the_session_cookie_is_secure_and_the_idle_ti
     assert_eq!(r.status(), 303, "idle past [console] session_idle = 5m");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_create_with_schools_makes_a_school_scoped_token() {
+    let app = common::spawn_app().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_klaxon"))
+        .arg("--config")
+        .arg(app.path().join("klaxon.toml"))
+        .args([
+            "token",
+            "create",
+            "--role",
+            "viewer",
+            "--name",
+            "north",
+            "--schools",
+            "S1, S2",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("for school(s) S1, S2"), "{stdout}");
+    let token = stdout.lines().last().unwrap().trim().to_string();
+    let db = rusqlite::Connection::open(app.path().join("state/klaxon.db")).unwrap();
+    let schools: String = db
+        .query_row(
+            "SELECT schools FROM api_tokens WHERE hash = ?1",
+            [tokens::hash(&token)],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(schools, r#"["S1","S2"]"#);
+    // The daemon reads the scope at once: the district report is refused.
+    let r = app
+        .http
+        .get(format!("{}/api/v1/reports/contactability", app.base))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    app.stop().await;
+}
