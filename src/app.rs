@@ -26,6 +26,8 @@ pub struct AppState {
     /// Auth tokens of the Twilio providers, for checking callback signatures.
     pub twilio_tokens: Vec<String>,
     pub started_at: i64,
+    /// Console sign-in: the identity provider and the sign-in limiter.
+    pub auth: crate::http::session::Auth,
 }
 
 impl std::ops::Deref for AppState {
@@ -123,6 +125,16 @@ impl App {
                     .join("\n")
             )
         })?;
+        let oidc = crate::http::oidc::OidcClient::build(&config).map_err(|issues| {
+            anyhow::anyhow!(
+                "[oidc] configuration:\n{}",
+                issues
+                    .iter()
+                    .map(|i| format!("  - {i}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
         let metrics = Arc::new(Metrics::default());
         let renderer = Renderer::new(
             &config.playbooks,
@@ -156,6 +168,7 @@ impl App {
             services,
             twilio_tokens,
             started_at: now,
+            auth: crate::http::session::Auth::new(oidc),
         });
         Ok(App {
             state,

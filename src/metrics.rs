@@ -41,6 +41,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "SIS imports from the watch folder, by outcome",
     ),
     (
+        "klaxon_signins_total",
+        "Console sign-ins, by method (oidc, token) and outcome (ok, refused, csrf, rate-limited)",
+    ),
+    (
         "klaxon_http_auth_failures_total",
         "Requests refused for a missing or wrong token or signature",
     ),

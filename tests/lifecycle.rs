@@ -566,7 +566,7 @@ async fn two_guardians_choosing_differently_are_both_shown_as_a_conflict() {
     let dash = app
         .http
         .get(format!("{}/alerts/{id}", app.base))
-        .bearer_auth(&app.viewer)
+        .header("cookie", app.console_cookie(&app.viewer).await)
         .send()
         .await
         .unwrap()

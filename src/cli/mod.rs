@@ -239,13 +239,17 @@ enum ReportCommand {
 enum TokenCommand {
     /// Create an API token; it is printed once (last line) and only its hash is stored.
     #[command(
-        after_help = "Example:\n  klaxon token create --role operator --name \"front office\""
+        after_help = "Examples:\n  klaxon token create --role operator --name \"front office\"\n  klaxon token create --role operator --name \"north office\" --schools 0042,0043"
     )]
     Create {
         #[arg(long, value_parser = ["admin", "operator", "viewer"])]
         role: String,
         #[arg(long)]
         name: String,
+        /// Limit the token to these schools (sourcedIds, comma-separated);
+        /// without it, the whole district.
+        #[arg(long, value_name = "ID,ID", value_delimiter = ',')]
+        schools: Vec<String>,
     },
 }
 
@@ -460,9 +464,24 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cap(CapCommand::Inspect { file, at, json }) => {
             cap_inspect(&cli.config, &file, at.as_deref(), json)
         }
-        Command::Token(TokenCommand::Create { role, name }) => {
+        Command::Token(TokenCommand::Create {
+            role,
+            name,
+            schools,
+        }) => {
             let config = load_config(&cli.config)?;
             let role = ApiRole::parse(&role).context("role must be admin, operator or viewer")?;
+            let schools: Vec<String> = schools
+                .iter()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+            let scope = if schools.is_empty() {
+                crate::domain::Scope::District
+            } else {
+                crate::domain::Scope::Schools(schools)
+            };
+            let sc = scope.clone();
             let store = Store::open(&config.store_dir(), true)?;
             let token = tokens::generate();
             let t = token.clone();
@@ -470,20 +489,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let n = name.clone();
             store
                 .write(move |c| {
-                    tokens::insert(c, &n, role, &t, now)?;
+                    let id = tokens::insert(c, &n, role, &t, now)?;
+                    tokens::set_scope(c, id, &sc)?;
                     crate::store::audit::record(
                         c,
                         now,
                         "cli",
                         "token.create",
                         None,
-                        &serde_json::json!({"name": n, "role": role.as_str()}).to_string(),
+                        &serde_json::json!({"name": n, "role": role.as_str(), "schools": sc.to_column()})
+                            .to_string(),
                     )
                 })
                 .await?;
             store.close();
             outln!(
-                "Created a {} token named \"{name}\". It is shown only this once; store it now:",
+                "Created a {} token named \"{name}\" for {scope}. It is shown only this once; store it now:",
                 role.as_str()
             );
             outln!("{token}");
@@ -596,6 +617,7 @@ fn check_config(path: &Option<PathBuf>, json: bool) -> anyhow::Result<ExitCode> 
                 Err(issues) => issues,
             };
             issues.extend(crate::http::hook_trigger::check_secrets(&config));
+            issues.extend(crate::http::oidc::check_secret(&config));
             issues.extend(sis_secret_issues(&config));
             issues
         }

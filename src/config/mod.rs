@@ -49,6 +49,10 @@ pub struct Config {
     pub triggers: TriggersConfig,
     /// `[approval]`: the two-person rule beyond the playbooks that ask for it.
     pub approval: ApprovalConfig,
+    /// `[console]`: sessions and who signs in as what (`http::session`).
+    pub console: crate::http::session::ConsoleConfig,
+    /// `[oidc]`: the district's identity provider (`http::oidc`).
+    pub oidc: Option<crate::http::oidc::OidcConfig>,
     /// Things that work but deserve a look; `check-config` prints them.
     pub warnings: Vec<ConfigIssue>,
 }
@@ -438,11 +442,14 @@ impl Config {
         }
         let triggers = take_optional::<TriggersConfig>(&mut root, "triggers", &mut issues);
         let approval = take_optional::<ApprovalConfig>(&mut root, "approval", &mut issues);
+        let console =
+            take_optional::<crate::http::session::ConsoleConfig>(&mut root, "console", &mut issues);
+        let oidc = crate::http::oidc::take_config(&mut root, &mut issues);
 
         for key in root.keys() {
             issues.push(
                 key.clone(),
-                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools, feeds, webhooks, triggers or approval",
+                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools, feeds, webhooks, triggers, approval, console or oidc",
             );
         }
 
@@ -498,6 +505,8 @@ impl Config {
             webhooks,
             triggers: triggers.unwrap_or_default(),
             approval: approval.unwrap_or_default(),
+            console: console.unwrap_or_default(),
+            oidc,
         };
         config.validate(&mut issues);
         let mut config = config;
@@ -653,6 +662,7 @@ impl Config {
         crate::trigger::feed::validate(&self.feeds, issues);
         crate::http::hook_trigger::validate(&self.webhooks, &self.playbooks, issues);
         self.sis.validate(issues);
+        self.console.validate(self.oidc.is_some(), issues);
         for (i, g) in self.groups.iter().enumerate() {
             if self.groups[..i].iter().any(|o| o.name == g.name) {
                 issues.push(

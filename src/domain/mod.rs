@@ -5,10 +5,12 @@
 pub mod email;
 pub mod ids;
 pub mod phone;
+pub mod scope;
 pub mod state;
 pub mod text;
 
 pub use ids::{AckKey, AckToken, Address, AlertId, RecipientId};
+pub use scope::Scope;
 pub use state::{AlertState, CloseReason, DeliveryState};
 
 use std::fmt;

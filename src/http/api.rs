@@ -53,7 +53,7 @@ pub async fn create_alert(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&state, &headers, ApiRole::Operator).await?;
+    let caller = super::scope::authorize_create(&state, &headers, &body).await?;
     let req: TriggerRequest = parse_json(&body)?;
     let created = trigger::create(&state.services, req, &caller.name, "api").await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
@@ -69,11 +69,11 @@ pub async fn list_alerts(
     headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Json<Vec<alerts::AlertRow>>, ApiError> {
-    authorize(&state, &headers, ApiRole::Viewer).await?;
+    let caller = authorize(&state, &headers, ApiRole::Viewer).await?;
     let limit = q.limit.unwrap_or(20).clamp(1, 500);
-    Ok(Json(
-        state.store.read(move |c| alerts::recent(c, limit)).await?,
-    ))
+    let mut rows = state.store.read(move |c| alerts::recent(c, limit)).await?;
+    super::scope::retain_in_scope(&caller, &mut rows);
+    Ok(Json(rows))
 }
 
 /// Status with the times people read and an estimate of completion.
@@ -130,7 +130,8 @@ pub async fn alert_status(
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Result<Json<StatusView>, ApiError> {
-    authorize(&state, &headers, ApiRole::Viewer).await?;
+    let caller = authorize(&state, &headers, ApiRole::Viewer).await?;
+    super::scope::check_alert(&state, &caller, id).await?;
     Ok(Json(status_view(&state, id).await?))
 }
 
@@ -147,7 +148,8 @@ pub async fn outstanding(
     Path(id): Path<i64>,
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Vec<alerts::Outstanding>>, ApiError> {
-    authorize(&state, &headers, ApiRole::Viewer).await?;
+    let caller = authorize(&state, &headers, ApiRole::Viewer).await?;
+    super::scope::check_alert(&state, &caller, id).await?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 100_000);
     let after = q.after.and_then(|a| a.parse().ok()).unwrap_or(0);
     let id = AlertId(id);
@@ -169,7 +171,8 @@ pub async fn pickup(
     Path(id): Path<i64>,
     Query(q): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
-    authorize(&state, &headers, ApiRole::Viewer).await?;
+    let caller = authorize(&state, &headers, ApiRole::Viewer).await?;
+    super::scope::check_alert(&state, &caller, id).await?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let after = q.after.unwrap_or_default();
     let aid = AlertId(id);
@@ -280,7 +283,8 @@ pub async fn inbox(
     Path(id): Path<i64>,
     Query(q): Query<InboxQuery>,
 ) -> Result<Json<Vec<replies::InboxEntry>>, ApiError> {
-    authorize(&state, &headers, ApiRole::Viewer).await?;
+    let caller = authorize(&state, &headers, ApiRole::Viewer).await?;
+    super::scope::check_alert(&state, &caller, id).await?;
     let limit = q.limit.unwrap_or(200).clamp(1, 10_000);
     let before = q.before.unwrap_or(i64::MAX);
     let aid = AlertId(id);
@@ -308,6 +312,7 @@ pub async fn all_clear(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let caller = authorize(&state, &headers, ApiRole::Operator).await?;
+    super::scope::check_alert(&state, &caller, id).await?;
     let f: FollowUp = parse_json(&body)?;
     let created = trigger::all_clear(&state.services, AlertId(id), f.message, &caller.name).await?;
     Ok((StatusCode::CREATED, Json(created)).into_response())
@@ -320,6 +325,7 @@ pub async fn update(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let caller = authorize(&state, &headers, ApiRole::Operator).await?;
+    super::scope::check_alert(&state, &caller, id).await?;
     let f: FollowUp = parse_json(&body)?;
     let message = f.message.ok_or_else(|| {
         ApiError::new(
@@ -337,6 +343,7 @@ pub async fn cancel(
     Path(id): Path<i64>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = authorize(&state, &headers, ApiRole::Operator).await?;
+    super::scope::check_alert(&state, &caller, id).await?;
     let unsent = trigger::cancel(&state, AlertId(id), &caller.name).await?;
     Ok(Json(serde_json::json!({
         "id": id, "state": "closed", "closed_reason": "cancelled", "cancelled": true, "unsent": unsent
@@ -358,6 +365,7 @@ pub async fn approve(
     body: Bytes,
 ) -> Result<Json<StatusView>, ApiError> {
     let caller = authorize(&state, &headers, ApiRole::Operator).await?;
+    super::scope::check_alert(&state, &caller, id).await?;
     let a: Approve = parse_json(&body)?;
     trigger::approve(&state, AlertId(id), &caller.name, a.override_reason).await?;
     Ok(Json(status_view(&state, id).await?))
@@ -368,8 +376,10 @@ pub async fn reviews(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<alerts::AlertRow>>, ApiError> {
-    authorize(&state, &headers, ApiRole::Viewer).await?;
-    Ok(Json(state.store.read(alerts::to_review).await?))
+    let caller = authorize(&state, &headers, ApiRole::Viewer).await?;
+    let mut rows = state.store.read(alerts::to_review).await?;
+    super::scope::retain_in_scope(&caller, &mut rows);
+    Ok(Json(rows))
 }
 
 #[derive(Deserialize, Default)]
@@ -387,6 +397,7 @@ pub async fn review(
     body: Bytes,
 ) -> Result<Json<alerts::AlertRow>, ApiError> {
     let caller = authorize(&state, &headers, ApiRole::Operator).await?;
+    super::scope::check_alert(&state, &caller, id).await?;
     let r: Review = parse_json(&body)?;
     let aid = AlertId(id);
     let a = state.store.read(move |c| alerts::get(c, aid)).await?;
@@ -416,7 +427,8 @@ pub async fn contactability(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<deliveries::ContactProblem>>, ApiError> {
-    authorize(&state, &headers, ApiRole::Viewer).await?;
+    let caller = authorize(&state, &headers, ApiRole::Viewer).await?;
+    super::scope::check_schools(&state, &caller, &[])?;
     Ok(Json(state.store.read(deliveries::contactability).await?))
 }
 

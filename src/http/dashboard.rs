@@ -1,22 +1,21 @@
 //! The safety officer's dashboard: recent alerts, and per alert the live
 //! progress against the deadline, who has not been reached or has not
 //! confirmed, and each student's pickup plan. Server-rendered, refreshes
-//! itself, no JavaScript. Needs a token (bearer or the login cookie).
+//! itself, no JavaScript. Needs a console session (`session::Operator`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 
 use super::api::status_view;
-use super::{authorize, escape, html_page, layout};
+use super::session::Operator;
+use super::{escape, html_page, layout};
 use crate::app::AppState;
 use crate::domain::{AlertId, AlertState, DeliveryState};
 use crate::store::alerts;
-use crate::store::tokens::{self, ApiRole};
 
 fn time(state: &AppState, ms: Option<i64>) -> String {
     let Some(ms) = ms else { return "—".into() };
@@ -27,22 +26,17 @@ fn time(state: &AppState, ms: Option<i64>) -> String {
         .unwrap_or_default()
 }
 
-async fn gate(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
-    authorize(state, headers, ApiRole::Viewer)
-        .await
-        .map(|_| ())
-        .map_err(|_| Redirect::to("/login").into_response())
-}
-
-pub async fn index(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = gate(&state, &headers).await {
-        return r;
-    }
-    let rows = match state.store.read(|c| alerts::recent(c, 50)).await {
+pub async fn index(State(state): State<Arc<AppState>>, op: Operator) -> Response {
+    let mut rows = match state.store.read(|c| alerts::recent(c, 50)).await {
         Ok(r) => r,
         Err(e) => return super::ApiError::from(e).into_response(),
     };
-    let mut b = String::from("<h1>klaxon — alerts</h1>");
+    rows.retain(|a| {
+        op.scope
+            .allows_schools(&super::scope::schools_of(&a.audience))
+    });
+    let mut b = super::session::logout_form(&op);
+    b.push_str("<h1>klaxon — alerts</h1>");
     if rows.is_empty() {
         b.push_str("<p>No alerts yet.</p>");
     } else {
@@ -85,17 +79,17 @@ const PAGE: i64 = 200;
 
 pub async fn alert(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
+    op: Operator,
     Path(id): Path<i64>,
     Query(q): Query<AlertQuery>,
 ) -> Response {
-    if let Err(r) = gate(&state, &headers).await {
-        return r;
-    }
     let view = match status_view(&state, id).await {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
+    if let Err(r) = op.require_schools(&super::scope::schools_of(&view.status.alert.audience)) {
+        return r;
+    }
     let aid = AlertId(id);
     let after = q.after.unwrap_or(0);
     let outstanding = state
@@ -105,7 +99,7 @@ pub async fn alert(
         .unwrap_or_default();
     let s = &view.status;
     let a = &s.alert;
-    let mut b = String::new();
+    let mut b = super::session::logout_form(&op);
     b.push_str("<p><a href=\"/\">← all alerts</a></p>");
     if a.drill {
         b.push_str("<p class=\"banner drill\">DRILL</p>");
@@ -335,54 +329,4 @@ pub async fn alert(
         StatusCode::OK,
         layout("en", &format!("Alert {id}"), Some(5), &b),
     )
-}
-
-pub async fn login_form() -> Response {
-    let body = "<h1>klaxon — sign in</h1>\
-<form method=\"post\" action=\"/login\"><label for=\"t\">API token (create one with <code>klaxon token create</code>)</label>\
-<input id=\"t\" name=\"token\" type=\"password\" autocomplete=\"current-password\" required style=\"width:100%;font-size:1.125rem;padding:.5rem\">\
-<button type=\"submit\">Sign in</button></form>";
-    html_page(StatusCode::OK, layout("en", "klaxon sign in", None, body))
-}
-
-pub async fn login(
-    State(state): State<Arc<AppState>>,
-    Form(form): Form<HashMap<String, String>>,
-) -> Response {
-    let token = form.get("token").cloned().unwrap_or_default();
-    let t = token.clone();
-    match state.store.read(move |c| tokens::lookup(c, &t)).await {
-        Ok(Some(_)) => {
-            let secure = if state.config.server.public_url.starts_with("https://") {
-                "; Secure"
-            } else {
-                ""
-            };
-            (
-                StatusCode::SEE_OTHER,
-                [
-                    (header::LOCATION, "/".to_string()),
-                    (
-                        header::SET_COOKIE,
-                        format!("klaxon_token={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200{secure}"),
-                    ),
-                ],
-            )
-                .into_response()
-        }
-        _ => {
-            state
-                .metrics
-                .inc("klaxon_http_auth_failures_total", &[("reason", "login")]);
-            html_page(
-                StatusCode::UNAUTHORIZED,
-                layout(
-                    "en",
-                    "klaxon sign in",
-                    None,
-                    "<h1>That token is not valid.</h1><p><a href=\"/login\">Try again</a></p>",
-                ),
-            )
-        }
-    }
 }

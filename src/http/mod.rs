@@ -9,8 +9,11 @@ mod dashboard;
 pub mod hook_trigger;
 mod hooks;
 mod idempotency;
+pub mod oidc;
 mod pages;
+pub mod scope;
 pub mod serve;
+pub mod session;
 
 use std::sync::Arc;
 
@@ -56,7 +59,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(api::readyz))
         .route("/", get(dashboard::index))
         .route("/alerts/{id}", get(dashboard::alert))
-        .route("/login", get(dashboard::login_form).post(dashboard::login))
+        .route("/login", get(session::login_form).post(session::login))
+        .route("/logout", post(session::logout))
+        .route("/auth/login", get(oidc::login))
+        .route(oidc::CALLBACK_PATH, get(oidc::callback))
         .with_state(state)
 }
 
@@ -111,24 +117,14 @@ impl From<StoreError> for ApiError {
     }
 }
 
-/// The bearer token from `Authorization`, or the dashboard's session cookie.
+/// The bearer token from `Authorization`. Only that: a cookie never
+/// authorises the API, so a cross-site form post carries no authority.
 fn presented_token(headers: &HeaderMap) -> Option<String> {
-    if let Some(v) = headers
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        && let Some(t) = v.strip_prefix("Bearer ")
-    {
-        return Some(t.trim().to_string());
-    }
-    headers
-        .get(header::COOKIE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|c| {
-            c.split(';')
-                .filter_map(|kv| kv.trim().split_once('='))
-                .find(|(k, _)| *k == "klaxon_token")
-                .map(|(_, v)| v.to_string())
-        })
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string())
 }
 
 /// Checks the caller's token and role. 401 without a valid token, 403 when

@@ -19,6 +19,7 @@ pub mod idempotency;
 pub mod keyfile;
 pub mod replies;
 pub mod schema;
+pub mod sessions;
 pub mod sis_syncs;
 pub mod tokens;
 

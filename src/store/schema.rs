@@ -256,6 +256,35 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (alert_id, approver)
     );
     "#,
+    // 11 (auth: sessions, OIDC sign-in, scopes): console sessions are rows
+    // here (the cookie holds a random id, the row its SHA-256); a sign-in
+    // through the identity provider waits in `oidc_logins` between the
+    // redirect and the callback; a token may be limited to schools.
+    r#"
+    CREATE TABLE sessions (
+        id_hash    TEXT PRIMARY KEY,            -- SHA-256 of the cookie's session id, hex
+        actor      TEXT NOT NULL,               -- oidc:alice@example.org | token:front office
+        display    TEXT NOT NULL,
+        role       TEXT NOT NULL,               -- admin | operator | viewer
+        schools    TEXT,                        -- JSON array of school sourcedIds; NULL = district
+        csrf       TEXT NOT NULL,               -- the per-session form token
+        token_id   INTEGER REFERENCES api_tokens(id),  -- break-glass: revoking the token ends the session
+        origin     TEXT NOT NULL,               -- client address at sign-in
+        created_at INTEGER NOT NULL,
+        last_seen  INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL             -- absolute end, whatever the activity
+    );
+    CREATE INDEX sessions_expiry ON sessions (expires_at);
+    CREATE TABLE oidc_logins (
+        state_hash   TEXT PRIMARY KEY,          -- SHA-256 of the `state` sent to the provider
+        browser_hash TEXT NOT NULL,             -- SHA-256 of the binding cookie
+        nonce        TEXT NOT NULL,
+        pkce         TEXT NOT NULL,             -- the PKCE verifier
+        next         TEXT NOT NULL,             -- where to go once signed in
+        created_at   INTEGER NOT NULL
+    );
+    ALTER TABLE api_tokens ADD COLUMN schools TEXT;  -- JSON array; NULL = district
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::StoreError;
+use crate::domain::Scope;
 
 /// What a token may do. Ordered: an admin may do all an operator may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -39,6 +40,10 @@ impl ApiRole {
 pub struct Caller {
     pub name: String,
     pub role: ApiRole,
+    /// The token's row, so a session begun with it ends when it is revoked.
+    pub id: i64,
+    /// The schools it may act for; `District` when not limited.
+    pub scope: Scope,
 }
 
 pub fn hash(token: &str) -> String {
@@ -72,16 +77,31 @@ pub fn insert(
 }
 
 pub fn lookup(conn: &Connection, token: &str) -> Result<Option<Caller>, StoreError> {
-    let row: Option<(String, String)> = conn
-        .prepare_cached("SELECT name, role FROM api_tokens WHERE hash = ?1 AND revoked_at IS NULL")?
-        .query_row([hash(token)], |r| Ok((r.get(0)?, r.get(1)?)))
+    let row: Option<(String, String, i64, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT name, role, id, schools FROM api_tokens WHERE hash = ?1 AND revoked_at IS NULL",
+        )?
+        .query_row([hash(token)], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
     Ok(match row {
-        Some((name, role)) => Some(Caller {
+        Some((name, role, id, schools)) => Some(Caller {
             name,
             role: ApiRole::parse(&role)
                 .ok_or_else(|| StoreError::Corrupt(format!("unknown token role `{role}`")))?,
+            id,
+            scope: Scope::from_column(schools.as_deref()).ok_or_else(|| {
+                StoreError::Corrupt(format!("token {id} has unreadable schools `{schools:?}`"))
+            })?,
         }),
         None => None,
     })
+}
+
+/// Limits a token to schools (`klaxon token create --schools A,B`).
+pub fn set_scope(conn: &Connection, id: i64, scope: &Scope) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE api_tokens SET schools = ?2 WHERE id = ?1")?
+        .execute(params![id, scope.to_column()])?;
+    Ok(())
 }

@@ -300,3 +300,47 @@ pub fn read_outbox(path: &Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("outbox line is JSON"))
         .collect()
 }
+
+/// The value of `name` in the response's `Set-Cookie` headers.
+pub fn set_cookie(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.split(';').next()?.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// The `value` of the hidden input `name` in a page.
+pub fn hidden_input(page: &str, name: &str) -> Option<String> {
+    let at = page.find(&format!("name=\"{name}\" value=\""))?;
+    let rest = &page[at + name.len() + 15..];
+    Some(rest[..rest.find('"')?].to_string())
+}
+
+impl TestApp {
+    /// Signs in to the console with `token` (the break-glass form, as a
+    /// person would) and returns the `Cookie` header of the session.
+    pub async fn console_cookie(&self, token: &str) -> String {
+        let form = self
+            .http
+            .get(format!("{}/login", self.base))
+            .send()
+            .await
+            .unwrap();
+        let binding = set_cookie(&form, "klaxon_login").expect("the form binds a cookie");
+        let csrf = hidden_input(&form.text().await.unwrap(), "csrf").expect("csrf field");
+        let r = self
+            .http
+            .post(format!("{}/login", self.base))
+            .header("cookie", format!("klaxon_login={binding}"))
+            .form(&[("token", token), ("csrf", &csrf), ("next", "/")])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 303, "token sign-in");
+        let sid = set_cookie(&r, "klaxon_session").expect("a session cookie");
+        format!("klaxon_session={sid}")
+    }
+}

@@ -12,6 +12,7 @@
 
 pub mod browser;
 pub mod oauth_server;
+pub mod oidc_provider;
 pub mod promtool;
 pub mod sendgrid_server;
 pub mod smtp_server;
