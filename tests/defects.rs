@@ -141,3 +141,55 @@ fn a_huge_field_value_is_cut_in_the_import_report() {
         "the cut value says its size: {all}"
     );
 }
+
+/// Found by the 10-minute fuzz run: a header whose column name is 5,000
+/// characters long (and a row that does not fit it) was quoted whole in the
+/// refusal, a 5 kB sentence.
+#[test]
+fn a_huge_column_name_is_cut_in_the_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    copy_fixture(&export);
+    let classes = std::fs::read_to_string(export.join("classes.csv")).unwrap();
+    let lines: Vec<&str> = classes.lines().collect();
+    let header: Vec<&str> = lines[0].split(',').collect();
+    let at = header
+        .iter()
+        .position(|c| *c == "classType")
+        .expect("classType column");
+    let long = format!("classType{}", "9".repeat(5000));
+    let mut bytes: Vec<u8> = Vec::new();
+    for (i, c) in header.iter().enumerate() {
+        if i > 0 {
+            bytes.push(b',');
+        }
+        bytes.extend_from_slice(if i == at {
+            long.as_bytes()
+        } else {
+            c.as_bytes()
+        });
+    }
+    bytes.push(b'\n');
+    // The first row: not UTF-8 under the long column.
+    for (i, f) in lines[1].split(',').enumerate() {
+        if i > 0 {
+            bytes.push(b',');
+        }
+        bytes.extend_from_slice(f.as_bytes());
+        if i == at {
+            bytes.push(0xff);
+        }
+    }
+    bytes.push(b'\n');
+    for l in &lines[2..] {
+        bytes.extend_from_slice(l.as_bytes());
+        bytes.push(b'\n');
+    }
+    std::fs::write(export.join("classes.csv"), bytes).unwrap();
+    std::fs::write(dir.path().join("klaxon.toml"), GOOD).unwrap();
+    let out = klaxon(dir.path(), &["sis", "import", export.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("classes.csv"), "{err}");
+    assert!(err.len() < 1024, "{} bytes: {err}", err.len());
+}

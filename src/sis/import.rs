@@ -220,7 +220,7 @@ pub enum ImportError {
     NotAnExport { path: PathBuf, reason: String },
     #[error("{file}: required file is missing ({reason})")]
     MissingFile { file: String, reason: String },
-    #[error("{file} line {line}, {field} {}: {reason}", clip(.value))]
+    #[error("{file} line {line}, {} {}: {reason}", clip_raw(.field), clip(.value))]
     Unsupported {
         file: String,
         line: u64,
@@ -230,21 +230,21 @@ pub enum ImportError {
     },
     #[error("{file}: required column {column:?} is missing from the header")]
     MissingColumn { file: String, column: String },
-    #[error("{file} line {line}, column {column}: not valid UTF-8 (read as {})", clip(.value))]
+    #[error("{file} line {line}, column {}: not valid UTF-8 (read as {})", clip_raw(.column), clip(.value))]
     BadUtf8 {
         file: String,
         line: u64,
         column: String,
         value: String,
     },
-    #[error("{file} line {line}: {message}")]
+    #[error("{file} line {line}: {}", clip_raw(.message))]
     Csv {
         file: String,
         line: u64,
         message: String,
     },
     #[error(
-        "{file} line {line}: row has {found} fields, {expected} expected; column {column:?} is missing (truncated file?)"
+        "{file} line {line}: row has {found} fields, {expected} expected; column {} is missing (truncated file?)", clip(.column)
     )]
     ShortRow {
         file: String,
@@ -262,14 +262,14 @@ pub enum ImportError {
         value: String,
         first_line: u64,
     },
-    #[error("{file} line {line}, {field} {}: unknown role", clip(.value))]
+    #[error("{file} line {line}, {} {}: unknown role", clip_raw(.field), clip(.value))]
     UnknownRole {
         file: String,
         line: u64,
         field: String,
         value: String,
     },
-    #[error("{file} line {line}, {field} {}: {reason}", clip(.value))]
+    #[error("{file} line {line}, {} {}: {reason}", clip_raw(.field), clip(.value))]
     InvalidValue {
         file: String,
         line: u64,
