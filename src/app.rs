@@ -391,7 +391,7 @@ fn spawn_sis_watch(
                 let action = if ok { "sis.import" } else { "sis.reject" };
                 let text = detail.to_string();
                 if let Err(e) = store
-                    .write(move |c| crate::store::audit::record(c, now, "watch-folder", action, None, &text))
+                    .write(move |c| crate::store::audit::record(c, now, "watch-folder", action, None, &text, "watch-folder"))
                     .await
                 {
                     tracing::error!(error = %e, "Cannot record a SIS import in the audit log.");

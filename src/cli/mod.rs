@@ -311,7 +311,17 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    // The command line's own writes (tokens, imports, holds) are audited as
+    // from `cli`; the daemon and the demo say where each action came from.
+    let daemon = daemon || matches!(cli.command, Command::Demo { .. });
+    let run = async move {
+        if daemon {
+            dispatch(cli).await
+        } else {
+            crate::store::audit::with_origin("cli", dispatch(cli)).await
+        }
+    };
+    match runtime.block_on(run) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -449,6 +459,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                         "token.create",
                         None,
                         &serde_json::json!({"name": n, "role": role.as_str()}).to_string(),
+                        "cli",
                     )
                 })
                 .await?;

@@ -8,6 +8,7 @@ mod api;
 mod dashboard;
 pub mod hook_trigger;
 mod hooks;
+pub mod origin;
 mod pages;
 pub mod serve;
 
@@ -50,6 +51,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/alerts/{id}", get(dashboard::alert))
         .route("/login", get(dashboard::login_form).post(dashboard::login))
         .with_state(state)
+        .layer(axum::middleware::from_fn(origin::layer))
 }
 
 /// An error answered as `{"error": "..."}` with a status.

@@ -186,6 +186,7 @@ pub fn insert(conn: &Connection, now: i64, new: &NewAlert) -> Result<AlertId, St
         "alert.create",
         Some(alert_id.0),
         &detail.to_string(),
+        audit::FROM_CONTEXT,
     )?;
     Ok(alert_id)
 }
@@ -447,6 +448,7 @@ pub fn finish(
         "alert.materialized",
         Some(id),
         &serde_json::json!({"recipients": recipients, "deliveries": deliveries}).to_string(),
+        audit::FROM_CONTEXT,
     )?;
     settle_if_done(conn, alert_id, now)?;
     Ok(Created {
@@ -1277,7 +1279,15 @@ pub fn release(
         "UPDATE deliveries SET state = 'queued', next_attempt_at = ?2, updated_at = ?2 WHERE alert_id = ?1 AND state = 'held'",
     )?
     .execute(params![id.0, now])?;
-    audit::record(conn, now, actor, "alert.approve", Some(id.0), "{}")?;
+    audit::record(
+        conn,
+        now,
+        actor,
+        "alert.approve",
+        Some(id.0),
+        "{}",
+        audit::FROM_CONTEXT,
+    )?;
     settle_if_done(conn, id, now)?;
     Ok(Released::Now)
 }
@@ -1316,6 +1326,7 @@ pub fn cancel(conn: &Connection, id: AlertId, now: i64, actor: &str) -> Result<i
         "alert.cancel",
         Some(id.0),
         &serde_json::json!({"unsent": n}).to_string(),
+        audit::FROM_CONTEXT,
     )?;
     Ok(n)
 }
@@ -1356,6 +1367,7 @@ pub fn close(
         "alert.close",
         Some(id.0),
         &serde_json::json!({"reason": reason.as_str()}).to_string(),
+        audit::FROM_CONTEXT,
     )?;
     Ok(true)
 }
@@ -1433,6 +1445,7 @@ pub fn escalate(
         "alert.escalate",
         Some(alert_id.0),
         &serde_json::json!({"channels": order, "deliveries": n}).to_string(),
+        audit::FROM_CONTEXT,
     )?;
     Ok(n)
 }

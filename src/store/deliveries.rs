@@ -444,6 +444,7 @@ pub fn recover(conn: &Connection, now: i64) -> Result<usize, StoreError> {
             "outbox.recover",
             None,
             &serde_json::json!({"requeued": n}).to_string(),
+            audit::FROM_CONTEXT,
         )?;
     }
     Ok(n)
