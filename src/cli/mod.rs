@@ -3,6 +3,7 @@
 //! and exits non-zero with one clear line when something is wrong.
 
 mod client;
+mod governance;
 pub(crate) mod output;
 pub(crate) mod stdout;
 
@@ -153,6 +154,9 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The audit log: verify its hash chain, export it, legal holds.
+    #[command(subcommand)]
+    Audit(governance::AuditCommand),
     /// CAP weather and civil-defence alerts.
     #[command(subcommand)]
     Cap(CapCommand),
@@ -229,6 +233,20 @@ enum TokenCommand {
         role: String,
         #[arg(long)]
         name: String,
+    },
+    /// List API tokens: id, name, role, created, last used, revoked (never the secret).
+    #[command(after_help = "Examples:\n  klaxon token list\n  klaxon token list --json")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API token: the daemon refuses it from the next request on.
+    #[command(after_help = "Example:\n  klaxon token list\n  klaxon token revoke 3")]
+    Revoke {
+        /// The token's id, from `klaxon token list`
+        id: i64,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -441,6 +459,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cap(CapCommand::Inspect { file, at, json }) => {
             cap_inspect(&cli.config, &file, at.as_deref(), json)
         }
+        Command::Token(TokenCommand::List { json }) => {
+            governance::token_list(&load_config(&cli.config)?, json)
+        }
+        Command::Token(TokenCommand::Revoke { id, json }) => {
+            governance::token_revoke(&load_config(&cli.config)?, id, json).await
+        }
+        Command::Audit(cmd) => governance::audit_command(&load_config(&cli.config)?, cmd).await,
         Command::Token(TokenCommand::Create { role, name }) => {
             let config = load_config(&cli.config)?;
             let role = ApiRole::parse(&role).context("role must be admin, operator or viewer")?;
@@ -449,15 +474,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let t = token.clone();
             let now = crate::store::now_ms();
             let n = name.clone();
+            let actor = governance::cli_actor();
             store
                 .write(move |c| {
-                    tokens::insert(c, &n, role, &t, now)?;
+                    let id = tokens::insert(c, &n, role, &t, now)?;
                     crate::store::audit::record(
                         c,
                         now,
-                        "cli",
+                        &actor,
                         "token.create",
-                        None,
+                        crate::store::audit::Target::Token(id),
                         &serde_json::json!({"name": n, "role": role.as_str()}).to_string(),
                         "cli",
                     )

@@ -11,6 +11,7 @@ mod hooks;
 pub mod origin;
 mod pages;
 pub mod serve;
+mod token_use;
 
 use std::sync::Arc;
 
@@ -141,6 +142,7 @@ pub async fn authorize(
             "missing bearer token",
         ));
     };
+    let used = token.clone();
     let caller = state.store.read(move |c| tokens::lookup(c, &token)).await?;
     match caller {
         None => {
@@ -165,7 +167,10 @@ pub async fn authorize(
                 ),
             ))
         }
-        Some(c) => Ok(c),
+        Some(c) => {
+            token_use::note(state, used);
+            Ok(c)
+        }
     }
 }
 
