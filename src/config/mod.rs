@@ -47,6 +47,8 @@ pub struct Config {
     pub webhooks: BTreeMap<String, WebhookConfig>,
     /// `[triggers]`: the CAP drop folder.
     pub triggers: TriggersConfig,
+    /// `[retention]`: how long personal data and delivery payloads are kept.
+    pub retention: crate::retention::RetentionConfig,
     /// Things that work but deserve a look; `check-config` prints them.
     pub warnings: Vec<ConfigIssue>,
 }
@@ -404,11 +406,13 @@ impl Config {
             None => {}
         }
         let triggers = take_optional::<TriggersConfig>(&mut root, "triggers", &mut issues);
+        let retention =
+            take_optional::<crate::retention::RetentionConfig>(&mut root, "retention", &mut issues);
 
         for key in root.keys() {
             issues.push(
                 key.clone(),
-                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools, feeds, webhooks or triggers",
+                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools, feeds, webhooks, triggers or retention",
             );
         }
 
@@ -463,6 +467,7 @@ impl Config {
             feeds,
             webhooks,
             triggers: triggers.unwrap_or_default(),
+            retention: retention.unwrap_or_default(),
         };
         config.validate(&mut issues);
         let mut config = config;
@@ -502,6 +507,7 @@ impl Config {
 
     /// Cross-field checks that serde cannot express.
     fn validate(&self, issues: &mut Issues) {
+        crate::retention::validate(&self.retention, issues);
         let url = &self.server.public_url;
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             issues.push(
