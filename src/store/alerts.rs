@@ -178,6 +178,7 @@ pub fn insert(conn: &Connection, now: i64, new: &NewAlert) -> Result<AlertId, St
     let detail = serde_json::json!({
         "kind": new.kind.as_str(), "playbook": new.playbook, "audience": new.audience_json,
         "drill": new.drill, "held": new.held, "source": new.source, "parent": new.parent_id,
+        "message": new.message,
     });
     audit::record(
         conn,
