@@ -187,7 +187,7 @@ pub async fn run(sv: Arc<Services>, mut stop: watch::Receiver<bool>) {
                 now + 3_600_000
             }
         };
-        match sv.store.read(|c| audit::verify(c)).await {
+        match sv.store.read(audit::verify).await {
             Ok(v) if v.ok => tracing::info!(
                 entries = v.entries,
                 head_seq = v.head_seq,
