@@ -203,3 +203,65 @@ pub async fn run(sv: Arc<Services>, mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ConfigError};
+
+    const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "http://127.0.0.1:8080"
+
+[store]
+dir = "state"
+
+[[providers]]
+name = "demo-log"
+kind = "log"
+channels = ["sms", "voice", "email"]
+path = "outbox.jsonl"
+"#;
+
+    fn load(extra: &str) -> Result<Config, ConfigError> {
+        Config::from_str(
+            &format!("{BASE}{extra}"),
+            Path::new("/etc/klaxon/klaxon.toml"),
+        )
+    }
+
+    #[test]
+    fn defaults_years_and_every_bad_key_named_with_its_line() {
+        let c = load("").unwrap();
+        assert_eq!(c.retention.personal_data.0.as_secs(), 5 * 31_557_600);
+        assert_eq!(c.retention.outbox.0.as_secs(), 90 * 86_400);
+        let c = load("[retention]\npersonal_data = \"7y\"\noutbox = \"30d\"\n").unwrap();
+        assert_eq!(c.retention.personal_data.0.as_secs(), 7 * 31_557_600);
+        let Err(ConfigError::Invalid { issues, .. }) =
+            load("[retention]\npersonal_data = \"5d\"\noutbox = \"2h\"\nkeep = 1\n")
+        else {
+            panic!("refused");
+        };
+        let keys: Vec<(&str, Option<usize>)> =
+            issues.iter().map(|i| (i.key.as_str(), i.line)).collect();
+        assert!(keys.contains(&("retention.keep", Some(17))), "{issues:?}");
+        let Err(ConfigError::Invalid { issues, .. }) =
+            load("[retention]\npersonal_data = \"5d\"\noutbox = \"2h\"\n")
+        else {
+            panic!("refused");
+        };
+        let keys: Vec<(&str, Option<usize>)> =
+            issues.iter().map(|i| (i.key.as_str(), i.line)).collect();
+        assert_eq!(
+            keys,
+            vec![
+                ("retention.personal_data", Some(15)),
+                ("retention.outbox", Some(16))
+            ],
+            "{issues:?}"
+        );
+        assert!(issues[0].message.contains("shorter than 30 days"));
+    }
+}

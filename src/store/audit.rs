@@ -437,9 +437,10 @@ pub fn export(conn: &Connection, f: &ExportFilter) -> Result<Vec<AuditEntry>, St
     if let Some(p) = &f.person {
         args.push(p.clone().into());
         let n = args.len();
-        // A follow-up reaches its original's recipients.
+        // The sourcedId as a whole JSON string ("g1" does not match "g10");
+        // a follow-up reaches its original's recipients.
         sql.push_str(&format!(
-            " AND (instr(detail, ?{n}) > 0 OR target = 'person:' || ?{n}
+            " AND (instr(detail, '\"' || ?{n} || '\"') > 0 OR target = 'person:' || ?{n}
                    OR alert_id IN (SELECT r.alert_id FROM recipients r WHERE r.person_id = ?{n})
                    OR alert_id IN (SELECT a.id FROM alerts a JOIN recipients r ON r.alert_id = a.parent_id
                                    WHERE r.person_id = ?{n}))"

@@ -49,7 +49,7 @@ const PURGED: &str = "purged:";
 pub fn due(conn: &Connection, cutoff: i64) -> Result<Vec<i64>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.id FROM alerts a
-         WHERE a.parent_id IS NULL AND a.state = 'closed' AND a.closed_at < ?1
+         WHERE a.parent_id IS NULL AND a.state = 'closed' AND a.closed_at < ?1 AND a.materialized = 1
            AND a.purged_at IS NULL
            AND NOT EXISTS (SELECT 1 FROM alerts f WHERE f.parent_id = a.id
                            AND (f.state <> 'closed' OR f.closed_at >= ?1))
@@ -185,7 +185,9 @@ pub fn prune_outbox(conn: &Connection, cutoff: i64, limit: i64) -> Result<i64, S
                   AND d.state IN ('sent', 'delivered', 'failed', 'undeliverable', 'cancelled')
                   AND a.state = 'closed'
                   AND NOT EXISTS (SELECT 1 FROM legal_holds h
-                                  WHERE h.alert_id = a.id OR h.alert_id = a.parent_id)
+                                  WHERE h.alert_id = coalesce(a.parent_id, a.id)
+                                     OR h.alert_id IN (SELECT f.id FROM alerts f
+                                                       WHERE f.parent_id = coalesce(a.parent_id, a.id)))
                 LIMIT ?2)",
         )?
         .execute(params![cutoff, limit])? as i64)
