@@ -75,8 +75,8 @@ fn held(conn: &Connection, alert: i64) -> Result<bool, StoreError> {
 }
 
 /// Strips up to `limit` recipients of `alert` and their deliveries
-/// (including the follow-ups' deliveries to them) and replies. Returns what
-/// was stripped; zero recipients means none is left. A hold placed since
+/// (including the follow-ups' deliveries to them). Returns what was
+/// stripped; fewer than `limit` recipients means none is left. A hold placed since
 /// `due` stops it (`Conflict`).
 pub fn purge_chunk(conn: &Connection, alert: i64, limit: i64) -> Result<Purged, StoreError> {
     if held(conn, alert)? {
@@ -84,40 +84,36 @@ pub fn purge_chunk(conn: &Connection, alert: i64, limit: i64) -> Result<Purged, 
             "alert {alert} was put on legal hold; its purge stops"
         )));
     }
-    let ids: Vec<i64> = conn
-        .prepare_cached(
-            "SELECT id FROM recipients WHERE alert_id = ?1 AND person_id NOT LIKE 'purged:%' LIMIT ?2",
-        )?
-        .query_map(params![alert, limit], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
+    // Set-based, a chunk at a time: each statement finds its rows by index.
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS retention_chunk (id INTEGER PRIMARY KEY);
+         DELETE FROM retention_chunk;",
+    )?;
     let mut p = Purged::default();
-    for id in ids {
-        p.recipients += conn
-            .prepare_cached(
-                "UPDATE recipients SET person_id = ?2 || id, name = '', students = '[]', addresses = '[]',
-                        token = ?2 || id, ack_choice = NULL WHERE id = ?1",
-            )?
-            .execute(params![id, PURGED])? as i64;
-        p.deliveries += conn
-            .prepare_cached(
-                "UPDATE deliveries SET address = '', error = NULL, provider_msg_id = NULL
-                 WHERE recipient_id = ?1 AND address <> ''",
-            )?
-            .execute([id])? as i64;
-        p.replies += conn
-            .prepare_cached(
-                "UPDATE replies SET address = '', body = '' WHERE recipient_id = ?1 AND (address <> '' OR body <> '')",
-            )?
-            .execute([id])? as i64;
-        conn.prepare_cached("UPDATE ack_events SET choice = NULL WHERE recipient_id = ?1")?
-            .execute([id])?;
-    }
+    p.recipients = conn
+        .prepare_cached(
+            "INSERT INTO retention_chunk (id)
+             SELECT id FROM recipients WHERE alert_id = ?1 AND person_id NOT LIKE 'purged:%' LIMIT ?2",
+        )?
+        .execute(params![alert, limit])? as i64;
+    conn.prepare_cached(
+        "UPDATE recipients SET person_id = ?1 || id, name = '', students = '[]', addresses = '[]',
+                token = ?1 || id, ack_choice = NULL WHERE id IN (SELECT id FROM retention_chunk)",
+    )?
+    .execute([PURGED])?;
+    p.deliveries = conn
+        .prepare_cached(
+            "UPDATE deliveries SET address = '', error = NULL, provider_msg_id = NULL
+             WHERE recipient_id IN (SELECT id FROM retention_chunk) AND address <> ''",
+        )?
+        .execute([])? as i64;
+    conn.execute_batch("DELETE FROM retention_chunk")?;
     Ok(p)
 }
 
 /// Finishes an alert's purge once `purge_chunk` found nobody left: pickup
-/// answers get per-alert pseudonyms, replies no recipient matched are
-/// stripped, the alert and its follow-ups are marked purged, and the purge
+/// answers get per-alert pseudonyms, reply texts and answer history are
+/// stripped (by alert: replies and acknowledgements belong to it), the alert and its follow-ups are marked purged, and the purge
 /// is audited with `total` (the counts of every chunk).
 pub fn finish(
     conn: &Connection,
@@ -156,6 +152,12 @@ pub fn finish(
                AND (address <> '' OR body <> '')",
         )?
         .execute([alert])? as i64;
+    conn.prepare_cached(
+        "UPDATE ack_events SET choice = NULL
+         WHERE (alert_id = ?1 OR alert_id IN (SELECT id FROM alerts WHERE parent_id = ?1))
+           AND choice IS NOT NULL",
+    )?
+    .execute([alert])?;
     conn.prepare_cached("UPDATE alerts SET purged_at = ?2 WHERE id = ?1 OR parent_id = ?1")?
         .execute(params![alert, now])?;
     let mut all = total;
