@@ -72,22 +72,23 @@ fn main() {
         loop {
             let w = Instant::now();
             let p = store
-                .write(|c| retention::purge_chunk(c, 1, 2_000))
+                .write(|c| retention::purge_chunk(c, 1, klaxon::retention::CHUNK))
                 .await
                 .unwrap();
             longest = longest.max(w.elapsed());
             chunks += 1;
             total.add(p);
-            if p.recipients < 2_000 {
+            if p.recipients < klaxon::retention::CHUNK {
                 break;
             }
         }
         let w = Instant::now();
         let t2 = total;
-        store
+        let last = store
             .write(move |c| retention::finish(c, 1, 100, t2))
             .await
             .unwrap();
+        total.add(last);
         longest = longest.max(w.elapsed());
         let purge = t.elapsed();
         let w = Instant::now();

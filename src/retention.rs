@@ -69,8 +69,9 @@ fn days(d: Dur) -> String {
 }
 
 /// Recipients stripped per write, so a district-wide purge never holds the
-/// writer long while an emergency may be sending.
-const CHUNK: i64 = 2_000;
+/// writer long while an emergency may be sending (2,000 held it 137 ms on
+/// the loaded 2-core machine; see BENCHMARKS.md).
+pub const CHUNK: i64 = 500;
 
 /// What one run did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

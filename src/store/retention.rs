@@ -89,8 +89,7 @@ pub fn purge_chunk(conn: &Connection, alert: i64, limit: i64) -> Result<Purged, 
         "CREATE TEMP TABLE IF NOT EXISTS retention_chunk (id INTEGER PRIMARY KEY);
          DELETE FROM retention_chunk;",
     )?;
-    let mut p = Purged::default();
-    p.recipients = conn
+    let recipients = conn
         .prepare_cached(
             "INSERT INTO retention_chunk (id)
              SELECT id FROM recipients WHERE alert_id = ?1 AND person_id NOT LIKE 'purged:%' LIMIT ?2",
@@ -101,14 +100,18 @@ pub fn purge_chunk(conn: &Connection, alert: i64, limit: i64) -> Result<Purged, 
                 token = ?1 || id, ack_choice = NULL WHERE id IN (SELECT id FROM retention_chunk)",
     )?
     .execute([PURGED])?;
-    p.deliveries = conn
+    let deliveries = conn
         .prepare_cached(
             "UPDATE deliveries SET address = '', error = NULL, provider_msg_id = NULL
              WHERE recipient_id IN (SELECT id FROM retention_chunk) AND address <> ''",
         )?
         .execute([])? as i64;
     conn.execute_batch("DELETE FROM retention_chunk")?;
-    Ok(p)
+    Ok(Purged {
+        recipients,
+        deliveries,
+        ..Purged::default()
+    })
 }
 
 /// Finishes an alert's purge once `purge_chunk` found nobody left: pickup
