@@ -70,7 +70,7 @@ fn days(d: Dur) -> String {
 
 /// Recipients stripped per write, so a district-wide purge never holds the
 /// writer long while an emergency may be sending (2,000 held it 137 ms on
-/// the loaded 2-core machine; see BENCHMARKS.md).
+/// the loaded 2-core machine; see BENCHMARKS.md for what is still slow).
 pub const CHUNK: i64 = 500;
 
 /// What one run did.
