@@ -102,6 +102,15 @@ impl App {
         // Before recovery: a second daemon must not requeue the first one's
         // sends in flight (they would go out twice).
         let store_lock = crate::store::guard::StoreLock::acquire(&store_dir)?;
+        // Once per existing store: retention's freed pages go back to the
+        // file system (a new store gets this from `Store::open`).
+        match crate::store::retention::enable_incremental_vacuum(&store_dir) {
+            Ok(true) => tracing::info!("The store now vacuums incrementally (a one-time rewrite)."),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "Cannot switch the store to incremental vacuum; it keeps its size after purges.")
+            }
+        }
         let store = Store::open(&store_dir, config.store.synchronous == "full")
             .with_context(|| format!("opening the store in {}", store_dir.display()))?;
         let ack_key = crate::store::keyfile::load_or_create(&store_dir).with_context(|| {
@@ -230,6 +239,16 @@ impl App {
         let mut feeds = crate::trigger::feed::spawn_all(&state, stop_rx.clone());
         feeds.extend(crate::trigger::watch::spawn(&state, stop_rx.clone()));
         let syncer = spawn_sis_sync(&state, stop_rx.clone());
+        let retention = {
+            let (sv2, stop) = (sv.clone(), stop_rx.clone());
+            crate::supervise::spawn(
+                "retention",
+                sv.metrics.clone(),
+                sv.tasks.clone(),
+                sv.clock.clone(),
+                move || crate::retention::run(sv2.clone(), stop.clone()),
+            )
+        };
         // Alerts a crash interrupted while their audience was being written.
         let resumer = sv.clone();
         tokio::spawn(async move {
@@ -281,6 +300,14 @@ impl App {
                 // claimed yet, or is released, and is seen again after restart.
                 f.abort();
             }
+        }
+        let mut retention = retention;
+        if tokio::time::timeout_at(short, &mut retention)
+            .await
+            .is_err()
+        {
+            // A purge chunk not yet committed is simply done again next run.
+            retention.abort();
         }
         let mut syncer = syncer;
         if tokio::time::timeout_at(short, &mut syncer).await.is_err() {
@@ -415,7 +442,7 @@ fn spawn_sis_watch(
                 let action = if ok { "sis.import" } else { "sis.reject" };
                 let text = detail.to_string();
                 if let Err(e) = store
-                    .write(move |c| crate::store::audit::record(c, now, "watch-folder", action, None, &text))
+                    .write(move |c| crate::store::audit::record(c, now, "watch-folder", action, None, &text, "watch-folder"))
                     .await
                 {
                     tracing::error!(error = %e, "Cannot record a SIS import in the audit log.");

@@ -21,6 +21,7 @@ pub mod http;
 pub mod markup;
 pub mod metrics;
 pub mod playbook;
+pub mod retention;
 pub mod services;
 pub mod sis;
 pub mod store;

@@ -85,6 +85,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "klaxon_webhook_refusals_total",
         "Signed webhook triggers refused, by source and reason (nothing recorded)",
     ),
+    (
+        "klaxon_retention_rows_purged_total",
+        "Rows stripped of personal data by retention, by table",
+    ),
 ];
 
 /// Histograms of time to notify, in seconds from release.
@@ -109,6 +113,10 @@ const PLAIN_GAUGES: &[(&str, &str)] = &[
     (
         "klaxon_sis_last_success_timestamp_seconds",
         "When the last SIS sync that replaced the copy finished (Unix seconds)",
+    ),
+    (
+        "klaxon_retention_last_run_timestamp_seconds",
+        "When the last retention run finished (Unix seconds)",
     ),
 ];
 

@@ -246,6 +246,17 @@ async fn a_feed_moving_from_test_to_alert_update_and_cancel_sends_exactly_once()
         msg.starts_with("Winter Storm Warning for Travis County until"),
         "{msg}"
     );
+    // Audited as the feed rule's, from the feed (either feed may win).
+    let (actor, origin): (String, String) = app
+        .db()
+        .query_row(
+            "SELECT actor, origin FROM audit WHERE action = 'alert.create' AND alert_id = ?1",
+            [first],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(actor, "cap");
+    assert!(origin.starts_with("feed:nws-"), "{origin}");
     app.wait_settled(first).await;
     let sends = app.outbox().len();
     assert!(sends > 0);

@@ -149,6 +149,13 @@ fn every_command_has_help_with_an_example() {
         vec!["report", "contactability"],
         vec!["demo"],
         vec!["token", "create"],
+        vec!["token", "list"],
+        vec!["token", "revoke"],
+        vec!["audit", "verify"],
+        vec!["audit", "export"],
+        vec!["audit", "hold"],
+        vec!["audit", "release"],
+        vec!["audit", "holds"],
         vec!["cap", "inspect"],
     ] {
         let out = Command::new(BIN).args(&cmd).arg("--help").output().unwrap();

@@ -369,7 +369,7 @@ async fn people_sign_in_through_the_identity_provider_with_their_role_and_scope(
     );
     assert!(has("anonymous", "signin.refused"), "replays: {entries:#?}");
     let origin_recorded = entries.iter().any(|e| {
-        e["action"] == "signin" && e["detail"].as_str().unwrap_or("").contains("127.0.0.1")
+        e["action"] == "signin" && e["origin"].as_str().unwrap_or("").contains("127.0.0.1")
     });
     assert!(origin_recorded, "from where: {entries:#?}");
     app.stop().await;

@@ -41,6 +41,11 @@ async fn call<T: DeserializeOwned>(
     let base = base_url(config);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(60))
+        .user_agent(format!(
+            "{}{}",
+            crate::http::origin::CLI_USER_AGENT,
+            env!("CARGO_PKG_VERSION")
+        ))
         .build()?;
     let mut req = client
         .request(method, format!("{base}{path}"))

@@ -3,6 +3,7 @@
 //! and exits non-zero with one clear line when something is wrong.
 
 mod client;
+mod governance;
 pub(crate) mod output;
 pub(crate) mod stdout;
 
@@ -170,6 +171,9 @@ enum Command {
     /// API tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// The audit log: verify its hash chain, export it, legal holds.
+    #[command(subcommand)]
+    Audit(governance::AuditCommand),
     /// CAP weather and civil-defence alerts.
     #[command(subcommand)]
     Cap(CapCommand),
@@ -250,6 +254,20 @@ enum TokenCommand {
         /// without it, the whole district.
         #[arg(long, value_name = "ID,ID", value_delimiter = ',')]
         schools: Vec<String>,
+    },
+    /// List API tokens: id, name, role, created, last used, revoked (never the secret).
+    #[command(after_help = "Examples:\n  klaxon token list\n  klaxon token list --json")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an API token: the daemon refuses it from the next request on.
+    #[command(after_help = "Example:\n  klaxon token list\n  klaxon token revoke 3")]
+    Revoke {
+        /// The token's id, from `klaxon token list`
+        id: i64,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -332,7 +350,17 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    // The command line's own writes (tokens, imports, holds) are audited as
+    // from `cli`; the daemon and the demo say where each action came from.
+    let daemon = daemon || matches!(cli.command, Command::Demo { .. });
+    let run = async move {
+        if daemon {
+            dispatch(cli).await
+        } else {
+            crate::store::audit::with_origin("cli", dispatch(cli)).await
+        }
+    };
+    match runtime.block_on(run) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -464,6 +492,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cap(CapCommand::Inspect { file, at, json }) => {
             cap_inspect(&cli.config, &file, at.as_deref(), json)
         }
+        Command::Token(TokenCommand::List { json }) => {
+            governance::token_list(&load_config(&cli.config)?, json)
+        }
+        Command::Token(TokenCommand::Revoke { id, json }) => {
+            governance::token_revoke(&load_config(&cli.config)?, id, json).await
+        }
+        Command::Audit(cmd) => governance::audit_command(&load_config(&cli.config)?, cmd).await,
         Command::Token(TokenCommand::Create {
             role,
             name,
@@ -487,6 +522,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let t = token.clone();
             let now = crate::store::now_ms();
             let n = name.clone();
+            let actor = governance::cli_actor();
             store
                 .write(move |c| {
                     let id = tokens::insert(c, &n, role, &t, now)?;
@@ -494,11 +530,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     crate::store::audit::record(
                         c,
                         now,
-                        "cli",
+                        &actor,
                         "token.create",
-                        None,
+                        crate::store::audit::Target::Token(id),
                         &serde_json::json!({"name": n, "role": role.as_str(), "schools": sc.to_column()})
                             .to_string(),
+                        "cli",
                     )
                 })
                 .await?;

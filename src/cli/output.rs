@@ -5,7 +5,7 @@ use crate::cli::stdout::outln;
 use crate::store::deliveries::ContactProblem;
 use crate::trigger::TriggerResponse;
 
-fn local(ms: Option<i64>, tz: &str) -> String {
+pub(crate) fn local(ms: Option<i64>, tz: &str) -> String {
     let Some(ms) = ms else { return "—".into() };
     let zone = jiff::tz::TimeZone::get(tz).unwrap_or(jiff::tz::TimeZone::UTC);
     jiff::Timestamp::from_millisecond(ms)

@@ -53,6 +53,8 @@ pub struct Config {
     pub console: crate::http::session::ConsoleConfig,
     /// `[oidc]`: the district's identity provider (`http::oidc`).
     pub oidc: Option<crate::http::oidc::OidcConfig>,
+    /// `[retention]`: how long personal data and delivery payloads are kept.
+    pub retention: crate::retention::RetentionConfig,
     /// Things that work but deserve a look; `check-config` prints them.
     pub warnings: Vec<ConfigIssue>,
 }
@@ -445,11 +447,13 @@ impl Config {
         let console =
             take_optional::<crate::http::session::ConsoleConfig>(&mut root, "console", &mut issues);
         let oidc = crate::http::oidc::take_config(&mut root, &mut issues);
+        let retention =
+            take_optional::<crate::retention::RetentionConfig>(&mut root, "retention", &mut issues);
 
         for key in root.keys() {
             issues.push(
                 key.clone(),
-                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools, feeds, webhooks, triggers, approval, console or oidc",
+                "unknown section; expected server, store, sis, delivery, groups, providers, playbooks, rules, schools, feeds, webhooks, triggers, approval, console, oidc or retention",
             );
         }
 
@@ -507,6 +511,7 @@ impl Config {
             approval: approval.unwrap_or_default(),
             console: console.unwrap_or_default(),
             oidc,
+            retention: retention.unwrap_or_default(),
         };
         config.validate(&mut issues);
         let mut config = config;
@@ -552,6 +557,7 @@ impl Config {
             &self.sis.default_country,
             issues,
         );
+        crate::retention::validate(&self.retention, issues);
         let url = &self.server.public_url;
         if !(url.starts_with("https://") || url.starts_with("http://")) {
             issues.push(

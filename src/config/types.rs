@@ -79,6 +79,8 @@ impl Dur {
                 "m" => Duration::from_secs(n * 60),
                 "h" => Duration::from_secs(n * 3600),
                 "d" => Duration::from_secs(n * 86_400),
+                // Retention periods: a year is 365 days and a quarter.
+                "y" => Duration::from_secs(n * 31_557_600),
                 "" => {
                     return Err(format!(
                         "`{text}` has no unit; write it like \"{n}s\" or \"{n}m\""
@@ -86,7 +88,7 @@ impl Dur {
                 }
                 other => {
                     return Err(format!(
-                        "`{text}`: unknown unit `{other}` (use ms, s, m, h or d)"
+                        "`{text}`: unknown unit `{other}` (use ms, s, m, h, d or y)"
                     ));
                 }
             };

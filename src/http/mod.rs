@@ -10,10 +10,12 @@ pub mod hook_trigger;
 mod hooks;
 mod idempotency;
 pub mod oidc;
+pub mod origin;
 mod pages;
 pub mod scope;
 pub mod serve;
 pub mod session;
+mod token_use;
 
 use std::sync::Arc;
 
@@ -64,6 +66,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/auth/login", get(oidc::login))
         .route(oidc::CALLBACK_PATH, get(oidc::callback))
         .with_state(state)
+        .layer(axum::middleware::from_fn(origin::layer))
 }
 
 /// An error answered as `{"error": "..."}` with a status.
@@ -143,6 +146,7 @@ pub async fn authorize(
             "missing bearer token",
         ));
     };
+    let used = token.clone();
     let caller = state.store.read(move |c| tokens::lookup(c, &token)).await?;
     match caller {
         None => {
@@ -167,7 +171,10 @@ pub async fn authorize(
                 ),
             ))
         }
-        Some(c) => Ok(c),
+        Some(c) => {
+            token_use::note(state, used);
+            Ok(c)
+        }
     }
 }
 

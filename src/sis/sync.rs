@@ -271,7 +271,15 @@ pub async fn record(store: &Store, metrics: &Metrics, rec: SyncRecord) -> Result
     store
         .write(move |c| {
             sis_syncs::insert(c, &rec)?;
-            crate::store::audit::record(c, rec.finished_at, &actor, action, None, &detail)
+            crate::store::audit::record(
+                c,
+                rec.finished_at,
+                &actor,
+                action,
+                None,
+                &detail,
+                crate::store::audit::FROM_CONTEXT,
+            )
         })
         .await?;
     metrics.inc(

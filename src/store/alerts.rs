@@ -176,11 +176,13 @@ pub fn insert(conn: &Connection, now: i64, new: &NewAlert) -> Result<AlertId, St
             "alert.override",
             Some(alert_id.0),
             &serde_json::json!({ "reason": reason, "at": "trigger" }).to_string(),
+            audit::FROM_CONTEXT,
         )?;
     }
     let detail = serde_json::json!({
         "kind": new.kind.as_str(), "playbook": new.playbook, "audience": new.audience_json,
         "drill": new.drill, "held": new.held, "source": new.source, "parent": new.parent_id,
+        "message": new.message,
     });
     audit::record(
         conn,
@@ -189,6 +191,7 @@ pub fn insert(conn: &Connection, now: i64, new: &NewAlert) -> Result<AlertId, St
         "alert.create",
         Some(alert_id.0),
         &detail.to_string(),
+        audit::FROM_CONTEXT,
     )?;
     Ok(alert_id)
 }
@@ -450,6 +453,7 @@ pub fn finish(
         "alert.materialized",
         Some(id),
         &serde_json::json!({"recipients": recipients, "deliveries": deliveries}).to_string(),
+        audit::FROM_CONTEXT,
     )?;
     settle_if_done(conn, alert_id, now)?;
     Ok(Created {
@@ -754,6 +758,7 @@ pub fn review(
             "alert.review",
             Some(id.0),
             &serde_json::json!({ "note": note }).to_string(),
+            audit::FROM_CONTEXT,
         )?;
     }
     get(conn, id)
@@ -797,6 +802,7 @@ pub fn record_approval_page(
             "alert.approver_paged",
             Some(id.0),
             &serde_json::json!({ "approver": who }).to_string(),
+            audit::FROM_CONTEXT,
         )?;
     }
     Ok(n == 1)
@@ -1422,8 +1428,17 @@ pub fn release(
             "alert.override",
             Some(id.0),
             &serde_json::json!({ "reason": reason, "at": "approve" }).to_string(),
+            audit::FROM_CONTEXT,
         )?,
-        None => audit::record(conn, now, actor, "alert.approve", Some(id.0), "{}")?,
+        None => audit::record(
+            conn,
+            now,
+            actor,
+            "alert.approve",
+            Some(id.0),
+            "{}",
+            audit::FROM_CONTEXT,
+        )?,
     }
     settle_if_done(conn, id, now)?;
     Ok(Released::Now)
@@ -1463,6 +1478,7 @@ pub fn cancel(conn: &Connection, id: AlertId, now: i64, actor: &str) -> Result<i
         "alert.cancel",
         Some(id.0),
         &serde_json::json!({"unsent": n}).to_string(),
+        audit::FROM_CONTEXT,
     )?;
     Ok(n)
 }
@@ -1503,6 +1519,7 @@ pub fn close(
         "alert.close",
         Some(id.0),
         &serde_json::json!({"reason": reason.as_str()}).to_string(),
+        audit::FROM_CONTEXT,
     )?;
     Ok(true)
 }
@@ -1580,6 +1597,7 @@ pub fn escalate(
         "alert.escalate",
         Some(alert_id.0),
         &serde_json::json!({"channels": order, "deliveries": n}).to_string(),
+        audit::FROM_CONTEXT,
     )?;
     Ok(n)
 }

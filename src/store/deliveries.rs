@@ -452,6 +452,7 @@ pub fn recover(conn: &Connection, now: i64) -> Result<usize, StoreError> {
             "outbox.recover",
             None,
             &serde_json::json!({"requeued": n}).to_string(),
+            audit::FROM_CONTEXT,
         )?;
     }
     Ok(n)
@@ -485,7 +486,7 @@ pub fn contactability(conn: &Connection) -> Result<Vec<ContactProblem>, StoreErr
     let mut stmt = conn.prepare_cached(
         "SELECT r.person_id, r.name, d.channel, d.address, d.error_code, d.error, max(d.updated_at), count(*)
          FROM deliveries d JOIN recipients r ON r.id = d.recipient_id
-         WHERE d.state = 'undeliverable'
+         WHERE d.state = 'undeliverable' AND d.address <> ''  -- '': pruned by retention
          GROUP BY r.person_id, d.channel, d.address
          UNION ALL
          SELECT r.person_id, r.name, 'sms', o.address, 'opt-out', 'replied STOP: no SMS (emergencies still call and email)', o.at, 0

@@ -18,6 +18,7 @@ pub mod guard;
 pub mod idempotency;
 pub mod keyfile;
 pub mod replies;
+pub mod retention;
 pub mod schema;
 pub mod sessions;
 pub mod sis_syncs;
@@ -96,6 +97,10 @@ impl Store {
             reason: e.to_string(),
         })?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Retention frees pages; incremental vacuum gives them back to the
+        // file system. Takes effect on a new file; an existing one is
+        // switched by `retention::enable_incremental_vacuum` at start-up.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(
             None,
@@ -134,6 +139,8 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel::<Result<T, StoreError>>();
+        // Where the write came from, for the audit entries it makes.
+        let origin = audit::current_origin();
         let job: Job = Box::new(move |txn: Option<&mut Transaction<'_>>| -> Completion {
             let Some(txn) = txn else {
                 return Box::new(move |committed: Result<(), String>| {
@@ -144,7 +151,7 @@ impl Store {
             // A savepoint per closure: one failing closure rolls back alone
             // and does not spoil the others in the batch.
             let outcome = match txn.savepoint() {
-                Ok(sp) => match f(&sp) {
+                Ok(sp) => match audit::in_write_origin(origin, || f(&sp)) {
                     Ok(v) => sp.commit().map(|_| v).map_err(StoreError::from),
                     Err(e) => Err(e),
                 },
@@ -316,9 +323,9 @@ mod tests {
     async fn write_commits_before_answer_and_failures_roll_back_alone() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), true).unwrap();
-        let a = store.write(|c| audit::record(c, 1, "test", "ok", None, "{}"));
+        let a = store.write(|c| audit::record(c, 1, "test", "ok", None, "{}", "test"));
         let b = store.write(|c| {
-            audit::record(c, 2, "test", "doomed", None, "{}")?;
+            audit::record(c, 2, "test", "doomed", None, "{}", "test")?;
             Err::<(), _>(StoreError::Conflict("no".into()))
         });
         let (a, b) = tokio::join!(a, b);
@@ -360,16 +367,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), true).unwrap();
         let hold = hold_writer(&store);
-        let a = store.write(|c| audit::record(c, 1, "test", "before", None, "{}"));
+        let a = store.write(|c| audit::record(c, 1, "test", "before", None, "{}", "test"));
         // What SQLite does on SQLITE_FULL or an I/O error: the whole
         // transaction is gone, savepoints and all, while the statement
         // that hit it may even look fine to the closure.
         let b = store.write(|c| {
-            audit::record(c, 2, "test", "victim", None, "{}")?;
+            audit::record(c, 2, "test", "victim", None, "{}", "test")?;
             c.execute_batch("ROLLBACK")?;
             Ok(())
         });
-        let c = store.write(|c| audit::record(c, 3, "test", "after", None, "{}"));
+        let c = store.write(|c| audit::record(c, 3, "test", "after", None, "{}", "test"));
         let (_, a, b, c) = tokio::join!(hold, a, b, c);
         assert!(matches!(a, Err(StoreError::Unavailable(_))), "{a:?}");
         assert!(b.is_err(), "{b:?}");
@@ -386,15 +393,15 @@ mod tests {
         let store = Store::open(dir.path(), true).unwrap();
         let hold = hold_writer(&store);
         let boom = store.write(|c| -> Result<(), StoreError> {
-            audit::record(c, 1, "test", "boom", None, "{}")?;
+            audit::record(c, 1, "test", "boom", None, "{}", "test")?;
             panic!("a bug in one closure");
         });
-        let fine = store.write(|c| audit::record(c, 2, "test", "fine", None, "{}"));
+        let fine = store.write(|c| audit::record(c, 2, "test", "fine", None, "{}", "test"));
         let (_, boom, fine) = tokio::join!(hold, boom, fine);
         assert!(matches!(boom, Err(StoreError::Unavailable(_))), "{boom:?}");
         assert!(fine.is_ok(), "{fine:?}");
         let later = store
-            .write(|c| audit::record(c, 3, "test", "later", None, "{}"))
+            .write(|c| audit::record(c, 3, "test", "later", None, "{}", "test"))
             .await;
         assert!(later.is_ok(), "{later:?}");
         assert_eq!(
@@ -416,7 +423,7 @@ mod tests {
             .unwrap();
         let store = Store::open(&state, true).unwrap();
         store
-            .write(|c| audit::record(c, 1, "test", "x", None, "{}"))
+            .write(|c| audit::record(c, 1, "test", "x", None, "{}", "test"))
             .await
             .unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

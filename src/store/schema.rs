@@ -285,6 +285,44 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE api_tokens ADD COLUMN schools TEXT;  -- JSON array; NULL = district
     "#,
+    // 12 (audit chain, legal hold, retention): the audit log becomes a
+    // SHA-256 hash chain (`store::audit`): the table is rebuilt with
+    // AUTOINCREMENT (ids never reused, so a removed newest entry is seen
+    // too), `target` and `origin`, and the entries written before are chained
+    // by `audit::chain_existing` in the same transaction (`migrate`). Legal
+    // holds; when retention purged an alert; a token's last use.
+    r#"
+    CREATE TABLE audit_chained (
+        id        INTEGER PRIMARY KEY AUTOINCREMENT,   -- seq: position in the chain
+        at        INTEGER NOT NULL,
+        actor     TEXT NOT NULL,                       -- who: token:NAME, oidc:EMAIL, cli, klaxon, feed rule…
+        action    TEXT NOT NULL,
+        target    TEXT NOT NULL DEFAULT '',            -- alert:ID | token:ID | … | ''
+        alert_id  INTEGER,                             -- the alert of `target`, for lookups
+        detail    TEXT NOT NULL,                       -- JSON
+        origin    TEXT NOT NULL DEFAULT 'daemon',      -- where from: client address | cli | feed:NAME | daemon
+        prev_hash TEXT NOT NULL DEFAULT '',
+        hash      TEXT NOT NULL DEFAULT ''
+    );
+    INSERT INTO audit_chained (id, at, actor, action, target, alert_id, detail, origin)
+        SELECT id, at, actor, action, coalesce('alert:' || alert_id, ''), alert_id, detail, 'unrecorded'
+        FROM audit ORDER BY id;
+    DROP TABLE audit;
+    ALTER TABLE audit_chained RENAME TO audit;
+    CREATE INDEX audit_alert ON audit (alert_id) WHERE alert_id IS NOT NULL;
+    CREATE INDEX audit_at ON audit (at);
+    -- Legal holds: an alert on hold keeps its personal data past retention.
+    CREATE TABLE legal_holds (
+        alert_id  INTEGER PRIMARY KEY REFERENCES alerts(id),
+        reason    TEXT NOT NULL,
+        held_by   TEXT NOT NULL,
+        held_at   INTEGER NOT NULL
+    );
+    -- Retention: when an alert's personal data was purged (its recipient
+    -- rows stay, stripped, so its counts and figures do); a token's last use.
+    ALTER TABLE alerts ADD COLUMN purged_at INTEGER;
+    ALTER TABLE api_tokens ADD COLUMN last_used_at INTEGER;
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -298,6 +336,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let txn = conn.transaction()?;
         txn.execute_batch(sql)?;
+        if sql.contains("CREATE TABLE audit_chained") {
+            super::audit::chain_existing(&txn)?;
+        }
         txn.pragma_update(None, "user_version", (i + 1) as i64)?;
         txn.commit()?;
     }
@@ -325,5 +366,40 @@ mod tests {
             plan.iter().any(|p| p.contains("deliveries_provider_msg")),
             "{plan:?}"
         );
+    }
+
+    #[test]
+    fn the_chain_migration_chains_the_entries_written_before_it() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let at = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("CREATE TABLE audit_chained"))
+            .unwrap();
+        for sql in &MIGRATIONS[..at] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", at as i64).unwrap();
+        for (i, a) in [(1, None), (2, Some(7))] {
+            conn.execute(
+                "INSERT INTO audit (at, actor, action, alert_id, detail) VALUES (?1, 'old', 'x', ?2, '{}')",
+                rusqlite::params![i, a],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+        let v = super::super::audit::verify(&conn).unwrap();
+        assert!(v.ok, "{v:?}");
+        assert_eq!(v.entries, 2);
+        let (target, origin): (String, String) = conn
+            .query_row("SELECT target, origin FROM audit WHERE id = 2", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(
+            (target.as_str(), origin.as_str()),
+            ("alert:7", "unrecorded")
+        );
+        super::super::audit::record(&conn, 3, "new", "y", None, "{}", "cli").unwrap();
+        assert!(super::super::audit::verify(&conn).unwrap().ok);
     }
 }

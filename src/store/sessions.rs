@@ -200,9 +200,7 @@ pub fn audit(
     detail: serde_json::Value,
     origin: &str,
 ) -> Result<(), StoreError> {
-    let mut detail = detail;
-    detail["origin"] = origin.into();
-    super::audit::record(conn, now, actor, action, None, &detail.to_string())
+    super::audit::record(conn, now, actor, action, None, &detail.to_string(), origin)
 }
 
 #[cfg(test)]

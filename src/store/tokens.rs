@@ -105,3 +105,76 @@ pub fn set_scope(conn: &Connection, id: i64, scope: &Scope) -> Result<(), StoreE
         .execute(params![id, scope.to_column()])?;
     Ok(())
 }
+
+/// A token as `klaxon token list` shows it: never the secret, nor its hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenInfo {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+/// Every token, oldest first, revoked ones included.
+pub fn list(conn: &Connection) -> Result<Vec<TokenInfo>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, name, role, created_at, last_used_at, revoked_at FROM api_tokens ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(TokenInfo {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            role: r.get(2)?,
+            created_at: r.get(3)?,
+            last_used_at: r.get(4)?,
+            revoked_at: r.get(5)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Revokes token `id` (audited): from the next request on it is refused.
+/// Returns the token as it is now; `revoked_at` older than `now` means it
+/// was already revoked, and nothing changed.
+pub fn revoke(
+    conn: &Connection,
+    id: i64,
+    now: i64,
+    actor: &str,
+    origin: &str,
+) -> Result<TokenInfo, StoreError> {
+    let changed = conn
+        .prepare_cached(
+            "UPDATE api_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+        )?
+        .execute(params![id, now])?;
+    let info = list(conn)?
+        .into_iter()
+        .find(|t| t.id == id)
+        .ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
+    if changed > 0 {
+        super::audit::record(
+            conn,
+            now,
+            actor,
+            "token.revoke",
+            super::audit::Target::Token(id),
+            &serde_json::json!({"name": info.name, "role": info.role}).to_string(),
+            origin,
+        )?;
+    }
+    Ok(info)
+}
+
+/// Notes that `token` was used at `now`, at most once a minute per token
+/// (so a polling script does not cost a write per request).
+pub fn touch(conn: &Connection, token: &str, now: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "UPDATE api_tokens SET last_used_at = ?2
+         WHERE hash = ?1 AND (last_used_at IS NULL OR last_used_at < ?2 - 60000)",
+    )?
+    .execute(params![hash(token), now])?;
+    Ok(())
+}

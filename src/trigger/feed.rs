@@ -272,7 +272,8 @@ async fn poll(
     let source = format!("feed:{}", feed.name);
     let mut failed = 0;
     for alert in &doc.alerts {
-        match super::cap_act::handle(state, alert, &source).await {
+        let handled = super::cap_act::handle(state, alert, &source);
+        match crate::store::audit::with_origin(source.as_str(), handled).await {
             Ok(h) if h.outcome == "skipped" || h.outcome == "duplicate" => {
                 tracing::debug!(feed = %feed.name, identifier = %alert.identifier, outcome = h.outcome, detail = %h.detail, "CAP message handled.");
             }

@@ -304,9 +304,11 @@ pub async fn create(
     source: &str,
 ) -> Result<TriggerResponse, TriggerError> {
     let (sv, actor, source) = (sv.clone(), actor.to_string(), source.to_string());
-    tokio::spawn(async move { create_now(&sv, req, &actor, &source).await })
-        .await
-        .map_err(|e| TriggerError::Audience(format!("creating the alert failed: {e}")))?
+    tokio::spawn(crate::store::audit::carry_origin(async move {
+        create_now(&sv, req, &actor, &source).await
+    }))
+    .await
+    .map_err(|e| TriggerError::Audience(format!("creating the alert failed: {e}")))?
 }
 
 async fn create_now(
@@ -835,9 +837,11 @@ async fn spawn_follow_up(
     actor: &str,
 ) -> Result<TriggerResponse, TriggerError> {
     let (sv, actor) = (sv.clone(), actor.to_string());
-    tokio::spawn(async move { follow_up(&sv, original, kind, message, &actor).await })
-        .await
-        .map_err(|e| TriggerError::Audience(format!("sending the follow-up failed: {e}")))?
+    tokio::spawn(crate::store::audit::carry_origin(async move {
+        follow_up(&sv, original, kind, message, &actor).await
+    }))
+    .await
+    .map_err(|e| TriggerError::Audience(format!("sending the follow-up failed: {e}")))?
 }
 
 async fn follow_up(

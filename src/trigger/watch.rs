@@ -126,7 +126,8 @@ async fn handle_file(state: &AppState, dir: &Path, path: &Path) {
                 let mut handled = Vec::new();
                 let mut all_ok = true;
                 for alert in &doc.alerts {
-                    match super::cap_act::handle(state, alert, "watch-folder").await {
+                    let act = super::cap_act::handle(state, alert, "watch-folder");
+                    match crate::store::audit::with_origin("watch-folder", act).await {
                         Ok(h) => handled.push(serde_json::json!({
                             "identifier": alert.identifier, "outcome": h.outcome,
                             "alert_id": h.alert_id, "detail": h.detail,
