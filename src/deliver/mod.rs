@@ -2,6 +2,7 @@
 //! providers, retries with backoff and failover.
 
 pub mod engine;
+pub mod events;
 pub mod message;
 pub mod providers;
 pub mod render;
