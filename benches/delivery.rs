@@ -778,6 +778,7 @@ fn mime_cost() -> (f64, usize) {
         ack_url: "http://127.0.0.1/a/0123456789abcdef0123456789abcdef".into(),
         speech: String::new(),
         severity: klaxon::playbook::Severity::Emergency,
+        bounce_tag: None,
     };
     let n = 20_000;
     let t = Instant::now();

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tokio_rustls::rustls;
 
 use crate::config::{Dur, Issues, relative_to};
+use crate::deliver::bounce::{BounceMailbox, BouncesConfig, ImapLogin, ImapTls, RETURN_PATH_LOCAL};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
 use crate::deliver::providers::smtp_client::{
     ClientConfig, ClientError, Login, Security, SmtpClient, Step,
@@ -113,6 +114,10 @@ pub struct SmtpConfig {
     /// XOAUTH2: the scope asked for, e.g. `https://outlook.office365.com/.default`.
     #[serde(default)]
     pub scope: Option<String>,
+    /// `[providers.bounces]`: read bounces (DSNs) from this IMAP mailbox and
+    /// send with a VERP return path that leads there.
+    #[serde(default)]
+    pub bounces: Option<Box<BouncesConfig>>,
 }
 
 fn default_timeout() -> Dur {
@@ -162,6 +167,15 @@ impl SmtpConfig {
                 format!("{prefix}.ca_file"),
                 "a CA file only matters with tls = \"starttls\" or \"tls\"",
             );
+        }
+        if let Some(b) = &self.bounces {
+            b.validate(&format!("{prefix}.bounces"), issues);
+            if b.auth == AuthMode::Xoauth2 && self.auth != AuthMode::Xoauth2 {
+                issues.push(
+                    format!("{prefix}.bounces.auth"),
+                    "xoauth2 for the bounce mailbox uses the provider's OAuth settings; set auth = \"xoauth2\" on the provider too",
+                );
+            }
         }
     }
 
@@ -248,6 +262,9 @@ pub struct SmtpProvider {
     /// `From:` as header text, formatted once.
     from_header: String,
     max_per_second: Option<f64>,
+    /// With `[providers.bounces]`: the mailbox and the return path's domain.
+    bounces: Option<Arc<BounceMailbox>>,
+    return_path_domain: Option<String>,
 }
 
 impl SmtpProvider {
@@ -267,7 +284,13 @@ impl SmtpProvider {
             cfg.username.is_some() && cfg.auth == AuthMode::Password,
             issues,
         );
-        let security = match tls_config(prefix, cfg, ctx, issues) {
+        let security = match tls_config(
+            prefix,
+            cfg.tls != TlsMode::None,
+            cfg.ca_file.as_ref(),
+            ctx,
+            issues,
+        ) {
             None => return None,
             Some(None) => Security::Plain,
             Some(Some(tls)) => match cfg.tls {
@@ -288,10 +311,27 @@ impl SmtpProvider {
         if issues.list.len() > before {
             return None;
         }
+        let tokens = tokens.map(Arc::new);
+        let bounces = match &cfg.bounces {
+            Some(b) => Some(Arc::new(bounce_mailbox(
+                prefix,
+                cfg,
+                b,
+                tokens.clone(),
+                ctx,
+                issues,
+            )?)),
+            None => None,
+        };
+        let return_path_domain = cfg.bounces.as_ref().map(|b| {
+            b.return_path_domain
+                .clone()
+                .unwrap_or_else(|| from.email.domain().to_string())
+        });
         let login = match (&cfg.username, password, tokens) {
             (Some(user), _, Some(tokens)) => Login::XOAuth2 {
                 user: user.clone(),
-                tokens: Arc::new(tokens),
+                tokens,
             },
             (Some(user), Some(password), None) => Login::Password {
                 user: user.clone(),
@@ -314,7 +354,23 @@ impl SmtpProvider {
             from_header: from.to_string(),
             from,
             max_per_second: cfg.max_per_second,
+            bounces,
+            return_path_domain,
         })
+    }
+
+    /// The bounce mailbox to poll, with `[providers.bounces]`.
+    pub fn bounces(&self) -> Option<Arc<BounceMailbox>> {
+        self.bounces.clone()
+    }
+
+    /// The envelope sender: the VERP return path when bounces are read,
+    /// else the `From:` address.
+    fn return_path(&self, msg: &OutboundMessage) -> String {
+        match (&self.return_path_domain, &msg.bounce_tag) {
+            (Some(domain), Some(tag)) => format!("{RETURN_PATH_LOCAL}+{tag}@{domain}"),
+            _ => self.from.email.to_string(),
+        }
     }
 
     pub fn max_per_second(&self) -> Option<f64> {
@@ -335,9 +391,10 @@ impl SmtpProvider {
         let message_id = message_id(msg, &self.from);
         let data = build_message(msg, &self.from, to.clone(), &message_id)?;
         tracing::debug!(provider = %self.name, delivery_id = msg.delivery_id, to = %msg.to, "Sending email over SMTP.");
+        let return_path = self.return_path(msg);
         match self
             .client
-            .send(self.from.email.as_ref(), to.email.as_ref(), &data)
+            .send(&return_path, to.email.as_ref(), &data)
             .await
         {
             Ok(_) => Ok(Accepted {
@@ -493,17 +550,18 @@ fn helo_name(from: &Mailbox) -> String {
 /// problem was reported. The system's roots are trusted, plus `ca_file`.
 fn tls_config(
     prefix: &str,
-    cfg: &SmtpConfig,
+    enabled: bool,
+    ca_file: Option<&PathBuf>,
     ctx: &ProviderContext,
     issues: &mut Issues,
 ) -> Option<Option<Arc<rustls::ClientConfig>>> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    if cfg.tls == TlsMode::None {
+    if !enabled {
         return Some(None);
     }
     let mut extra = Vec::new();
-    if let Some(file) = &cfg.ca_file {
+    if let Some(file) = ca_file {
         let path = relative_to(&ctx.base_dir, file);
         let pem = match std::fs::read(&path) {
             Ok(p) => p,
@@ -553,13 +611,54 @@ fn tls_config(
 
 /// Our own Message-ID: stable per delivery, so a retried send that did reach
 /// the mailbox can be recognised as a duplicate by mail software.
+/// With a bounce tag it carries the tag, so a DSN quoting the original's
+/// headers is matched even when the relay rewrote the return path.
 fn message_id(msg: &OutboundMessage, from: &Mailbox) -> String {
-    format!(
-        "<klaxon.{}.{}@{}>",
-        msg.alert_id,
-        msg.delivery_id,
-        from.email.domain()
-    )
+    match &msg.bounce_tag {
+        Some(tag) => format!("<klaxon.{}.{tag}@{}>", msg.alert_id, from.email.domain()),
+        None => format!(
+            "<klaxon.{}.{}@{}>",
+            msg.alert_id,
+            msg.delivery_id,
+            from.email.domain()
+        ),
+    }
+}
+
+/// The bounce mailbox of `[providers.bounces]`; problems go to `issues`.
+fn bounce_mailbox(
+    prefix: &str,
+    cfg: &SmtpConfig,
+    b: &BouncesConfig,
+    tokens: Option<Arc<TokenSource>>,
+    ctx: &ProviderContext,
+    issues: &mut Issues,
+) -> Option<BounceMailbox> {
+    let bp = format!("{prefix}.bounces");
+    let login = match (b.auth, tokens) {
+        (AuthMode::Xoauth2, Some(t)) => ImapLogin::XOAuth2(t),
+        (AuthMode::Xoauth2, None) => return None,
+        (AuthMode::Password, _) => ImapLogin::Password(ctx.secret(
+            &bp,
+            "password",
+            b.password_env.as_deref(),
+            b.password_file.as_ref(),
+            true,
+            issues,
+        )?),
+    };
+    let tls = tls_config(&bp, b.tls == ImapTls::Tls, b.ca_file.as_ref(), ctx, issues)?;
+    Some(BounceMailbox {
+        provider: cfg.name.clone(),
+        host: b.host.clone(),
+        port: b.port(),
+        tls,
+        user: b.user.clone(),
+        login,
+        mailbox: b.mailbox.clone(),
+        interval: b.interval.0,
+        timeout: cfg.timeout.0,
+    })
 }
 
 /// Sorts a client error into the engine's two kinds.
@@ -682,6 +781,7 @@ mod tests {
             ack_url: "https://alerts.example.org/a/tok?x=1&y=2".into(),
             speech: String::new(),
             severity: Severity::Emergency,
+            bounce_tag: None,
         };
         let h = render_html(&msg);
         assert!(h.contains("<p>Línea 1 &amp; más<br>\nLínea 2</p>"), "{h}");
