@@ -20,6 +20,7 @@ use tokio_rustls::rustls;
 use crate::config::{Dur, Issues, relative_to};
 use crate::deliver::bounce::{BounceMailbox, BouncesConfig, ImapLogin, ImapTls, RETURN_PATH_LOCAL};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
+use crate::deliver::providers::dkim::DkimSigner;
 use crate::deliver::providers::smtp_client::{
     ClientConfig, ClientError, Login, Security, SmtpClient, Step,
 };
@@ -118,6 +119,15 @@ pub struct SmtpConfig {
     /// send with a VERP return path that leads there.
     #[serde(default)]
     pub bounces: Option<Box<BouncesConfig>>,
+    /// DKIM signing, for a relay that does not sign: the RSA private key
+    /// (PEM), the selector (`SELECTOR._domainkey.DOMAIN` in DNS) and the
+    /// signing domain (`d=`, normally the From domain). All three or none.
+    #[serde(default)]
+    pub dkim_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub dkim_selector: Option<String>,
+    #[serde(default)]
+    pub dkim_domain: Option<String>,
 }
 
 fn default_timeout() -> Dur {
@@ -168,12 +178,49 @@ impl SmtpConfig {
                 "a CA file only matters with tls = \"starttls\" or \"tls\"",
             );
         }
+        self.validate_dkim(prefix, issues);
         if let Some(b) = &self.bounces {
             b.validate(&format!("{prefix}.bounces"), issues);
             if b.auth == AuthMode::Xoauth2 && self.auth != AuthMode::Xoauth2 {
                 issues.push(
                     format!("{prefix}.bounces.auth"),
                     "xoauth2 for the bounce mailbox uses the provider's OAuth settings; set auth = \"xoauth2\" on the provider too",
+                );
+            }
+        }
+    }
+
+    fn validate_dkim(&self, prefix: &str, issues: &mut Issues) {
+        let set = [
+            ("dkim_key_file", self.dkim_key_file.is_some()),
+            ("dkim_selector", self.dkim_selector.is_some()),
+            ("dkim_domain", self.dkim_domain.is_some()),
+        ];
+        if set.iter().any(|(_, s)| *s) {
+            for (key, is_set) in set {
+                if !is_set {
+                    issues.push(
+                        format!("{prefix}.{key}"),
+                        "DKIM needs dkim_key_file, dkim_selector and dkim_domain together",
+                    );
+                }
+            }
+        }
+        let token = |v: &str| {
+            !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        };
+        for (key, v) in [
+            ("dkim_selector", &self.dkim_selector),
+            ("dkim_domain", &self.dkim_domain),
+        ] {
+            if let Some(v) = v
+                && !token(v)
+            {
+                issues.push(
+                    format!("{prefix}.{key}"),
+                    format!("`{v}`: letters, digits, dots, hyphens and underscores only"),
                 );
             }
         }
@@ -265,6 +312,7 @@ pub struct SmtpProvider {
     /// With `[providers.bounces]`: the mailbox and the return path's domain.
     bounces: Option<Arc<BounceMailbox>>,
     return_path_domain: Option<String>,
+    dkim: Option<DkimSigner>,
 }
 
 impl SmtpProvider {
@@ -299,6 +347,19 @@ impl SmtpProvider {
             },
         };
         let from = cfg.from.parse::<Mailbox>().ok();
+        let dkim = match (&cfg.dkim_key_file, &cfg.dkim_domain, &cfg.dkim_selector) {
+            (Some(file), Some(domain), Some(selector)) => {
+                let path = relative_to(&ctx.base_dir, file);
+                match DkimSigner::from_file(&path, domain, selector) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        issues.push(format!("{prefix}.dkim_key_file"), e.to_string());
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         if !valid || issues.list.len() > before {
             return None;
         }
@@ -356,6 +417,7 @@ impl SmtpProvider {
             max_per_second: cfg.max_per_second,
             bounces,
             return_path_domain,
+            dkim,
         })
     }
 
@@ -389,7 +451,15 @@ impl SmtpProvider {
             reason: format!("not an email address: {e}"),
         })?;
         let message_id = message_id(msg, &self.from);
-        let data = build_message(msg, &self.from, to.clone(), &message_id)?;
+        let mut data = build_message(msg, &self.from, to.clone(), &message_id)?;
+        if let Some(dkim) = &self.dkim {
+            data = dkim
+                .sign(&data, crate::store::now_ms() / 1000)
+                .map_err(|reason| SendError::Permanent {
+                    code: "invalid-message".into(),
+                    reason,
+                })?;
+        }
         tracing::debug!(provider = %self.name, delivery_id = msg.delivery_id, to = %msg.to, "Sending email over SMTP.");
         let return_path = self.return_path(msg);
         match self
