@@ -238,6 +238,8 @@ impl App {
         let watcher = spawn_sis_watch(&state, stop_rx.clone());
         let mut feeds = crate::trigger::feed::spawn_all(&state, stop_rx.clone());
         feeds.extend(crate::trigger::watch::spawn(&state, stop_rx.clone()));
+        // Bounce mailboxes (IMAP) of SMTP providers; stopped like the feeds.
+        feeds.extend(crate::deliver::bounce::spawn_all(&sv, stop_rx.clone()));
         let syncer = spawn_sis_sync(&state, stop_rx.clone());
         let retention = {
             let (sv2, stop) = (sv.clone(), stop_rx.clone());

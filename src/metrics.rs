@@ -70,6 +70,14 @@ const COUNTERS: &[(&str, &str)] = &[
     ),
     ("klaxon_alerts_closed_total", "Alerts closed, by reason"),
     (
+        "klaxon_bounce_polls_total",
+        "Reads of a bounce mailbox over IMAP, by provider and outcome (ok, error)",
+    ),
+    (
+        "klaxon_email_events_total",
+        "Email events after hand-over (SendGrid webhook, DSN bounces), by source, event and outcome (applied, unchanged, unknown, ignored)",
+    ),
+    (
         "klaxon_feed_polls_total",
         "CAP feed polls, by feed and outcome (ok, not-modified, error)",
     ),

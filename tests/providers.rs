@@ -101,6 +101,7 @@ fn message(channel: Channel, id: i64, to: &str) -> OutboundMessage {
         ack_url: format!("{PUBLIC}/a/tok{id}"),
         speech: "Lincoln Elementary is in lockdown. Students are safe inside.".into(),
         severity: klaxon::playbook::Severity::Emergency,
+        bounce_tag: None,
     }
 }
 

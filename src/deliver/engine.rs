@@ -234,6 +234,12 @@ impl Engine {
         &self.renderer
     }
 
+    /// Every configured provider, for the parts that need more than sending
+    /// (event webhook keys, bounce mailboxes).
+    pub fn providers(&self) -> impl Iterator<Item = &Provider> {
+        self.slots.iter().map(|s| &s.provider)
+    }
+
     fn slots_for(&self, channel: Channel) -> Vec<Arc<Slot>> {
         self.slots
             .iter()

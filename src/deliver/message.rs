@@ -29,6 +29,9 @@ pub struct OutboundMessage {
     pub speech: String,
     /// The playbook's severity: only routine email offers List-Unsubscribe.
     pub severity: crate::playbook::Severity,
+    /// Email: `d{id}.{mac}`, put in the VERP return path and the Message-ID so
+    /// a bounce finds its delivery (`deliver::bounce`). `None` elsewhere.
+    pub bounce_tag: Option<String>,
 }
 
 /// The provider accepted the message.

@@ -172,6 +172,8 @@ impl Renderer {
                 .playbooks
                 .get(&c.playbook)
                 .map_or(crate::playbook::Severity::Emergency, |p| p.severity),
+            bounce_tag: (c.channel == Channel::Email)
+                .then(|| crate::deliver::bounce::tag(&self.key, c.id)),
         })
     }
 }

@@ -6,6 +6,7 @@
 
 mod api;
 mod dashboard;
+pub mod hook_sendgrid;
 pub mod hook_trigger;
 mod hooks;
 mod idempotency;
@@ -56,6 +57,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/hooks/twilio/sms", post(hooks::twilio_sms))
         .route("/hooks/twilio/voice", post(hooks::twilio_voice))
         .route("/hooks/trigger/{source}", post(hook_trigger::trigger))
+        .route("/hooks/sendgrid/events", post(hook_sendgrid::events))
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))

@@ -383,6 +383,7 @@ async fn notify(
                 speech: String::new(),
                 // An operator notice, not a routine mailing: no unsubscribe header.
                 severity: crate::playbook::Severity::Urgent,
+                bounce_tag: None,
             };
             if let Err(e) = provider.send(&msg).await {
                 tracing::error!(error = %e, "Cannot email a SIS problem notice.");

@@ -491,6 +491,9 @@ pub fn contactability(conn: &Connection) -> Result<Vec<ContactProblem>, StoreErr
          UNION ALL
          SELECT r.person_id, r.name, 'sms', o.address, 'opt-out', 'replied STOP: no SMS (emergencies still call and email)', o.at, 0
          FROM opt_outs o JOIN recipients r ON r.id = (SELECT d.recipient_id FROM deliveries d WHERE d.address = o.address ORDER BY d.id DESC LIMIT 1)
+         UNION ALL
+         SELECT r.person_id, r.name, 'email', c.address, c.code, coalesce(c.reason, 'marked an alert as spam: their mail provider may hide the next one'), c.at, 0
+         FROM email_complaints c JOIN deliveries d ON d.id = c.delivery_id JOIN recipients r ON r.id = d.recipient_id
          ORDER BY 2, 3",
     )?;
     let rows = stmt.query_map([], |r| {

@@ -14,6 +14,7 @@ pub mod alerts;
 pub mod audit;
 pub mod cap;
 pub mod deliveries;
+pub mod email_events;
 pub mod guard;
 pub mod idempotency;
 pub mod keyfile;

@@ -323,6 +323,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE alerts ADD COLUMN purged_at INTEGER;
     ALTER TABLE api_tokens ADD COLUMN last_used_at INTEGER;
 "#,
+    // 13 (email delivery events, issue 11): spam complaints reported by the
+    // provider, kept per address for the contactability report (the delivery
+    // itself stays `delivered`: it did arrive).
+    r#"
+    CREATE TABLE email_complaints (
+        address     TEXT PRIMARY KEY,
+        delivery_id INTEGER NOT NULL REFERENCES deliveries(id),
+        code        TEXT NOT NULL,
+        reason      TEXT,
+        at          INTEGER NOT NULL
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -285,6 +285,8 @@ async fn page<'a>(
             ack_url: link.clone(),
             speech: speech.clone(),
             severity: Severity::Urgent,
+            // A page is not a delivery: a bounce has nothing to mark.
+            bounce_tag: None,
         };
         if let Err(e) = p.send(&msg).await {
             tracing::error!(alert = alert.id, channel = ch.as_str(), error = %e, "Cannot page an approver.");

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod dovecot;
 pub mod oauth_server;
 pub mod oidc_provider;
 pub mod promtool;

@@ -5,6 +5,7 @@
 //! it makes one attempt and classifies the outcome as `Accepted`, transient or
 //! permanent. Retrying, failover and recording belong to the engine.
 
+pub mod dkim;
 pub mod log;
 pub mod sendgrid;
 pub mod smtp;

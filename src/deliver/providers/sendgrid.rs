@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::{Issues, Secret};
+use crate::deliver::events::EventKey;
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
 use crate::deliver::providers::smtp::render_html;
 use crate::deliver::providers::{ProviderContext, redact, retry_after, revalidate};
@@ -30,6 +31,13 @@ pub struct SendGridConfig {
     pub api_key_file: Option<PathBuf>,
     /// The `From:` mailbox; its address must be a verified SendGrid sender.
     pub from: String,
+    /// The Event Webhook's verification key (base64 DER, as the SendGrid
+    /// console shows it), or a file holding it. A public key, so it may be
+    /// written in the TOML. Without one, `/hooks/sendgrid/events` refuses.
+    #[serde(default)]
+    pub event_public_key: Option<String>,
+    #[serde(default)]
+    pub event_public_key_file: Option<PathBuf>,
 }
 
 fn default_api_base() -> String {
@@ -60,6 +68,7 @@ pub struct SendGridProvider {
     key: Secret,
     from: Mailbox,
     max_per_second: Option<f64>,
+    event_key: Option<EventKey>,
 }
 
 impl SendGridProvider {
@@ -79,6 +88,7 @@ impl SendGridProvider {
             true,
             issues,
         );
+        let event_key = event_key(prefix, cfg, ctx, issues);
         if !valid || issues.list.len() > before {
             return None;
         }
@@ -89,7 +99,13 @@ impl SendGridProvider {
             key: key?,
             from: cfg.from.parse().ok()?,
             max_per_second: cfg.max_per_second,
+            event_key,
         })
+    }
+
+    /// The key that signs this account's event webhook, if configured.
+    pub fn event_key(&self) -> Option<&EventKey> {
+        self.event_key.as_ref()
     }
 
     pub fn max_per_second(&self) -> Option<f64> {
@@ -154,6 +170,46 @@ impl SendGridProvider {
             ))
         })?;
         redact(classify(status, retry, message_id, &body), &msg.to)
+    }
+}
+
+/// Reads `event_public_key` / `event_public_key_file`; a problem names the key.
+fn event_key(
+    prefix: &str,
+    cfg: &SendGridConfig,
+    ctx: &ProviderContext,
+    issues: &mut Issues,
+) -> Option<EventKey> {
+    let (key, text) = match (&cfg.event_public_key, &cfg.event_public_key_file) {
+        (None, None) => return None,
+        (Some(_), Some(_)) => {
+            issues.push(
+                format!("{prefix}.event_public_key_file"),
+                "set event_public_key or event_public_key_file, not both",
+            );
+            return None;
+        }
+        (Some(text), None) => ("event_public_key", text.clone()),
+        (None, Some(path)) => {
+            let path = crate::config::relative_to(&ctx.base_dir, path);
+            match std::fs::read_to_string(&path) {
+                Ok(t) => ("event_public_key_file", t),
+                Err(e) => {
+                    issues.push(
+                        format!("{prefix}.event_public_key_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    );
+                    return None;
+                }
+            }
+        }
+    };
+    match EventKey::parse(&text) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            issues.push(format!("{prefix}.{key}"), e.to_string());
+            None
+        }
     }
 }
 

@@ -18,7 +18,9 @@ use serde::Deserialize;
 use tokio_rustls::rustls;
 
 use crate::config::{Dur, Issues, relative_to};
+use crate::deliver::bounce::{BounceMailbox, BouncesConfig, ImapLogin, ImapTls, RETURN_PATH_LOCAL};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
+use crate::deliver::providers::dkim::DkimSigner;
 use crate::deliver::providers::smtp_client::{
     ClientConfig, ClientError, Login, Security, SmtpClient, Step,
 };
@@ -113,6 +115,19 @@ pub struct SmtpConfig {
     /// XOAUTH2: the scope asked for, e.g. `https://outlook.office365.com/.default`.
     #[serde(default)]
     pub scope: Option<String>,
+    /// `[providers.bounces]`: read bounces (DSNs) from this IMAP mailbox and
+    /// send with a VERP return path that leads there.
+    #[serde(default)]
+    pub bounces: Option<Box<BouncesConfig>>,
+    /// DKIM signing, for a relay that does not sign: the RSA private key
+    /// (PEM), the selector (`SELECTOR._domainkey.DOMAIN` in DNS) and the
+    /// signing domain (`d=`, normally the From domain). All three or none.
+    #[serde(default)]
+    pub dkim_key_file: Option<PathBuf>,
+    #[serde(default)]
+    pub dkim_selector: Option<String>,
+    #[serde(default)]
+    pub dkim_domain: Option<String>,
 }
 
 fn default_timeout() -> Dur {
@@ -162,6 +177,52 @@ impl SmtpConfig {
                 format!("{prefix}.ca_file"),
                 "a CA file only matters with tls = \"starttls\" or \"tls\"",
             );
+        }
+        self.validate_dkim(prefix, issues);
+        if let Some(b) = &self.bounces {
+            b.validate(&format!("{prefix}.bounces"), issues);
+            if b.auth == AuthMode::Xoauth2 && self.auth != AuthMode::Xoauth2 {
+                issues.push(
+                    format!("{prefix}.bounces.auth"),
+                    "xoauth2 for the bounce mailbox uses the provider's OAuth settings; set auth = \"xoauth2\" on the provider too",
+                );
+            }
+        }
+    }
+
+    fn validate_dkim(&self, prefix: &str, issues: &mut Issues) {
+        let set = [
+            ("dkim_key_file", self.dkim_key_file.is_some()),
+            ("dkim_selector", self.dkim_selector.is_some()),
+            ("dkim_domain", self.dkim_domain.is_some()),
+        ];
+        if set.iter().any(|(_, s)| *s) {
+            for (key, is_set) in set {
+                if !is_set {
+                    issues.push(
+                        format!("{prefix}.{key}"),
+                        "DKIM needs dkim_key_file, dkim_selector and dkim_domain together",
+                    );
+                }
+            }
+        }
+        let token = |v: &str| {
+            !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+        };
+        for (key, v) in [
+            ("dkim_selector", &self.dkim_selector),
+            ("dkim_domain", &self.dkim_domain),
+        ] {
+            if let Some(v) = v
+                && !token(v)
+            {
+                issues.push(
+                    format!("{prefix}.{key}"),
+                    format!("`{v}`: letters, digits, dots, hyphens and underscores only"),
+                );
+            }
         }
     }
 
@@ -248,6 +309,10 @@ pub struct SmtpProvider {
     /// `From:` as header text, formatted once.
     from_header: String,
     max_per_second: Option<f64>,
+    /// With `[providers.bounces]`: the mailbox and the return path's domain.
+    bounces: Option<Arc<BounceMailbox>>,
+    return_path_domain: Option<String>,
+    dkim: Option<DkimSigner>,
 }
 
 impl SmtpProvider {
@@ -267,7 +332,13 @@ impl SmtpProvider {
             cfg.username.is_some() && cfg.auth == AuthMode::Password,
             issues,
         );
-        let security = match tls_config(prefix, cfg, ctx, issues) {
+        let security = match tls_config(
+            prefix,
+            cfg.tls != TlsMode::None,
+            cfg.ca_file.as_ref(),
+            ctx,
+            issues,
+        ) {
             None => return None,
             Some(None) => Security::Plain,
             Some(Some(tls)) => match cfg.tls {
@@ -276,6 +347,19 @@ impl SmtpProvider {
             },
         };
         let from = cfg.from.parse::<Mailbox>().ok();
+        let dkim = match (&cfg.dkim_key_file, &cfg.dkim_domain, &cfg.dkim_selector) {
+            (Some(file), Some(domain), Some(selector)) => {
+                let path = relative_to(&ctx.base_dir, file);
+                match DkimSigner::from_file(&path, domain, selector) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        issues.push(format!("{prefix}.dkim_key_file"), e.to_string());
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         if !valid || issues.list.len() > before {
             return None;
         }
@@ -288,10 +372,27 @@ impl SmtpProvider {
         if issues.list.len() > before {
             return None;
         }
+        let tokens = tokens.map(Arc::new);
+        let bounces = match &cfg.bounces {
+            Some(b) => Some(Arc::new(bounce_mailbox(
+                prefix,
+                cfg,
+                b,
+                tokens.clone(),
+                ctx,
+                issues,
+            )?)),
+            None => None,
+        };
+        let return_path_domain = cfg.bounces.as_ref().map(|b| {
+            b.return_path_domain
+                .clone()
+                .unwrap_or_else(|| from.email.domain().to_string())
+        });
         let login = match (&cfg.username, password, tokens) {
             (Some(user), _, Some(tokens)) => Login::XOAuth2 {
                 user: user.clone(),
-                tokens: Arc::new(tokens),
+                tokens,
             },
             (Some(user), Some(password), None) => Login::Password {
                 user: user.clone(),
@@ -314,7 +415,24 @@ impl SmtpProvider {
             from_header: from.to_string(),
             from,
             max_per_second: cfg.max_per_second,
+            bounces,
+            return_path_domain,
+            dkim,
         })
+    }
+
+    /// The bounce mailbox to poll, with `[providers.bounces]`.
+    pub fn bounces(&self) -> Option<Arc<BounceMailbox>> {
+        self.bounces.clone()
+    }
+
+    /// The envelope sender: the VERP return path when bounces are read,
+    /// else the `From:` address.
+    fn return_path(&self, msg: &OutboundMessage) -> String {
+        match (&self.return_path_domain, &msg.bounce_tag) {
+            (Some(domain), Some(tag)) => format!("{RETURN_PATH_LOCAL}+{tag}@{domain}"),
+            _ => self.from.email.to_string(),
+        }
     }
 
     pub fn max_per_second(&self) -> Option<f64> {
@@ -333,11 +451,20 @@ impl SmtpProvider {
             reason: format!("not an email address: {e}"),
         })?;
         let message_id = message_id(msg, &self.from);
-        let data = build_message(msg, &self.from, to.clone(), &message_id)?;
+        let mut data = build_message(msg, &self.from, to.clone(), &message_id)?;
+        if let Some(dkim) = &self.dkim {
+            data = dkim
+                .sign(&data, crate::store::now_ms() / 1000)
+                .map_err(|reason| SendError::Permanent {
+                    code: "invalid-message".into(),
+                    reason,
+                })?;
+        }
         tracing::debug!(provider = %self.name, delivery_id = msg.delivery_id, to = %msg.to, "Sending email over SMTP.");
+        let return_path = self.return_path(msg);
         match self
             .client
-            .send(self.from.email.as_ref(), to.email.as_ref(), &data)
+            .send(&return_path, to.email.as_ref(), &data)
             .await
         {
             Ok(_) => Ok(Accepted {
@@ -493,17 +620,18 @@ fn helo_name(from: &Mailbox) -> String {
 /// problem was reported. The system's roots are trusted, plus `ca_file`.
 fn tls_config(
     prefix: &str,
-    cfg: &SmtpConfig,
+    enabled: bool,
+    ca_file: Option<&PathBuf>,
     ctx: &ProviderContext,
     issues: &mut Issues,
 ) -> Option<Option<Arc<rustls::ClientConfig>>> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    if cfg.tls == TlsMode::None {
+    if !enabled {
         return Some(None);
     }
     let mut extra = Vec::new();
-    if let Some(file) = &cfg.ca_file {
+    if let Some(file) = ca_file {
         let path = relative_to(&ctx.base_dir, file);
         let pem = match std::fs::read(&path) {
             Ok(p) => p,
@@ -553,13 +681,54 @@ fn tls_config(
 
 /// Our own Message-ID: stable per delivery, so a retried send that did reach
 /// the mailbox can be recognised as a duplicate by mail software.
+/// With a bounce tag it carries the tag, so a DSN quoting the original's
+/// headers is matched even when the relay rewrote the return path.
 fn message_id(msg: &OutboundMessage, from: &Mailbox) -> String {
-    format!(
-        "<klaxon.{}.{}@{}>",
-        msg.alert_id,
-        msg.delivery_id,
-        from.email.domain()
-    )
+    match &msg.bounce_tag {
+        Some(tag) => format!("<klaxon.{}.{tag}@{}>", msg.alert_id, from.email.domain()),
+        None => format!(
+            "<klaxon.{}.{}@{}>",
+            msg.alert_id,
+            msg.delivery_id,
+            from.email.domain()
+        ),
+    }
+}
+
+/// The bounce mailbox of `[providers.bounces]`; problems go to `issues`.
+fn bounce_mailbox(
+    prefix: &str,
+    cfg: &SmtpConfig,
+    b: &BouncesConfig,
+    tokens: Option<Arc<TokenSource>>,
+    ctx: &ProviderContext,
+    issues: &mut Issues,
+) -> Option<BounceMailbox> {
+    let bp = format!("{prefix}.bounces");
+    let login = match (b.auth, tokens) {
+        (AuthMode::Xoauth2, Some(t)) => ImapLogin::XOAuth2(t),
+        (AuthMode::Xoauth2, None) => return None,
+        (AuthMode::Password, _) => ImapLogin::Password(ctx.secret(
+            &bp,
+            "password",
+            b.password_env.as_deref(),
+            b.password_file.as_ref(),
+            true,
+            issues,
+        )?),
+    };
+    let tls = tls_config(&bp, b.tls == ImapTls::Tls, b.ca_file.as_ref(), ctx, issues)?;
+    Some(BounceMailbox {
+        provider: cfg.name.clone(),
+        host: b.host.clone(),
+        port: b.port(),
+        tls,
+        user: b.user.clone(),
+        login,
+        mailbox: b.mailbox.clone(),
+        interval: b.interval.0,
+        timeout: cfg.timeout.0,
+    })
 }
 
 /// Sorts a client error into the engine's two kinds.
@@ -682,6 +851,7 @@ mod tests {
             ack_url: "https://alerts.example.org/a/tok?x=1&y=2".into(),
             speech: String::new(),
             severity: Severity::Emergency,
+            bounce_tag: None,
         };
         let h = render_html(&msg);
         assert!(h.contains("<p>Línea 1 &amp; más<br>\nLínea 2</p>"), "{h}");

@@ -802,6 +802,7 @@ mod tests {
             ack_url: String::new(),
             speech: "Escuela <cerrada> & \"hoy\"".into(),
             severity: crate::playbook::Severity::Emergency,
+            bounce_tag: None,
         };
         let x = twiml(
             &msg,
@@ -837,6 +838,7 @@ mod tests {
             ack_url: String::new(),
             speech: "word ".repeat(500),
             severity: crate::playbook::Severity::Emergency,
+            bounce_tag: None,
         };
         let x = twiml(&msg, &BTreeMap::new(), "https://h/v").unwrap();
         assert!(x.contains(r#"loop="2""#), "{x}");
