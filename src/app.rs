@@ -26,6 +26,8 @@ pub struct AppState {
     /// Auth tokens of the Twilio providers, for checking callback signatures.
     pub twilio_tokens: Vec<String>,
     pub started_at: i64,
+    /// The console's live event streams: capped, and ended at shutdown.
+    pub streams: Arc<crate::http::console::events::Streams>,
 }
 
 impl std::ops::Deref for AppState {
@@ -156,6 +158,7 @@ impl App {
             services,
             twilio_tokens,
             started_at: now,
+            streams: Arc::default(),
         });
         Ok(App {
             state,
@@ -227,6 +230,8 @@ impl App {
         let server = spawn_server(&state, listener, router, stop_rx.clone(), grace);
         shutdown.await;
         tracing::info!("Shutting down: no new requests.");
+        // Live views would otherwise hold their connections for the grace.
+        state.streams.close_all();
         crate::systemd::notify_stopping();
         let _ = stop_tx.send(true);
         // One deadline for every step, so SIGTERM is answered within the

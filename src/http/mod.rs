@@ -1,15 +1,16 @@
 //! The one HTTP listener: JSON API, acknowledgement pages, provider hooks,
-//! the dashboard, metrics and health.
+//! the operator console, metrics and health.
 //!
 //! Invariant: only this module speaks HTTP to the outside; handlers translate
 //! to and from the store and never hold a lock across an await.
 
 mod api;
-mod dashboard;
+pub mod console;
 pub mod hook_trigger;
 mod hooks;
 mod pages;
 pub mod serve;
+pub mod session;
 
 use std::sync::Arc;
 
@@ -46,9 +47,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
-        .route("/", get(dashboard::index))
-        .route("/alerts/{id}", get(dashboard::alert))
-        .route("/login", get(dashboard::login_form).post(dashboard::login))
+        .merge(console::routes())
         .with_state(state)
 }
 

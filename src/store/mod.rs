@@ -12,6 +12,7 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod breakdown;
 pub mod cap;
 pub mod deliveries;
 pub mod guard;
@@ -19,6 +20,7 @@ pub mod keyfile;
 pub mod replies;
 pub mod schema;
 pub mod sis_syncs;
+pub mod timeline;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
