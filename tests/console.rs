@@ -1,0 +1,328 @@
+//! The operator console over HTTP against the real daemon: the alert view
+//! (no timed reload, chart, per-school breakdown), its live event stream
+//! from the first figures to the alert's close, sign-in, CSRF and sign-out.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestApp, spawn_app};
+use serde_json::json;
+
+async fn page(
+    app: &TestApp,
+    path: &str,
+) -> (reqwest::StatusCode, reqwest::header::HeaderMap, String) {
+    let r = app
+        .http
+        .get(format!("{}{path}", app.base))
+        .bearer_auth(&app.viewer)
+        .send()
+        .await
+        .unwrap();
+    let (st, h) = (r.status(), r.headers().clone());
+    (st, h, r.text().await.unwrap())
+}
+
+/// Events read from an SSE body: `(event name, data)`.
+struct Events {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl Events {
+    async fn open(app: &TestApp, id: i64) -> Events {
+        let resp = app
+            .http
+            .get(format!("{}/alerts/{id}/events", app.base))
+            .bearer_auth(&app.viewer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        Events {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    /// The next event (keep-alive comments skipped), or None at the end.
+    async fn next(&mut self) -> Option<(String, String)> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut name = String::from("message");
+                let mut data = String::new();
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if data.is_empty() && name == "message" {
+                    continue;
+                }
+                return Some((name, data));
+            }
+            let chunk = tokio::time::timeout(Duration::from_secs(20), self.resp.chunk())
+                .await
+                .expect("an event within 20 s")
+                .unwrap()?;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The next `figures` event's data.
+    async fn figures(&mut self) -> serde_json::Value {
+        let (name, data) = self.next().await.expect("the stream is still open");
+        assert_eq!(name, "figures", "{data}");
+        serde_json::from_str(&data).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_view_shows_figures_chart_and_schools_without_reloading_itself() {
+    let app = spawn_app().await;
+    let created: serde_json::Value = app
+        .trigger(json!({"playbook": "early-dismissal", "audience": {"schools": ["S1", "S2"]}, "message": "Power outage."}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_i64().unwrap();
+    let s = app.wait_settled(id).await;
+
+    let (st, headers, body) = page(&app, &format!("/alerts/{id}")).await;
+    assert_eq!(st, 200);
+    assert!(!body.contains("http-equiv"), "no timed reload (WCAG 2.2.1)");
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    assert!(body.contains(&format!("data-events=\"/alerts/{id}/events\"")));
+    assert!(
+        body.contains(&format!("<a href=\"/alerts/{id}\">Refresh</a>")),
+        "a refresh link without JavaScript"
+    );
+    let reached = s["reached"].as_i64().unwrap();
+    assert!(reached > 0);
+    assert!(
+        body.contains(&format!("<span data-live=\"reached\">{reached}</span>")),
+        "the reached figure is shown and marked for live updates"
+    );
+    assert!(
+        body.contains("data-live-deadline=\"ack_left\""),
+        "the confirm deadline counts down"
+    );
+    // The chart: an accessible SVG with the same figures as a table.
+    assert!(body.contains("role=\"img\""));
+    assert!(body.contains(&format!("<title id=\"chart-title-{id}\">")));
+    assert!(body.contains("The chart as a table"));
+    let handed: i64 = ["sent", "delivered"]
+        .iter()
+        .map(|k| s["totals"][k].as_i64().unwrap_or(0))
+        .sum();
+    assert!(
+        body.contains(&format!("<td class=\"n\">{handed}</td>")),
+        "the table's last row holds every first delivery handed over ({handed})"
+    );
+    // Per school: both schools of the audience, with their recipients.
+    assert!(body.contains("Lincoln Elementary") && body.contains("Roosevelt Middle"));
+    assert!(body.contains("Per school"));
+
+    let (st, _, overview) = page(&app, "/").await;
+    assert_eq!(st, 200);
+    assert!(
+        !overview.contains("http-equiv"),
+        "the overview does not reload itself"
+    );
+    assert!(
+        overview.contains("Open alerts") && overview.contains(&format!("href=\"/alerts/{id}\""))
+    );
+
+    let (st, _, _) = page(&app, "/alerts/999999").await;
+    assert_eq!(st, 404);
+    let js = app
+        .http
+        .get(format!("{}/console.js", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(js.status(), 200);
+    assert!(js.text().await.unwrap().contains("EventSource"));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_pushes_a_confirmation_and_ends_when_the_alert_closes() {
+    let app = spawn_app().await;
+    let created: serde_json::Value = app
+        .trigger(json!({"playbook": "early-dismissal", "audience": {"schools": ["S1"]}, "message": "Power outage."}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_i64().unwrap();
+    app.wait_settled(id).await;
+
+    let mut events = Events::open(&app, id).await;
+    let first = events.figures().await;
+    assert_eq!(first["text"]["confirmed"], "0", "{first}");
+    assert_eq!(first["text"]["recipients"], "4");
+    assert_eq!(first["closed"], false);
+    assert!(
+        first["chart"].as_str().unwrap().contains("<svg"),
+        "the first event carries the chart"
+    );
+
+    // A guardian confirms: the next event says so, without a reload.
+    let link = app.link_of("+15555550102", id).expect("Wei's link");
+    let r = app
+        .http
+        .post(&link)
+        .form(&[("choice", "bus")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let next = events.figures().await;
+    assert_eq!(next["text"]["confirmed"], "1", "{next}");
+    assert_eq!(next["text"]["outstanding"], "3");
+
+    // The all-clear closes the alert: last figures, `closed`, end of stream.
+    let r = app
+        .post(&format!("/api/v1/alerts/{id}/all-clear"), json!({}))
+        .await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let mut last = events.figures().await;
+    while last["closed"] != true {
+        last = events.figures().await;
+    }
+    assert!(
+        last["text"]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("closed"),
+        "{last}"
+    );
+    let (name, _) = events.next().await.expect("a closed event");
+    assert_eq!(name, "closed");
+    assert!(events.next().await.is_none(), "the stream ends");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_stream_does_not_hold_up_shutdown() {
+    let app = spawn_app().await;
+    let created: serde_json::Value = app
+        .trigger(json!({"playbook": "lockdown", "audience": {"schools": ["S1"]}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_i64().unwrap();
+    let mut events = Events::open(&app, id).await;
+    events.figures().await;
+    let started = std::time::Instant::now();
+    let stopping = tokio::spawn(app.stop());
+    assert!(events.next().await.is_none(), "the stream ends at shutdown");
+    stopping.await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_csrf_and_sign_out() {
+    let app = spawn_app().await;
+    // Not signed in: to the sign-in page, which brings them back.
+    let r = app
+        .http
+        .get(format!("{}/alerts/7", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/login?next=/alerts/7");
+    let r = app
+        .http
+        .get(format!("{}/alerts/1/events", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "the event stream needs a sign-in too");
+
+    let bad = app
+        .http
+        .post(format!("{}/login", app.base))
+        .form(&[("token", "klx_nope"), ("next", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    assert!(bad.text().await.unwrap().contains("not valid"));
+
+    let r = app
+        .http
+        .post(format!("{}/login", app.base))
+        .form(&[("token", app.viewer.as_str()), ("next", "//evil.example/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/", "never off-site");
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+    let pair = cookie.split(';').next().unwrap().to_string();
+
+    let home = app
+        .http
+        .get(format!("{}/", app.base))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = home
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the sign-out form carries a CSRF token")
+        .to_string();
+    assert!(csrf.len() >= 32);
+
+    // Sign-out without the token, or with another one, is refused.
+    for token in ["", "0000"] {
+        let r = app
+            .http
+            .post(format!("{}/logout", app.base))
+            .header("cookie", &pair)
+            .form(&[("csrf", token)])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "csrf {token:?}");
+    }
+    let r = app
+        .http
+        .post(format!("{}/logout", app.base))
+        .header("cookie", &pair)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cleared = r.headers()["set-cookie"].to_str().unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    app.stop().await;
+}
