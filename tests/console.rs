@@ -326,3 +326,100 @@ async fn sign_in_csrf_and_sign_out() {
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lists_are_searched_paged_and_exported_whole() {
+    let app = spawn_app().await;
+    let created: serde_json::Value = app
+        .trigger(json!({"playbook": "early-dismissal", "audience": {"schools": ["S1", "S2"]}, "message": "Power outage."}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_i64().unwrap();
+    app.wait_settled(id).await;
+    let link = app.link_of("+15555550102", id).expect("Wei's link");
+    let r = app
+        .http
+        .post(&link)
+        .form(&[("choice", "bus")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let s = app.status(id).await;
+    let outstanding = s["recipients"].as_i64().unwrap() - s["acknowledged"].as_i64().unwrap();
+
+    let (st, _, all) = page(&app, &format!("/alerts/{id}/outstanding")).await;
+    assert_eq!(st, 200);
+    assert!(
+        all.contains(&format!("of {outstanding} on this page")),
+        "the total is said"
+    );
+    assert!(!all.contains("Wei Lee"), "Wei confirmed");
+    assert!(all.contains("Maria Garcia"));
+    // Search by a child's name: only that child's guardian.
+    let (_, _, found) = page(&app, &format!("/alerts/{id}/outstanding?q=carlos")).await;
+    assert!(
+        found.contains("Maria Garcia") && found.contains("1 of 1 matching"),
+        "{found}"
+    );
+    assert!(!found.contains("Dana Nguyen"));
+    let (_, _, none) = page(
+        &app,
+        &format!("/alerts/{id}/outstanding?q=nobody-by-this-name"),
+    )
+    .await;
+    assert!(none.contains("0 of 0 matching"));
+
+    // The CSV export: every outstanding person, one row each.
+    let r = app
+        .http
+        .get(format!("{}/alerts/{id}/outstanding?format=csv", app.base))
+        .bearer_auth(&app.viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/csv")
+    );
+    assert!(
+        r.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .contains("attachment")
+    );
+    let csv = r.text().await.unwrap();
+    let mut rows = csv::Reader::from_reader(csv.as_bytes());
+    assert_eq!(rows.records().count() as i64, outstanding, "{csv}");
+
+    // The pickup plan: Ben's answer, searchable by school.
+    let (st, _, plan) = page(&app, &format!("/alerts/{id}/pickup?q=ben")).await;
+    assert_eq!(st, 200);
+    assert!(
+        plan.contains("Ben Lee") && plan.contains("Send my child home on the bus"),
+        "{plan}"
+    );
+    let (_, _, roosevelt) = page(&app, &format!("/alerts/{id}/pickup?q=Roosevelt")).await;
+    assert!(roosevelt.contains("Roosevelt Middle") && !roosevelt.contains("Lincoln Elementary"));
+    let r = app
+        .http
+        .get(format!("{}/alerts/{id}/pickup?format=csv", app.base))
+        .bearer_auth(&app.viewer)
+        .send()
+        .await
+        .unwrap();
+    let csv = r.text().await.unwrap();
+    assert!(csv.starts_with("student_id,student,school,grade,plan,conflict"));
+    assert!(
+        csv.contains("Ben Lee") && csv.contains("Send my child home on the bus (Wei Lee)"),
+        "{csv}"
+    );
+    let (st, _, _) = page(&app, "/alerts/424242/pickup").await;
+    assert_eq!(st, 404);
+    app.stop().await;
+}

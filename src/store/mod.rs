@@ -17,6 +17,7 @@ pub mod cap;
 pub mod deliveries;
 pub mod guard;
 pub mod keyfile;
+pub mod lists;
 pub mod replies;
 pub mod schema;
 pub mod sis_syncs;

@@ -434,7 +434,7 @@ async fn pickup_section(
         .map_err(|e| crate::http::ApiError::from(e).into_response())?;
     let _ = write!(
         b,
-        "<h2>Pickup plan per student</h2><p>{} student(s) with guardians answering differently are marked <strong>CONFLICT</strong>. <a href=\"/api/v1/alerts/{id}/pickup\">Whole plan (JSON or CSV)</a>.</p>",
+        "<h2>Pickup plan per student</h2><p>{} student(s) with guardians answering differently are marked <strong>CONFLICT</strong>. <a href=\"/alerts/{id}/pickup\">Search the whole plan, or download it as CSV</a>.</p>",
         num(s.conflicts)
     );
     b.push_str("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">School</th><th scope=\"col\">Student</th><th scope=\"col\">Plan</th></tr></thead><tbody>");
@@ -532,7 +532,12 @@ async fn outstanding_section(
         .await
         .map_err(|e| crate::http::ApiError::from(e).into_response())?;
     let total_out = a.recipients - s.acknowledged;
-    let _ = write!(b, "<h2>Not confirmed ({})</h2>", num(total_out));
+    let _ = write!(
+        b,
+        "<h2>Not confirmed ({})</h2><p><a href=\"/alerts/{id}/outstanding\">Search all {}, or download them as CSV</a>.</p>",
+        num(total_out),
+        num(total_out)
+    );
     if outstanding.is_empty() {
         b.push_str("<p>Nobody on this page.</p>");
         return Ok(());

@@ -7,6 +7,7 @@
 //! - `overview`: open alerts with progress, recent alerts.
 //! - `alert`: one alert, its live figures, chart and per-school breakdown.
 //! - `events`: the alert view's event stream.
+//! - `lists`: who has not confirmed and the pickup plan: search, pages, CSV.
 //! - `chart`: the server-drawn SVG of hand-over, delivery and confirmation.
 //! - `login`: token sign-in (break-glass) and sign-out.
 //!
@@ -16,6 +17,7 @@
 pub mod alert;
 pub mod chart;
 pub mod events;
+pub mod lists;
 pub mod login;
 pub mod overview;
 
@@ -36,6 +38,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/", get(overview::index))
         .route("/alerts/{id}", get(alert::view))
         .route("/alerts/{id}/events", get(events::stream))
+        .route("/alerts/{id}/outstanding", get(lists::outstanding))
+        .route("/alerts/{id}/pickup", get(lists::pickup))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", axum::routing::post(login::logout))
         .route("/console.js", get(script))
