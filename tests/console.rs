@@ -423,3 +423,55 @@ async fn the_lists_are_searched_paged_and_exported_whole() {
     assert_eq!(st, 404);
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_overview_shows_open_alerts_providers_feeds_and_sis_syncs() {
+    // A feed nobody answers: a port we bound and closed again.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = dead.local_addr().unwrap();
+    drop(dead);
+    let app = common::spawn_app_with(&format!(
+        "{}\n[[feeds]]\nname = \"county-cap\"\nkind = \"cap\"\nurl = \"http://{addr}/cap\"\ninterval = \"1h\"\ntimeout = \"1s\"\n",
+        common::LOG_PROVIDER
+    ))
+    .await;
+    let created: serde_json::Value = app
+        .trigger(json!({"playbook": "lockdown", "audience": {"schools": ["S1"]}}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_i64().unwrap();
+    let s = app.wait_settled(id).await;
+    let handed: i64 = ["sent", "delivered"]
+        .iter()
+        .map(|k| s["totals"][k].as_i64().unwrap_or(0))
+        .sum();
+    // The feed's first poll fails at once (connection refused).
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (st, _, body) = page(&app, "/").await;
+        assert_eq!(st, 200);
+        if body.contains("failed; retrying") || std::time::Instant::now() > until {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        body.contains("county-cap") && body.contains("failed; retrying"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("href=\"/alerts/{id}\">#{id} Lockdown")),
+        "the open alert"
+    );
+    // The log provider, healthy, with the requests it accepted.
+    assert!(body.contains("<th scope=\"row\">test-log</th>"));
+    assert!(body.contains("closed (healthy)"));
+    assert!(
+        body.contains(&format!("<td class=\"n\">{handed}</td>")),
+        "{handed} requests accepted"
+    );
+    assert!(body.contains("SIS imports and syncs"));
+    app.stop().await;
+}

@@ -16,6 +16,7 @@ pub mod breakdown;
 pub mod cap;
 pub mod deliveries;
 pub mod guard;
+pub mod health;
 pub mod keyfile;
 pub mod lists;
 pub mod replies;

@@ -1,6 +1,7 @@
 //! The console's first page: open alerts with their progress, then the
-//! recent ones, and the health of what the alerts depend on (the SIS copy's
-//! imports and syncs).
+//! recent ones, and the health of what the alerts depend on: providers
+//! (breaker, rate, recent errors), CAP feeds, and the SIS copy's imports
+//! and syncs.
 
 use std::fmt::Write;
 use std::sync::Arc;
@@ -11,9 +12,10 @@ use axum::response::{IntoResponse, Response};
 use super::alert::state_label;
 use super::{escape, num, page, pct, time};
 use crate::app::AppState;
+use crate::deliver::engine::BreakerState;
 use crate::domain::{AlertId, AlertState};
 use crate::http::session::Operator;
-use crate::store::{alerts, sis_syncs};
+use crate::store::{alerts, health, sis_syncs};
 
 /// Recent alerts listed; the API lists more.
 const RECENT: i64 = 50;
@@ -100,6 +102,9 @@ pub async fn index(op: Operator, State(state): State<Arc<AppState>>) -> Response
     }
     b.push_str("</section>");
 
+    b.push_str(&providers_section(&state).await);
+    b.push_str(&feeds_section(&state));
+
     let syncs = match state.store.read(|c| sis_syncs::recent(c, 10)).await {
         Ok(r) => r,
         Err(e) => return crate::http::ApiError::from(e).into_response(),
@@ -128,4 +133,155 @@ pub async fn index(op: Operator, State(state): State<Arc<AppState>>) -> Response
     }
     b.push_str("</section>");
     page(&state, Some(&op), "klaxon alerts", &b)
+}
+
+/// Errors listed under the providers.
+const RECENT_ERRORS: i64 = 10;
+
+async fn providers_section(state: &AppState) -> String {
+    let mut b = String::from(
+        "<section aria-labelledby=\"providers-h\"><h2 id=\"providers-h\">Providers</h2>\
+<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Provider</th><th scope=\"col\">Channels</th>\
+<th scope=\"col\">Rate limit</th><th scope=\"col\">Breaker</th><th scope=\"col\" class=\"n\">Accepted</th>\
+<th scope=\"col\" class=\"n\">Retried</th><th scope=\"col\" class=\"n\">Refused</th></tr></thead><tbody>",
+    );
+    let providers = state.engine.health();
+    if providers.is_empty() {
+        b.push_str(
+            "<tr><td colspan=\"7\">No provider is configured: nothing can be sent.</td></tr>",
+        );
+    }
+    for p in &providers {
+        let channels = p
+            .channels
+            .iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rate = p
+            .rate
+            .map(|r| format!("{r:.1} per second"))
+            .unwrap_or_else(|| "none".into());
+        let breaker = match p.breaker {
+            BreakerState::Closed { failures: 0 } => "closed (healthy)".to_string(),
+            BreakerState::Closed { failures } => {
+                format!("closed; {failures} failure(s) in a row")
+            }
+            BreakerState::Open { for_ } => format!(
+                "<strong>open</strong>: skipped for {} s more",
+                for_.as_secs().max(1)
+            ),
+            BreakerState::HalfOpen => "half-open: one probe decides".to_string(),
+        };
+        let count = |outcome: &str| {
+            state.metrics.get(
+                "klaxon_provider_requests_total",
+                &[("provider", p.name.as_str()), ("outcome", outcome)],
+            )
+        };
+        let _ = write!(
+            b,
+            "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            escape(&p.name),
+            escape(&channels),
+            escape(&rate),
+            breaker,
+            num(count("accepted") as i64),
+            num(count("transient") as i64),
+            num(count("permanent") as i64),
+        );
+    }
+    b.push_str(
+        "</tbody></table></div><p class=\"muted\">Request counts since the daemon started.</p>",
+    );
+    match state
+        .store
+        .read(|c| health::recent_errors(c, RECENT_ERRORS))
+        .await
+    {
+        Ok(errors) if errors.is_empty() => {
+            b.push_str("<p>No delivery errors among the latest deliveries.</p>")
+        }
+        Ok(errors) => {
+            b.push_str("<h3>Latest delivery errors</h3><div class=\"scroll\"><table><thead><tr><th scope=\"col\">When</th><th scope=\"col\">Alert</th>\
+<th scope=\"col\">Provider</th><th scope=\"col\">Channel</th><th scope=\"col\">State</th><th scope=\"col\">Error</th></tr></thead><tbody>");
+            for e in &errors {
+                let _ = write!(
+                    b,
+                    "<tr><td>{}</td><td><a href=\"/alerts/{a}\">#{a}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td></tr>",
+                    escape(&time(state, Some(e.at))),
+                    escape(e.provider.as_deref().unwrap_or("—")),
+                    escape(&e.channel),
+                    escape(&e.state),
+                    e.code
+                        .as_deref()
+                        .map(|c| format!("{}: ", escape(c)))
+                        .unwrap_or_default(),
+                    escape(&e.error),
+                    a = e.alert_id,
+                );
+            }
+            b.push_str("</tbody></table></div>");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Cannot read recent delivery errors for the console.");
+            b.push_str(
+                "<p class=\"warn\">Recent errors could not be read; see the daemon's log.</p>",
+            );
+        }
+    }
+    b.push_str("</section>");
+    b
+}
+
+fn feeds_section(state: &AppState) -> String {
+    let feeds = &state.config.feeds;
+    let mut b =
+        String::from("<section aria-labelledby=\"feeds-h\"><h2 id=\"feeds-h\">CAP feeds</h2>");
+    if feeds.is_empty() {
+        b.push_str("<p>No CAP feed is configured.</p></section>");
+        return b;
+    }
+    let failing = crate::trigger::feed::failing(state);
+    b.push_str("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Feed</th><th scope=\"col\">Last poll</th>\
+<th scope=\"col\">Last usable answer</th><th scope=\"col\" class=\"n\">Polls</th><th scope=\"col\" class=\"n\">Errors</th></tr></thead><tbody>");
+    for f in feeds {
+        let labels = [("feed", f.name.as_str())];
+        let up = state.metrics.gauge("klaxon_feed_up", &labels);
+        let last_ok = state
+            .metrics
+            .gauge("klaxon_feed_last_success_timestamp_seconds", &labels)
+            .map(|s| (s * 1000.0) as i64);
+        let polls: u64 = ["ok", "not-modified", "error"]
+            .iter()
+            .map(|o| {
+                state
+                    .metrics
+                    .get("klaxon_feed_polls_total", &[labels[0], ("outcome", o)])
+            })
+            .sum();
+        let errors = state.metrics.get(
+            "klaxon_feed_polls_total",
+            &[labels[0], ("outcome", "error")],
+        );
+        let status = match up {
+            None => "not polled yet".to_string(),
+            Some(u) if u >= 1.0 => "ok".to_string(),
+            Some(_) if failing.contains(&f.name) => {
+                "<strong>failing for more than three intervals</strong>".to_string()
+            }
+            Some(_) => "failed; retrying".to_string(),
+        };
+        let _ = write!(
+            b,
+            "<tr><th scope=\"row\">{}</th><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
+            escape(&f.name),
+            status,
+            escape(&time(state, last_ok)),
+            num(polls as i64),
+            num(errors as i64),
+        );
+    }
+    b.push_str("</tbody></table></div></section>");
+    b
 }
