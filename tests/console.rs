@@ -475,3 +475,277 @@ async fn the_overview_shows_open_alerts_providers_feeds_and_sis_syncs() {
     assert!(body.contains("SIS imports and syncs"));
     app.stop().await;
 }
+
+/// Signs in with `token` through the form; the cookie and the CSRF token.
+async fn sign_in(app: &TestApp, token: &str) -> (String, String) {
+    let r = app
+        .http
+        .post(format!("{}/login", app.base))
+        .form(&[("token", token), ("next", "/")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let home = app
+        .http
+        .get(format!("{}/", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = home
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    (cookie, csrf)
+}
+
+async fn post_form(
+    app: &TestApp,
+    cookie: &str,
+    path: &str,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
+    app.http
+        .post(format!("{}{path}", app.base))
+        .header("cookie", cookie)
+        .form(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_previews_and_sends_a_drill_from_the_form() {
+    let app = spawn_app().await;
+    let (cookie, csrf) = sign_in(&app, &app.admin).await;
+    let form = app
+        .http
+        .get(format!("{}/trigger", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(form.contains("Lincoln Elementary") && form.contains("value=\"early-dismissal\""));
+    assert!(
+        !form.contains("value=\"all-clear\""),
+        "follow-ups are not started alone"
+    );
+
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("playbook", "early-dismissal"),
+        ("school", "S1"),
+        ("message", "Power outage."),
+        ("drill", "on"),
+    ];
+    // The preview: who, how, in which languages, whether it fits the deadline.
+    let preview = post_form(&app, &cookie, "/trigger/preview", &fields).await;
+    assert_eq!(preview.status(), 200);
+    let preview = preview.text().await.unwrap();
+    assert!(preview.contains("<strong>4 people</strong>"), "{preview}");
+    assert!(preview.contains("Recipients per role") && preview.contains("guardian"));
+    assert!(
+        preview.contains("SMS per language") && preview.contains(">es<"),
+        "{preview}"
+    );
+    assert!(preview.contains("it fits"), "{preview}");
+    assert!(
+        !preview.contains("name=\"confirm\""),
+        "one school: no typed confirmation"
+    );
+    assert!(preview.contains("DRILL"));
+    let audit_before: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM alerts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(audit_before, 0, "a preview sends nothing");
+
+    // Without the CSRF token: refused, nothing created.
+    let r = post_form(&app, &cookie, "/trigger/send", &fields[1..]).await;
+    assert_eq!(r.status(), 403);
+    let r = post_form(&app, &cookie, "/trigger/send", &fields).await;
+    assert_eq!(r.status(), 303);
+    let to = r.headers()["location"].to_str().unwrap().to_string();
+    let id: i64 = to.trim_start_matches("/alerts/").parse().unwrap();
+    let s = app.wait_settled(id).await;
+    assert_eq!(s["drill"], true);
+    assert_eq!(s["recipients"], 4);
+    assert_eq!(s["source"], "console");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_district_wide_alert_needs_the_typed_word_and_a_viewer_cannot_act() {
+    let app = spawn_app().await;
+    let (cookie, csrf) = sign_in(&app, &app.admin).await;
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("playbook", "lockdown"),
+        ("drill", "on"),
+    ];
+    let preview = post_form(&app, &cookie, "/trigger/preview", &fields)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(preview.contains("the whole district") && preview.contains("name=\"confirm\""));
+    let r = post_form(&app, &cookie, "/trigger/send", &fields).await;
+    assert_eq!(r.status(), 200, "back to the form");
+    assert!(r.text().await.unwrap().contains("Nothing was sent"));
+    let wrong = [fields[0], fields[1], fields[2], ("confirm", "district")];
+    let r = post_form(&app, &cookie, "/trigger/send", &wrong).await;
+    assert_eq!(r.status(), 200);
+    let n: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM alerts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 0, "nothing sent without the exact word");
+    let right = [fields[0], fields[1], fields[2], ("confirm", "DISTRICT")];
+    let r = post_form(&app, &cookie, "/trigger/send", &right).await;
+    assert_eq!(r.status(), 303);
+
+    // A viewer sees no form and cannot post one.
+    let (vcookie, vcsrf) = sign_in(&app, &app.viewer).await;
+    let r = app
+        .http
+        .get(format!("{}/trigger", app.base))
+        .header("cookie", &vcookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let vf = [
+        ("csrf", vcsrf.as_str()),
+        ("playbook", "lockdown"),
+        ("school", "S1"),
+    ];
+    let r = post_form(&app, &vcookie, "/trigger/send", &vf).await;
+    assert_eq!(r.status(), 403);
+    let n: i64 = app
+        .db()
+        .query_row("SELECT count(*) FROM alerts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approve_all_clear_and_cancel_each_take_a_confirmation_step() {
+    let app = spawn_app().await;
+    let (cookie, csrf) = sign_in(&app, &app.admin).await;
+    let held: serde_json::Value = app
+        .trigger(json!({"playbook": "lockdown", "audience": {"schools": ["S1"]}, "hold": true, "drill": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let id = held["id"].as_i64().unwrap();
+    let view = app
+        .http
+        .get(format!("{}/alerts/{id}", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(view.contains(&format!("href=\"/alerts/{id}/act/approve\"")));
+    assert!(
+        !view.contains("act/all-clear"),
+        "no all-clear for a held alert"
+    );
+    let confirm = app
+        .http
+        .get(format!("{}/alerts/{id}/act/approve", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(confirm.contains("Sending starts now") && confirm.contains("Yes: approve and send"));
+    assert_eq!(
+        app.status(id).await["state"],
+        "held",
+        "the confirmation page changes nothing"
+    );
+    let r = post_form(
+        &app,
+        &cookie,
+        &format!("/alerts/{id}/act/approve"),
+        &[("csrf", "x")],
+    )
+    .await;
+    assert_eq!(r.status(), 403, "CSRF checked");
+    let r = post_form(
+        &app,
+        &cookie,
+        &format!("/alerts/{id}/act/approve"),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    app.wait_settled(id).await;
+
+    let r = post_form(
+        &app,
+        &cookie,
+        &format!("/alerts/{id}/act/all-clear"),
+        &[("csrf", &csrf), ("message", "Doors open again.")],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let s = app
+        .wait_status(id, "closed by the all-clear", |s| s["state"] == "closed")
+        .await;
+    assert_eq!(s["closed_reason"], "all-clear");
+    assert!(s["all_clear_id"].is_i64());
+
+    // Cancel, on another alert.
+    let other: serde_json::Value = app
+        .trigger(json!({"playbook": "lockdown", "audience": {"schools": ["S2"]}, "hold": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let other = other["id"].as_i64().unwrap();
+    let r = post_form(
+        &app,
+        &cookie,
+        &format!("/alerts/{other}/act/cancel"),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let s = app.status(other).await;
+    assert_eq!(s["state"], "closed");
+    assert_eq!(s["closed_reason"], "cancelled");
+    assert_eq!(s["created_by"], "test");
+    let r = post_form(
+        &app,
+        &cookie,
+        &format!("/alerts/{other}/act/teleport"),
+        &[("csrf", &csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    app.stop().await;
+}

@@ -128,7 +128,7 @@ impl FromRequestParts<Arc<AppState>> for Operator {
         };
         let csrf = hex(&mac(state, &token).finalize().into_bytes());
         Ok(Operator {
-            actor: format!("token:{}", caller.name),
+            actor: caller.name.clone(),
             display: caller.name,
             role: caller.role,
             scope: Scope::District,

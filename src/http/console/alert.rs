@@ -310,6 +310,7 @@ pub async fn view(
     if let Some(w) = &a.warning {
         let _ = write!(b, "<p class=\"warn\">{}</p>", escape(w));
     }
+    b.push_str(&super::act::buttons(&op, a));
     let _ = write!(
         b,
         "<p class=\"muted\">Created {} by {}.</p>",

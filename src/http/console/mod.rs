@@ -4,7 +4,8 @@
 //! Server-Sent Events instead of reloading the page (a timed reload breaks
 //! WCAG 2.2.1). One file per page:
 //!
-//! - `overview`: open alerts with progress, recent alerts.
+//! - `overview`: open alerts with progress, recent alerts, health.
+//! - `act`: start an alert (form, preview, send); approve, all-clear, cancel.
 //! - `alert`: one alert, its live figures, chart and per-school breakdown.
 //! - `events`: the alert view's event stream.
 //! - `lists`: who has not confirmed and the pickup plan: search, pages, CSV.
@@ -14,6 +15,7 @@
 //! Who is signed in comes from `super::session::Operator`; pages read the
 //! store through its functions and never hold state of their own.
 
+pub mod act;
 pub mod alert;
 pub mod chart;
 pub mod events;
@@ -42,6 +44,13 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/alerts/{id}/pickup", get(lists::pickup))
         .route("/login", get(login::form).post(login::submit))
         .route("/logout", axum::routing::post(login::logout))
+        .route("/trigger", get(act::form))
+        .route("/trigger/preview", axum::routing::post(act::preview))
+        .route("/trigger/send", axum::routing::post(act::send))
+        .route(
+            "/alerts/{id}/act/{action}",
+            get(act::confirm).post(act::act),
+        )
         .route("/console.js", get(script))
 }
 
@@ -70,10 +79,15 @@ pub fn html(status: StatusCode, body: String) -> Response {
 pub fn page(state: &AppState, op: Option<&Operator>, title: &str, body: &str) -> Response {
     let nav = match op {
         Some(op) => format!(
-            "<header><nav aria-label=\"Console\"><a href=\"/\">Alerts</a></nav>\
+            "<header><nav aria-label=\"Console\"><a href=\"/\">Alerts</a>{start}</nav>\
 <form method=\"post\" action=\"/logout\" class=\"who\">{csrf}<span>Signed in as {name} ({role})</span> \
 <button type=\"submit\" class=\"link\">Sign out</button></form></header>",
             csrf = csrf_input(op),
+            start = if op.role >= crate::store::tokens::ApiRole::Operator {
+                " <a href=\"/trigger\">Start an alert</a>"
+            } else {
+                ""
+            },
             name = escape(&op.display),
             role = op.role.as_str(),
         ),
@@ -113,7 +127,7 @@ const STYLE: &str = r#"
 *{box-sizing:border-box}
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;font-size:1.0625rem;line-height:1.5;color:#111;background:#fff;margin:0 auto;max-width:72rem;padding:0 1rem 2rem}
 header{display:flex;flex-wrap:wrap;gap:.5rem 1.5rem;align-items:center;justify-content:space-between;border-bottom:2px solid #0b4f9c;padding:.5rem 0;margin-bottom:1rem}
-header nav a{font-weight:700;font-size:1.125rem}
+header nav a{font-weight:700;font-size:1.125rem;margin-right:1rem}
 .who{display:flex;flex-wrap:wrap;gap:.5rem;align-items:center;margin:0}
 h1{font-size:1.5rem;line-height:1.25;overflow-wrap:anywhere}
 h2{font-size:1.25rem;margin-top:2rem}
@@ -126,6 +140,10 @@ button.link{background:none;color:#0b4f9c;text-decoration:underline;padding:.25r
 button:focus,input:focus,a:focus,select:focus,textarea:focus,summary:focus{outline:3px solid #b35c00;outline-offset:2px}
 input,select,textarea{font-size:1.0625rem;padding:.5rem;border:2px solid #444;border-radius:.25rem;max-width:100%}
 label{display:block;font-weight:600;margin-top:.75rem}
+label.check{font-weight:400;display:flex;gap:.5rem;align-items:center;min-height:44px;margin:0}
+label.check input{width:1.5rem;height:1.5rem}
+fieldset{border:2px solid #444;border-radius:.375rem;margin:1rem 0;padding:.5rem 1rem;display:flex;flex-wrap:wrap;gap:0 1.5rem}
+legend{font-weight:700;padding:0 .25rem}
 .scroll{overflow-x:auto;max-width:100%}
 table{border-collapse:collapse;width:100%;font-size:1rem}
 caption{text-align:left;font-weight:700;padding:.25rem 0}
