@@ -96,8 +96,14 @@ async fn every_console_page_passes_axe_on_desktop_tablet_and_at_200_percent() {
 
     browser.goto(&format!("{}/login", app.base)).await;
     assert_accessible(&browser, "sign-in").await;
-    sign_in(&browser, &app, &app.viewer).await;
+    sign_in(&browser, &app, &app.admin).await;
     let pages = [
+        ("trigger form", "/trigger".to_string(), "Start an alert"),
+        (
+            "all-clear confirmation",
+            format!("/alerts/{id}/act/all-clear"),
+            "Send the all-clear",
+        ),
         ("overview", "/".to_string(), "Open alerts"),
         ("alert view", format!("/alerts/{id}"), "Per school"),
         (
@@ -126,6 +132,16 @@ async fn every_console_page_passes_axe_on_desktop_tablet_and_at_200_percent() {
             assert_no_horizontal_scroll(&browser, &what).await;
             assert_accessible(&browser, &what).await;
         }
+        // The preview, reached through the form.
+        browser.goto(&format!("{}/trigger", app.base)).await;
+        browser.click("input[name=school][value=S1]").await;
+        browser.submit("form[action='/trigger/preview']").await;
+        browser
+            .wait_for(Until::Text("SMS per language"), Duration::from_secs(10))
+            .await;
+        let what = format!("preview at {label}");
+        assert_no_horizontal_scroll(&browser, &what).await;
+        assert_accessible(&browser, &what).await;
     }
     browser.close().await;
     app.stop().await;
@@ -137,16 +153,50 @@ async fn the_alert_view_updates_without_a_reload_and_the_operator_signs_out() {
         return;
     };
     let app = spawn_app().await;
-    let created: serde_json::Value = app
-        .trigger(json!({"playbook": "early-dismissal", "audience": {"schools": ["S1", "S2"]}, "message": "Power outage.", "drill": true}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"].as_i64().unwrap();
+    sign_in(&browser, &app, &app.admin).await;
+
+    // Trigger a drill from the form and see the preview before sending.
+    browser.click("nav a[href='/trigger']").await;
+    browser
+        .wait_for(Until::Css("select#playbook"), Duration::from_secs(10))
+        .await;
+    browser.select("select#playbook", "early-dismissal").await;
+    browser.click("input[name=school][value=S1]").await;
+    browser.click("input[name=school][value=S2]").await;
+    browser.fill("#message", "Power outage.").await;
+    assert!(
+        browser.find("#drill").await.is_selected().await.unwrap(),
+        "the form starts as a drill"
+    );
+    browser.submit("form[action='/trigger/preview']").await;
+    browser
+        .wait_for(Until::Text("SMS per language"), Duration::from_secs(10))
+        .await;
+    let preview = browser.page_text().await;
+    assert!(
+        preview.contains("Preview: DRILL: Early dismissal"),
+        "{preview}"
+    );
+    assert!(preview.contains("it fits"), "{preview}");
+    assert_eq!(
+        app.db()
+            .query_row("SELECT count(*) FROM alerts", [], |r| r.get::<_, i64>(0))
+            .unwrap(),
+        0,
+        "the preview sends nothing"
+    );
+    browser.submit("form[action='/trigger/send']").await;
+    browser
+        .wait_for(Until::Text("Per school"), Duration::from_secs(20))
+        .await;
+    let url = browser.url().await;
+    let id: i64 = url
+        .rsplit('/')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an alert page: {url}"));
     app.wait_settled(id).await;
 
-    sign_in(&browser, &app, &app.admin).await;
     browser.resize(1100, 1400).await;
     browser.goto(&format!("{}/alerts/{id}", app.base)).await;
     browser
@@ -197,10 +247,26 @@ async fn the_alert_view_updates_without_a_reload_and_the_operator_signs_out() {
     );
 
     // The screenshot in the README, taken from this page.
-    let shot = browser
-        .screenshot(&Path::new(env!("CARGO_MANIFEST_DIR")).join("target/alert-view.png"))
-        .await;
+    // KLAXON_SCREENSHOT=docs/alert-view.png refreshes the README's picture.
+    let to = std::env::var("KLAXON_SCREENSHOT")
+        .map(|p| Path::new(env!("CARGO_MANIFEST_DIR")).join(p))
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/alert-view.png"));
+    let shot = browser.screenshot(&to).await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000);
+
+    // The all-clear, with its confirmation step.
+    browser
+        .click(&format!("a[href='/alerts/{id}/act/all-clear']"))
+        .await;
+    browser
+        .wait_for(Until::Text("exactly the same"), Duration::from_secs(10))
+        .await;
+    browser
+        .submit(&format!("form[action='/alerts/{id}/act/all-clear']"))
+        .await;
+    browser
+        .wait_for(Until::Text("closed (all-clear)"), Duration::from_secs(20))
+        .await;
 
     // Sign out: back to the sign-in page, and the console is closed again.
     browser.click("header button[type=submit]").await;

@@ -370,7 +370,7 @@ pub async fn preview(
     if let Some(m) = &req.message {
         let _ = write!(b, "<p>Message added: “{}”</p>", escape(m));
     }
-    b.push_str("<div class=\"scroll\"><table><caption>Recipients per role</caption><thead><tr><th scope=\"col\">Role</th><th scope=\"col\" class=\"n\">People</th></tr></thead><tbody>");
+    b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><caption>Recipients per role</caption><thead><tr><th scope=\"col\">Role</th><th scope=\"col\" class=\"n\">People</th></tr></thead><tbody>");
     for (role, n) in &p.per_role {
         let _ = write!(
             b,
@@ -379,7 +379,7 @@ pub async fn preview(
             num(*n as i64)
         );
     }
-    b.push_str("</tbody></table></div><div class=\"scroll\"><table><caption>Reachable per channel</caption><thead><tr><th scope=\"col\">Channel</th><th scope=\"col\" class=\"n\">People</th></tr></thead><tbody>");
+    b.push_str("</tbody></table></div><div class=\"scroll\" tabindex=\"0\"><table><caption>Reachable per channel</caption><thead><tr><th scope=\"col\">Channel</th><th scope=\"col\" class=\"n\">People</th></tr></thead><tbody>");
     for (ch, n) in &p.per_channel {
         let _ = write!(
             b,
@@ -388,7 +388,7 @@ pub async fn preview(
             num(*n as i64)
         );
     }
-    b.push_str("</tbody></table></div><div class=\"scroll\"><table><caption>SMS per language</caption><thead><tr><th scope=\"col\">Language</th><th scope=\"col\" class=\"n\">People</th><th scope=\"col\" class=\"n\">SMS segments each</th></tr></thead><tbody>");
+    b.push_str("</tbody></table></div><div class=\"scroll\" tabindex=\"0\"><table><caption>SMS per language</caption><thead><tr><th scope=\"col\">Language</th><th scope=\"col\" class=\"n\">People</th><th scope=\"col\" class=\"n\">SMS segments each</th></tr></thead><tbody>");
     for (lang, (n, segs)) in &p.languages {
         let _ = write!(
             b,

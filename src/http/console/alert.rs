@@ -272,7 +272,7 @@ pub async fn view(
 <div><dt>Confirmed</dt><dd>{confirmed}<small>{confirmed_pct}</small>{confirmed_bar}</dd></div>\
 <div><dt>Not confirmed</dt><dd>{outstanding}</dd></div>\
 </dl>\
-<div class=\"scroll\"><table><caption>Deadlines and times</caption><tbody>\
+<div class=\"scroll\" tabindex=\"0\"><table><caption>Deadlines and times</caption><tbody>\
 <tr><th scope=\"row\">Notify deadline</th><td>{notify_at}</td><td>{notify_left}</td></tr>\
 <tr><th scope=\"row\">Confirm deadline</th><td>{ack_at}</td><td>{ack_left}</td></tr>\
 <tr><th scope=\"row\">Last hand-over (first deliveries)</th><td colspan=\"2\">{last_handover}</td></tr>\
@@ -337,7 +337,7 @@ pub async fn view(
     };
     b.push_str(&schools_table(&schools));
 
-    b.push_str("<h2>First deliveries per channel</h2><div class=\"scroll\"><table><thead><tr><th scope=\"col\">Channel</th>");
+    b.push_str("<h2>First deliveries per channel</h2><div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">Channel</th>");
     for st in DeliveryState::ALL {
         let _ = write!(b, "<th scope=\"col\" class=\"n\">{st}</th>");
     }
@@ -371,7 +371,7 @@ fn schools_table(rows: &[breakdown::SchoolFigures]) -> String {
     let mut b = String::from(
         "<section aria-labelledby=\"schools-h\"><h2 id=\"schools-h\">Per school</h2>\
 <p class=\"muted\">A guardian counts at each school one of their children in this alert attends.</p>\
-<div class=\"scroll\"><table><thead><tr><th scope=\"col\">School</th><th scope=\"col\" class=\"n\">Recipients</th>\
+<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">School</th><th scope=\"col\" class=\"n\">Recipients</th>\
 <th scope=\"col\" class=\"n\">Reached</th><th scope=\"col\" class=\"n\">Delivered</th><th scope=\"col\" class=\"n\">Confirmed</th>\
 <th scope=\"col\" class=\"n\">Not confirmed</th></tr></thead><tbody>",
     );
@@ -438,7 +438,7 @@ async fn pickup_section(
         "<h2>Pickup plan per student</h2><p>{} student(s) with guardians answering differently are marked <strong>CONFLICT</strong>. <a href=\"/alerts/{id}/pickup\">Search the whole plan, or download it as CSV</a>.</p>",
         num(s.conflicts)
     );
-    b.push_str("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">School</th><th scope=\"col\">Student</th><th scope=\"col\">Plan</th></tr></thead><tbody>");
+    b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">School</th><th scope=\"col\">Student</th><th scope=\"col\">Plan</th></tr></thead><tbody>");
     for p in &plan {
         let answers = if p.answers.is_empty() {
             "no answer yet".to_string()
@@ -495,7 +495,7 @@ async fn inbox_section(state: &AppState, b: &mut String, v: &StatusView) -> Resu
         b.push_str("<p>No messages.</p>");
         return Ok(());
     }
-    b.push_str("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Received</th><th scope=\"col\">From</th><th scope=\"col\">Kind</th><th scope=\"col\">Message</th></tr></thead><tbody>");
+    b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">Received</th><th scope=\"col\">From</th><th scope=\"col\">Kind</th><th scope=\"col\">Message</th></tr></thead><tbody>");
     for m in &inbox {
         let _ = write!(
             b,
@@ -543,7 +543,7 @@ async fn outstanding_section(
         b.push_str("<p>Nobody on this page.</p>");
         return Ok(());
     }
-    b.push_str("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Role</th><th scope=\"col\">Status</th><th scope=\"col\">Children</th></tr></thead><tbody>");
+    b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Role</th><th scope=\"col\">Status</th><th scope=\"col\">Children</th></tr></thead><tbody>");
     for o in &outstanding {
         let kids: Vec<&str> = o
             .recipient

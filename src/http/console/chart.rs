@@ -246,7 +246,7 @@ pub fn render(alert: &AlertRow, t: &Timeline, end: i64) -> String {
     // The table alternative: one row per bucket where something changed.
     let _ = write!(
         s,
-        "<details><summary>The chart as a table</summary><div class=\"scroll\"><table>\
+        "<details><summary>The chart as a table</summary><div class=\"scroll\" tabindex=\"0\"><table>\
 <caption>Cumulative counts per {} from release</caption>\
 <thead><tr><th scope=\"col\">By</th><th scope=\"col\" class=\"n\">Handed over</th><th scope=\"col\" class=\"n\">Delivered</th><th scope=\"col\" class=\"n\">Confirmed</th></tr></thead><tbody>",
         offset_label(t.bucket_ms)

@@ -171,7 +171,7 @@ pub async fn outstanding(
         num(total)
     );
     if !rows.is_empty() {
-        b.push_str("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Role</th><th scope=\"col\">Status</th><th scope=\"col\">Children</th></tr></thead><tbody>");
+        b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Role</th><th scope=\"col\">Status</th><th scope=\"col\">Children</th></tr></thead><tbody>");
         for r in &rows {
             let _ = write!(
                 b,
@@ -308,7 +308,7 @@ pub async fn pickup(
         num(total)
     );
     if !rows.is_empty() {
-        b.push_str("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">School</th><th scope=\"col\">Grade</th><th scope=\"col\">Student</th><th scope=\"col\">Plan</th></tr></thead><tbody>");
+        b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">School</th><th scope=\"col\">Grade</th><th scope=\"col\">Student</th><th scope=\"col\">Plan</th></tr></thead><tbody>");
         for p in &rows {
             let _ = write!(
                 b,

@@ -36,7 +36,7 @@ pub async fn index(op: Operator, State(state): State<Arc<AppState>>) -> Response
     if open.is_empty() {
         b.push_str("<p>No alert is open.</p>");
     } else {
-        b.push_str("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Alert</th><th scope=\"col\">State</th>\
+        b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">Alert</th><th scope=\"col\">State</th>\
 <th scope=\"col\" class=\"n\">Recipients</th><th scope=\"col\" class=\"n\">Reached</th><th scope=\"col\" class=\"n\">Confirmed</th>\
 <th scope=\"col\">Notify deadline</th></tr></thead><tbody>");
         for a in open {
@@ -80,7 +80,7 @@ pub async fn index(op: Operator, State(state): State<Arc<AppState>>) -> Response
             "<p class=\"muted\">The newest {}; <code>klaxon status</code> and <code>/api/v1/alerts</code> list them too.</p>",
             rows.len()
         );
-        b.push_str("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">#</th><th scope=\"col\">Alert</th><th scope=\"col\">Where</th><th scope=\"col\">State</th><th scope=\"col\">Created</th><th scope=\"col\" class=\"n\">Recipients</th></tr></thead><tbody>");
+        b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">#</th><th scope=\"col\">Alert</th><th scope=\"col\">Where</th><th scope=\"col\">State</th><th scope=\"col\">Created</th><th scope=\"col\" class=\"n\">Recipients</th></tr></thead><tbody>");
         for a in &rows {
             let _ = write!(
                 b,
@@ -113,7 +113,7 @@ pub async fn index(op: Operator, State(state): State<Arc<AppState>>) -> Response
     if syncs.is_empty() {
         b.push_str("<p>No SIS import or sync recorded yet.</p>");
     } else {
-        b.push_str("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Finished</th><th scope=\"col\">Kind</th><th scope=\"col\">Outcome</th>\
+        b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">Finished</th><th scope=\"col\">Kind</th><th scope=\"col\">Outcome</th>\
 <th scope=\"col\" class=\"n\">Added</th><th scope=\"col\" class=\"n\">Changed</th><th scope=\"col\" class=\"n\">Removed</th><th scope=\"col\">Why</th></tr></thead><tbody>");
         for s in &syncs {
             let _ = write!(
@@ -141,7 +141,7 @@ const RECENT_ERRORS: i64 = 10;
 async fn providers_section(state: &AppState) -> String {
     let mut b = String::from(
         "<section aria-labelledby=\"providers-h\"><h2 id=\"providers-h\">Providers</h2>\
-<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Provider</th><th scope=\"col\">Channels</th>\
+<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">Provider</th><th scope=\"col\">Channels</th>\
 <th scope=\"col\">Rate limit</th><th scope=\"col\">Breaker</th><th scope=\"col\" class=\"n\">Accepted</th>\
 <th scope=\"col\" class=\"n\">Retried</th><th scope=\"col\" class=\"n\">Refused</th></tr></thead><tbody>",
     );
@@ -203,7 +203,7 @@ async fn providers_section(state: &AppState) -> String {
             b.push_str("<p>No delivery errors among the latest deliveries.</p>")
         }
         Ok(errors) => {
-            b.push_str("<h3>Latest delivery errors</h3><div class=\"scroll\"><table><thead><tr><th scope=\"col\">When</th><th scope=\"col\">Alert</th>\
+            b.push_str("<h3>Latest delivery errors</h3><div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">When</th><th scope=\"col\">Alert</th>\
 <th scope=\"col\">Provider</th><th scope=\"col\">Channel</th><th scope=\"col\">State</th><th scope=\"col\">Error</th></tr></thead><tbody>");
             for e in &errors {
                 let _ = write!(
@@ -243,7 +243,7 @@ fn feeds_section(state: &AppState) -> String {
         return b;
     }
     let failing = crate::trigger::feed::failing(state);
-    b.push_str("<div class=\"scroll\"><table><thead><tr><th scope=\"col\">Feed</th><th scope=\"col\">Last poll</th>\
+    b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">Feed</th><th scope=\"col\">Last poll</th>\
 <th scope=\"col\">Last usable answer</th><th scope=\"col\" class=\"n\">Polls</th><th scope=\"col\" class=\"n\">Errors</th></tr></thead><tbody>");
     for f in feeds {
         let labels = [("feed", f.name.as_str())];
