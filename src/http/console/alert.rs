@@ -263,7 +263,7 @@ pub async fn view(
         "<section aria-labelledby=\"progress-h\" data-events=\"/alerts/{id}/events\">\
 <h2 id=\"progress-h\">Progress</h2>\
 <p class=\"live-note\"><span id=\"live-note\" role=\"status\">Figures as of {asof}.</span> <a href=\"/alerts/{id}\">Refresh</a></p>\
-<p class=\"warn\">{verdict}</p>\
+<p class=\"{verdict_class}\">{verdict}</p>\
 <dl class=\"figures\">\
 <div><dt>State</dt><dd>{state}</dd></div>\
 <div><dt>Recipients</dt><dd>{recipients}<small>{unreachable}</small></dd></div>\
@@ -283,6 +283,11 @@ pub async fn view(
 <h3>Escalation</h3><p>{escalation}</p>\
 </section>",
         asof = escape(&time(&state, Some(now))),
+        verdict_class = if a.deadline_met == Some(true) {
+            "ok"
+        } else {
+            "warn"
+        },
         verdict = live.el("span", "verdict"),
         state = live.el("span", "state"),
         recipients = live.el("span", "recipients"),

@@ -152,11 +152,11 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 a{color:#0b4f9c}
 .muted{color:#444}
 .figures{display:grid;grid-template-columns:repeat(auto-fit,minmax(10rem,1fr));gap:.75rem;margin:1rem 0;padding:0}
-.figures div{border:2px solid #0b4f9c;border-radius:.375rem;padding:.5rem .75rem}
+.figures>div{border:2px solid #0b4f9c;border-radius:.375rem;padding:.5rem .75rem}
 .figures dt{font-size:.9375rem;color:#333}
 .figures dd{margin:0;font-size:1.5rem;font-weight:700;font-variant-numeric:tabular-nums}
 .figures dd small{display:block;font-size:.9375rem;font-weight:400;color:#333}
-.bar{background:#ddd;height:.5rem;border-radius:.25rem;overflow:hidden;margin-top:.25rem}
+.bar{background:#ddd;height:.5rem;border-radius:.25rem;overflow:hidden;margin-top:.25rem;border:1px solid #767676}
 .bar span{display:block;height:100%;background:#1e6b1e}
 svg.chart{width:100%;height:auto;max-width:48rem;display:block}
 .live-note{font-size:.9375rem;color:#333}
