@@ -179,7 +179,7 @@ fn events(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
             // The chart follows the figures, at most every CHART_EVERY, and
             // catches up once they stop changing.
             let chart_due = live.closed || c.chart_at.is_none_or(|at| at.elapsed() >= CHART_EVERY);
-            if !changed && !(c.chart_stale && chart_due) {
+            if !(changed || c.chart_stale && chart_due) {
                 continue;
             }
             let mut chart = None;
