@@ -125,6 +125,38 @@ pub fn pickup(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<Result<_, _>>()?;
+    Ok((with_answers(conn, alert, rows)?, total))
+}
+
+/// Students whose guardians answered differently, by student id: found
+/// from the answers (indexed), not by reading every recipient.
+pub fn conflicts(
+    conn: &Connection,
+    alert: AlertId,
+    limit: i64,
+) -> Result<Vec<StudentPlan>, StoreError> {
+    let mut st = conn.prepare_cached(
+        "SELECT p.student_id, max(j.value ->> 'name'), max(j.value ->> 'school_name'), max(j.value ->> 'grade')
+           FROM pickups p JOIN recipients r ON r.id = p.recipient_id, json_each(r.students) j
+          WHERE p.alert_id = ?1 AND j.value ->> 'id' = p.student_id
+            AND p.student_id IN (SELECT student_id FROM pickups WHERE alert_id = ?1
+                                  GROUP BY student_id HAVING count(DISTINCT choice) > 1)
+          GROUP BY p.student_id ORDER BY p.student_id LIMIT ?2",
+    )?;
+    let rows: Vec<(String, String, String, String)> = st
+        .query_map(params![alert.0, limit], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    with_answers(conn, alert, rows)
+}
+
+/// Every guardian's answer for each `(id, name, school, grade)`.
+fn with_answers(
+    conn: &Connection,
+    alert: AlertId,
+    rows: Vec<(String, String, String, String)>,
+) -> Result<Vec<StudentPlan>, StoreError> {
     let mut answers = conn.prepare_cached(
         "SELECT r.person_id, r.name, p.choice, p.at, p.via FROM pickups p JOIN recipients r ON r.id = p.recipient_id
          WHERE p.alert_id = ?1 AND p.student_id = ?2 ORDER BY p.at",
@@ -152,7 +184,7 @@ pub fn pickup(
             conflict,
         });
     }
-    Ok((out, total))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -236,6 +268,22 @@ mod tests {
         assert_eq!(ben.answers[0].choice, "bus");
         let (found, total) = pickup(&c, AlertId(1), "lincoln", "", 1).unwrap();
         assert_eq!((found.len(), total), (1, 2), "one page of two matches");
+        assert!(conflicts(&c, AlertId(1), 10).unwrap().is_empty());
+        c.execute(
+            "INSERT INTO pickups (alert_id, recipient_id, student_id, choice, at, via) VALUES (1, 1, 'k2', 'walk', 10, 'sms')",
+            [],
+        )
+        .unwrap();
+        let both = conflicts(&c, AlertId(1), 10).unwrap();
+        assert_eq!(both.len(), 1);
+        assert_eq!(
+            (
+                both[0].student.as_str(),
+                both[0].answers.len(),
+                both[0].conflict
+            ),
+            ("Ben Lee", 2, true)
+        );
         let (rest, _) = pickup(&c, AlertId(1), "lincoln", &found[0].student_id, 1).unwrap();
         assert_eq!(rest.len(), 1);
         assert_ne!(rest[0].student_id, found[0].student_id);

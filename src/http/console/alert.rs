@@ -18,7 +18,7 @@ use crate::app::AppState;
 use crate::domain::{AlertId, AlertState, DeliveryState};
 use crate::http::api::{StatusView, status_view};
 use crate::http::session::Operator;
-use crate::store::{alerts, breakdown, timeline};
+use crate::store::{alerts, breakdown, lists, timeline};
 
 /// The figures that change while an alert runs, as text ready to show:
 /// the page renders them and the event stream pushes the same map, so the
@@ -217,8 +217,6 @@ pub async fn chart_html(state: &AppState, a: &alerts::AlertRow) -> Result<String
 pub struct AlertQuery {
     /// Outstanding list: the last recipient id of the previous page.
     after: Option<i64>,
-    /// Pickup plan: the last student id of the previous page.
-    pickup_after: Option<String>,
 }
 
 /// Rows per page of the lists on this page; each says how many there are
@@ -360,7 +358,7 @@ pub async fn view(
     }
     b.push_str("</tbody></table></div>");
 
-    if let Err(r) = pickup_section(&state, &mut b, &v, q.pickup_after.clone()).await {
+    if let Err(r) = pickup_section(&state, &mut b, &v).await {
         return r;
     }
     if let Err(r) = inbox_section(&state, &mut b, &v).await {
@@ -404,12 +402,9 @@ fn schools_table(rows: &[breakdown::SchoolFigures]) -> String {
     b
 }
 
-async fn pickup_section(
-    state: &AppState,
-    b: &mut String,
-    v: &StatusView,
-    after: Option<String>,
-) -> Result<(), Response> {
+/// Answers per choice and the students whose guardians disagree; the
+/// whole plan is on its own page (it reads every recipient).
+async fn pickup_section(state: &AppState, b: &mut String, v: &StatusView) -> Result<(), Response> {
     let s = &v.status;
     let a = &s.alert;
     let id = a.id;
@@ -432,23 +427,36 @@ async fn pickup_section(
             )
         })
         .collect();
-    let pafter = after.unwrap_or_default();
-    let plan = state
+    let _ = write!(
+        b,
+        "<section aria-labelledby=\"pickup-h\"><h2 id=\"pickup-h\">Pickup plan</h2>\
+<p><a href=\"/alerts/{id}/pickup\">Every student's plan: search it, or download it as CSV</a>.</p>\
+<div class=\"scroll\" tabindex=\"0\"><table><caption>Answers per choice (one per student and guardian)</caption><tbody>"
+    );
+    for c in &choices {
+        let _ = write!(
+            b,
+            "<tr><th scope=\"row\">{}</th><td class=\"n\">{}</td></tr>",
+            escape(labels.get(c.key.as_str()).copied().unwrap_or(&c.key)),
+            num(s.choices.get(&c.key).copied().unwrap_or(0))
+        );
+    }
+    b.push_str("</tbody></table></div>");
+    let conflicts = state
         .store
-        .read(move |c| alerts::pickup_plan(c, aid, &pafter, PAGE))
+        .read(move |c| lists::conflicts(c, aid, PAGE))
         .await
         .map_err(|e| crate::http::ApiError::from(e).into_response())?;
     let _ = write!(
         b,
-        "<h2>Pickup plan per student</h2><p>{} student(s) with guardians answering differently are marked <strong>CONFLICT</strong>. <a href=\"/alerts/{id}/pickup\">Search the whole plan, or download it as CSV</a>.</p>",
+        "<p>{} student(s) with guardians answering differently, marked <strong>CONFLICT</strong>.</p>",
         num(s.conflicts)
     );
-    b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">School</th><th scope=\"col\">Student</th><th scope=\"col\">Plan</th></tr></thead><tbody>");
-    for p in &plan {
-        let answers = if p.answers.is_empty() {
-            "no answer yet".to_string()
-        } else {
-            p.answers
+    if !conflicts.is_empty() {
+        b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">School</th><th scope=\"col\">Student</th><th scope=\"col\">Plan</th></tr></thead><tbody>");
+        for p in &conflicts {
+            let answers = p
+                .answers
                 .iter()
                 .map(|x| {
                     format!(
@@ -458,31 +466,26 @@ async fn pickup_section(
                     )
                 })
                 .collect::<Vec<_>>()
-                .join("; ")
-        };
-        let _ = write!(
-            b,
-            "<tr><td>{}</td><td>{}</td><td>{}{}</td></tr>",
-            escape(&p.school),
-            escape(&p.student),
-            if p.conflict {
-                "<strong>CONFLICT:</strong> "
-            } else {
-                ""
-            },
-            escape(&answers)
-        );
+                .join("; ");
+            let _ = write!(
+                b,
+                "<tr><td>{}</td><td>{}</td><td><strong>CONFLICT:</strong> {}</td></tr>",
+                escape(&p.school),
+                escape(&p.student),
+                escape(&answers)
+            );
+        }
+        b.push_str("</tbody></table></div>");
+        if s.conflicts > conflicts.len() as i64 {
+            let _ = write!(
+                b,
+                "<p>Showing {} of {}; the <a href=\"/alerts/{id}/pickup\">whole plan</a> has them all.</p>",
+                conflicts.len(),
+                num(s.conflicts)
+            );
+        }
     }
-    b.push_str("</tbody></table></div>");
-    if plan.len() as i64 == PAGE
-        && let Some(last) = plan.last()
-    {
-        let _ = write!(
-            b,
-            "<p><a href=\"/alerts/{id}?pickup_after={}\">Next {PAGE} students</a></p>",
-            escape(&last.student_id)
-        );
-    }
+    b.push_str("</section>");
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! at most every few seconds). Bounded: at most `MAX_STREAMS` streams at
 //! once (more are answered 503 and the page keeps its Refresh link), each
 //! lives at most `MAX_LIFETIME` (the browser reconnects by itself), a
+//! look is spaced out when reading the alert is slow, a
 //! stream ends with a `closed` event once its alert is closed, and every
 //! stream ends when the daemon shuts down, so none holds the shutdown up.
 
@@ -27,14 +28,19 @@ use crate::http::session::Operator;
 
 /// Streams open at once, across all alerts. Each costs one status read a
 /// second; past this the page still works with its Refresh link.
-pub const MAX_STREAMS: usize = 64;
+pub const MAX_STREAMS: usize = 16;
 
 /// A stream is ended after this long; `EventSource` reconnects and the
 /// first event of the new stream carries every figure again.
 const MAX_LIFETIME: Duration = Duration::from_secs(15 * 60);
 
-/// How often a stream looks at its alert.
+/// How often a stream looks at its alert, at most: a read that takes long
+/// (a district-wide alert) spaces the next one out to `SLOW_FACTOR` times
+/// its cost, up to `POLL_MAX`, so open views never take more than a
+/// fraction of the store.
 const POLL: Duration = Duration::from_secs(1);
+const SLOW_FACTOR: u32 = 4;
+const POLL_MAX: Duration = Duration::from_secs(10);
 
 /// The chart is redrawn at most this often: it costs three grouped scans.
 const CHART_EVERY: Duration = Duration::from_secs(5);
@@ -104,6 +110,8 @@ struct Cursor {
     chart: Option<String>,
     /// The figures changed since the chart was last drawn.
     chart_stale: bool,
+    /// Time until the next look (see `POLL`).
+    pause: Duration,
     stop: watch::Receiver<bool>,
     until: tokio::time::Instant,
     done: bool,
@@ -134,6 +142,7 @@ pub async fn stream(
         chart_at: None,
         chart: None,
         chart_stale: false,
+        pause: POLL,
         until: tokio::time::Instant::now() + MAX_LIFETIME,
         done: false,
         _slot: slot,
@@ -157,13 +166,14 @@ fn events(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
             // The first event goes out at once, then one look a second.
             if c.last.is_some() {
                 tokio::select! {
-                    _ = tokio::time::sleep(POLL) => {}
+                    _ = tokio::time::sleep(c.pause) => {}
                     _ = c.stop.changed() => return None,
                 }
             }
             if *c.stop.borrow() || tokio::time::Instant::now() >= c.until {
                 return None;
             }
+            let read = tokio::time::Instant::now();
             let v = match status_view(&c.state, c.id).await {
                 Ok(v) => v,
                 Err(e) => {
@@ -172,6 +182,7 @@ fn events(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
                 }
             };
             let live = Live::of(&c.state, &v, c.state.now_ms());
+            c.pause = (read.elapsed() * SLOW_FACTOR).clamp(POLL, POLL_MAX);
             let changed = c
                 .last
                 .as_ref()
