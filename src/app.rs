@@ -28,6 +28,8 @@ pub struct AppState {
     pub started_at: i64,
     /// Console sign-in: the identity provider and the sign-in limiter.
     pub auth: crate::http::session::Auth,
+    /// The console's live event streams: capped, and ended at shutdown.
+    pub streams: Arc<crate::http::console::events::Streams>,
 }
 
 impl std::ops::Deref for AppState {
@@ -178,6 +180,7 @@ impl App {
             twilio_tokens,
             started_at: now,
             auth: crate::http::session::Auth::new(oidc),
+            streams: Arc::default(),
         });
         Ok(App {
             state,
@@ -271,6 +274,8 @@ impl App {
         let server = spawn_server(&state, listener, router, stop_rx.clone(), grace);
         shutdown.await;
         tracing::info!("Shutting down: no new requests.");
+        // Live views would otherwise hold their connections for the grace.
+        state.streams.close_all();
         crate::systemd::notify_stopping();
         let _ = stop_tx.send(true);
         // One deadline for every step, so SIGTERM is answered within the

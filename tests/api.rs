@@ -275,7 +275,7 @@ async fn pickup_choice_can_change_and_the_dashboard_shows_each_students_plan() {
 
     let dash = app
         .http
-        .get(format!("{}/alerts/{id}", app.base))
+        .get(format!("{}/alerts/{id}/pickup", app.base))
         .header("cookie", app.console_cookie(&app.viewer).await)
         .send()
         .await

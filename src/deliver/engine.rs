@@ -177,6 +177,40 @@ impl Breaker {
     }
 }
 
+/// A breaker as the console shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Requests go through; `failures` in a row so far.
+    Closed { failures: u32 },
+    /// Skipped for this long yet.
+    Open { for_: Duration },
+    /// The pause is over; one probe decides.
+    HalfOpen,
+}
+
+impl Breaker {
+    /// What the breaker does now, read-only.
+    pub fn state(&self, now: Instant) -> BreakerState {
+        match self.open_until {
+            None => BreakerState::Closed {
+                failures: self.failures,
+            },
+            Some(t) if now < t => BreakerState::Open { for_: t - now },
+            Some(_) => BreakerState::HalfOpen,
+        }
+    }
+}
+
+/// One provider's health, for the console's overview.
+#[derive(Debug, Clone)]
+pub struct ProviderHealth {
+    pub name: String,
+    pub channels: Vec<Channel>,
+    /// Messages per second allowed; `None` when unlimited.
+    pub rate: Option<f64>,
+    pub breaker: BreakerState,
+}
+
 /// When a failed delivery stops being retried: the ack deadline for a first
 /// delivery, the end of the escalation stage for an escalation (ms on the
 /// engine's `Clock`); `None` when it has none, and then
@@ -245,6 +279,24 @@ impl Engine {
             .iter()
             .filter(|s| s.channels.contains(&channel))
             .cloned()
+            .collect()
+    }
+
+    /// Each provider's rate and breaker, read without changing anything.
+    pub fn health(&self) -> Vec<ProviderHealth> {
+        let now = Instant::now();
+        self.slots
+            .iter()
+            .map(|s| ProviderHealth {
+                name: s.name.clone(),
+                channels: s.channels.clone(),
+                rate: s.rate,
+                breaker: s
+                    .breaker
+                    .lock()
+                    .map(|b| b.state(now))
+                    .unwrap_or(BreakerState::Closed { failures: 0 }),
+            })
             .collect()
     }
 
@@ -752,5 +804,26 @@ mod tests {
         b.success();
         assert!(b.admit(at(3005)), "closed again after the probe succeeds");
         assert!(b.admit(at(3005)));
+    }
+
+    #[test]
+    fn breaker_state_reads_without_changing_it() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut b = Breaker::new(2, Duration::from_secs(1));
+        b.failure(at(0));
+        assert_eq!(b.state(at(1)), BreakerState::Closed { failures: 1 });
+        b.failure(at(1));
+        assert_eq!(
+            b.state(at(201)),
+            BreakerState::Open {
+                for_: Duration::from_millis(800)
+            }
+        );
+        assert_eq!(b.state(at(1001)), BreakerState::HalfOpen);
+        assert!(
+            b.admit(at(1001)),
+            "reading the state let the probe through still"
+        );
     }
 }

@@ -1,11 +1,11 @@
 //! The one HTTP listener: JSON API, acknowledgement pages, provider hooks,
-//! the dashboard, metrics and health.
+//! the operator console, metrics and health.
 //!
 //! Invariant: only this module speaks HTTP to the outside; handlers translate
 //! to and from the store and never hold a lock across an await.
 
 mod api;
-mod dashboard;
+pub mod console;
 pub mod hook_sendgrid;
 pub mod hook_trigger;
 mod hooks;
@@ -61,12 +61,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(api::metrics))
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
-        .route("/", get(dashboard::index))
-        .route("/alerts/{id}", get(dashboard::alert))
         .route("/login", get(session::login_form).post(session::login))
         .route("/logout", post(session::logout))
         .route("/auth/login", get(oidc::login))
         .route(oidc::CALLBACK_PATH, get(oidc::callback))
+        .merge(console::routes())
         .with_state(state)
         .layer(axum::middleware::from_fn(origin::layer))
 }

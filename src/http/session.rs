@@ -291,6 +291,39 @@ impl FromRequestParts<Arc<AppState>> for Operator {
             let loc = format!("/login?next={}", url_escape(path));
             (StatusCode::SEE_OTHER, [(header::LOCATION, loc)]).into_response()
         };
+        // A script (or a test) may read and act on console pages with an API
+        // token, as on the API: a browser never attaches it cross-site, and
+        // its forms still carry a token derived from it.
+        if let Some(bearer) = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string())
+        {
+            let t = bearer.clone();
+            return match state.store.read(move |c| tokens::lookup(c, &t)).await {
+                Ok(Some(caller)) => Ok(Operator {
+                    actor: caller.name.clone(),
+                    display: caller.name,
+                    role: caller.role,
+                    scope: caller.scope,
+                    csrf: {
+                        let d = Sha256::new()
+                            .chain_update(b"klaxon-console-bearer-csrf\0")
+                            .chain_update(state.ack_key.as_bytes())
+                            .chain_update(bearer.as_bytes())
+                            .finalize();
+                        d.iter().map(|b| format!("{b:02x}")).collect()
+                    },
+                }),
+                _ => Err(message_page(
+                    StatusCode::UNAUTHORIZED,
+                    "Not signed in",
+                    "That API token is not valid (revoked or mistyped).",
+                )),
+            };
+        }
         let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else {
             return Err(to_login());
         };

@@ -11,6 +11,7 @@
 //!
 //! The table layout is documented in [`schema`].
 
+pub mod catalog;
 pub mod delta;
 mod generate;
 mod import;

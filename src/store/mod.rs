@@ -12,17 +12,21 @@
 
 pub mod alerts;
 pub mod audit;
+pub mod breakdown;
 pub mod cap;
 pub mod deliveries;
 pub mod email_events;
 pub mod guard;
+pub mod health;
 pub mod idempotency;
 pub mod keyfile;
+pub mod lists;
 pub mod replies;
 pub mod retention;
 pub mod schema;
 pub mod sessions;
 pub mod sis_syncs;
+pub mod timeline;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
