@@ -22,7 +22,8 @@
 //!
 //! Each scenario runs several times on a fresh store; medians are reported.
 //! Set `KLAXON_BENCH_STUDENTS` and `KLAXON_BENCH_RUNS` to scale it down,
-//! `KLAXON_BENCH_ONLY=smtp` to run parts 5 and 6 alone.
+//! `KLAXON_BENCH_ONLY=smtp` to run parts 5 and 6 alone, `KLAXON_BENCH_ONLY=rate`
+//! part 3 (the rate limit and the capacity estimate's error) alone.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -299,6 +300,8 @@ struct Fanout {
     all_s: f64,
     peak_rss_mb: f64,
     arrivals: Vec<Instant>,
+    /// The capacity estimate the 201 answer gave, seconds.
+    estimate_s: f64,
 }
 
 async fn fanout(
@@ -320,6 +323,7 @@ async fn fanout(
         .await
         .unwrap();
     let expected = created["deliveries"].as_u64().expect("alert created") as usize;
+    let estimate_s = created["estimate_seconds"].as_f64().unwrap_or(0.0);
     let mut peak = 0;
     let until = Instant::now() + Duration::from_secs(600);
     loop {
@@ -338,6 +342,7 @@ async fn fanout(
         all_s: arrivals[expected - 1].duration_since(t0).as_secs_f64(),
         peak_rss_mb: peak as f64 / 1024.0,
         arrivals,
+        estimate_s,
     }
 }
 
@@ -434,69 +439,75 @@ async fn main() {
         return;
     }
 
-    // 1. The ceiling.
-    let mut raw = Vec::new();
-    for _ in 0..runs {
+    // KLAXON_BENCH_ONLY=rate runs part 3 (and the capacity estimate) alone.
+    let rate_only = std::env::var("KLAXON_BENCH_ONLY").as_deref() == Ok("rate");
+    if !rate_only {
+        // 1. The ceiling.
+        let mut raw = Vec::new();
+        for _ in 0..runs {
+            sink.reset(None);
+            raw.push(raw_capacity(sink_addr, 50_000).await);
+        }
         sink.reset(None);
-        raw.push(raw_capacity(sink_addr, 50_000).await);
-    }
-    sink.reset(None);
-    println!(
-        "loopback provider raw capacity: median {:.0} requests/s",
-        median(raw.clone())
-    );
-
-    // 2. Whole district, no rate limit.
-    let (mut first, mut all, mut rss, mut rate) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut ack_tps = Vec::new();
-    let mut ack_p99 = Vec::new();
-    let mut ack_p50 = Vec::new();
-    let mut deliveries = 0;
-    for run in 0..runs {
-        sink.reset(None);
-        let d = daemon(
-            root.path(),
-            &format!("fanout-{run}"),
-            &sis_db,
-            sink_addr,
-            None,
-        )
-        .await;
-        let f = fanout(&d, &sink, &http, serde_json::json!({})).await;
-        deliveries = f.deliveries;
         println!(
-            "  run {run}: {} deliveries, first request {:.1} ms, all handed over {:.2} s, peak RSS {:.0} MB",
-            f.deliveries, f.first_ms, f.all_s, f.peak_rss_mb
+            "loopback provider raw capacity: median {:.0} requests/s",
+            median(raw.clone())
         );
-        first.push(f.first_ms);
-        all.push(f.all_s);
-        rss.push(f.peak_rss_mb);
-        rate.push(f.deliveries as f64 / f.all_s);
 
-        // 4. Acknowledgements against the same daemon and alert.
-        let (tps, p50, p99) = acks(&d, &http, 20_000).await;
-        println!("  run {run}: acknowledgements {tps:.0}/s, p50 {p50:.1} ms, p99 {p99:.1} ms");
-        ack_tps.push(tps);
-        ack_p50.push(p50);
-        ack_p99.push(p99);
+        // 2. Whole district, no rate limit.
+        let (mut first, mut all, mut rss, mut rate) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut ack_tps = Vec::new();
+        let mut ack_p99 = Vec::new();
+        let mut ack_p50 = Vec::new();
+        let mut deliveries = 0;
+        for run in 0..runs {
+            sink.reset(None);
+            let d = daemon(
+                root.path(),
+                &format!("fanout-{run}"),
+                &sis_db,
+                sink_addr,
+                None,
+            )
+            .await;
+            let f = fanout(&d, &sink, &http, serde_json::json!({})).await;
+            deliveries = f.deliveries;
+            println!(
+                "  run {run}: {} deliveries, first request {:.1} ms, all handed over {:.2} s, peak RSS {:.0} MB, capacity estimate {:.2} s",
+                f.deliveries, f.first_ms, f.all_s, f.peak_rss_mb, f.estimate_s
+            );
+            first.push(f.first_ms);
+            all.push(f.all_s);
+            rss.push(f.peak_rss_mb);
+            rate.push(f.deliveries as f64 / f.all_s);
+
+            // 4. Acknowledgements against the same daemon and alert.
+            let (tps, p50, p99) = acks(&d, &http, 20_000).await;
+            println!("  run {run}: acknowledgements {tps:.0}/s, p50 {p50:.1} ms, p99 {p99:.1} ms");
+            ack_tps.push(tps);
+            ack_p50.push(p50);
+            ack_p99.push(p99);
+        }
+        println!(
+            "fan-out, {deliveries} deliveries, no limit: first request median {:.1} ms (target ≤ 100), all handed over median {:.2} s (target ≤ 20), {:.0}/s, daemon peak RSS median {:.0} MB (target ≤ 200)",
+            median(first),
+            median(all),
+            median(rate),
+            median(rss)
+        );
+        println!(
+            "acknowledgements: median {:.0}/s (target ≥ 5000), p50 {:.1} ms, p99 median {:.1} ms (target ≤ 50)",
+            median(ack_tps),
+            median(ack_p50),
+            median(ack_p99)
+        );
     }
-    println!(
-        "fan-out, {deliveries} deliveries, no limit: first request median {:.1} ms (target ≤ 100), all handed over median {:.2} s (target ≤ 20), {:.0}/s, daemon peak RSS median {:.0} MB (target ≤ 200)",
-        median(first),
-        median(all),
-        median(rate),
-        median(rss)
-    );
-    println!(
-        "acknowledgements: median {:.0}/s (target ≥ 5000), p50 {:.1} ms, p99 median {:.1} ms (target ≤ 50)",
-        median(ack_tps),
-        median(ack_p50),
-        median(ack_p99)
-    );
 
     // 3. Rate limit R per provider over one school's guardians.
     let r = 200.0;
     let (mut achieved, mut worst, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
+    let mut estimate_ratio = Vec::new();
     for run in 0..runs {
         sink.reset(Some(r as usize));
         let d = daemon(
@@ -537,6 +548,15 @@ async fn main() {
             "  run {run}: {} deliveries over {span:.1} s: {got:.1}/s for the slower provider, most in one second {w:.0} for either, 429s {rej}",
             f.deliveries
         );
+        // The capacity check (issue 12): the estimate made before the
+        // first send against the hand-over measured from the trigger.
+        println!(
+            "  run {run}: capacity estimate {:.2} s, measured hand-over {:.2} s, estimate / measured {:.3}",
+            f.estimate_s,
+            f.all_s,
+            f.estimate_s / f.all_s
+        );
+        estimate_ratio.push(f.estimate_s / f.all_s);
         achieved.push(got / r);
         worst.push(w);
         rejected.push(rej as f64);
@@ -548,7 +568,14 @@ async fn main() {
         median(worst),
         median(rejected)
     );
+    println!(
+        "capacity estimate before the first send, rate-limited providers: estimate / measured hand-over median {:.3} (target within 0.8..1.2)",
+        median(estimate_ratio)
+    );
 
+    if rate_only {
+        return;
+    }
     // The Twilio-shaped sink serves part 6's SMS without a limit.
     sink.reset(None);
     smtp_scenarios(root.path(), &sis_db, sink_addr, &http, runs).await;
@@ -893,13 +920,20 @@ async fn smtp_scenarios(
 /// `POST /a/{token}` with 64 clients; throughput and latency percentiles.
 async fn acks(d: &Daemon, http: &reqwest::Client, n: usize) -> (f64, f64, f64) {
     let conn = rusqlite::Connection::open(d.dir.join("state/klaxon.db")).unwrap();
+    // Links are derived from the store's key and the recipient id, as the
+    // messages carry them; the store keeps only their hash.
+    let key = klaxon::store::keyfile::load_or_create(&d.dir.join("state")).unwrap();
     let tokens: Vec<String> = conn
-        .prepare("SELECT token FROM recipients WHERE alert_id = 1 LIMIT ?1")
+        .prepare("SELECT id FROM recipients WHERE alert_id = 1 LIMIT ?1")
         .unwrap()
-        .query_map([n as i64], |r| r.get(0))
+        .query_map([n as i64], |r| r.get::<_, i64>(0))
         .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .map(|id| {
+            klaxon::domain::AckToken::derive(&key, klaxon::domain::RecipientId(id.unwrap()))
+                .as_str()
+                .to_string()
+        })
+        .collect();
     let tokens = Arc::new(tokens);
     let next = Arc::new(AtomicU64::new(0));
     let lat = Arc::new(Mutex::new(Vec::with_capacity(tokens.len())));

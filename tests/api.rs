@@ -602,3 +602,40 @@ async fn an_alert_interrupted_while_its_audience_was_written_is_completed_at_sta
     assert_eq!(audit, 1);
     app.stop().await;
 }
+
+/// The store keeps each link's SHA-256 only: presenting that hash (from a
+/// copy of the database) opens nothing, while the link sent does.
+#[tokio::test]
+async fn the_stored_hash_of_a_link_is_not_a_link() {
+    let app = common::spawn_app().await;
+    let r = app
+        .trigger(serde_json::json!({"playbook": "lockdown", "audience": {"schools": ["S1"]}}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    app.wait_settled(id).await;
+    let (rid, hash): (i64, String) = app
+        .db()
+        .query_row(
+            "SELECT id, token FROM recipients WHERE alert_id = ?1 ORDER BY id LIMIT 1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(hash.len(), 64);
+    let get = |path: String| {
+        let http = app.http.clone();
+        async move { http.get(path).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get(format!("{}/a/{hash}", app.base)).await, 404);
+    let sent = app
+        .outbox()
+        .into_iter()
+        .filter(|m| m["alert_id"] == id)
+        .map(|m| m["ack_url"].as_str().unwrap().to_string())
+        .find(|u| !u.is_empty())
+        .expect("a link was sent");
+    assert_eq!(get(app.local(&sent)).await, 200, "{rid}");
+}

@@ -98,7 +98,8 @@ pub fn parse_document(bytes: &[u8]) -> Result<Document, CapError> {
         return Err(CapError::Empty);
     }
     if text.starts_with('{') {
-        let v: Value = serde_json::from_str(text).map_err(|e| CapError::Json(e.to_string()))?;
+        let v: Value =
+            serde_json::from_str(text).map_err(|e| CapError::Json(clip(&e.to_string(), 300)))?;
         return geojson(&v);
     }
     // An error may quote the document (an entity name runs to the next `;`):
@@ -110,7 +111,9 @@ pub fn parse_document(bytes: &[u8]) -> Result<Document, CapError> {
             let kind = match ns {
                 Some(CAP11) => DocumentKind::Cap11,
                 Some(CAP12) => DocumentKind::Cap12,
-                other => return Err(CapError::Namespace(other.unwrap_or("(none)").to_string())),
+                other => {
+                    return Err(CapError::Namespace(clip(other.unwrap_or("(none)"), 200)));
+                }
             };
             Ok(Document {
                 kind,
@@ -118,7 +121,7 @@ pub fn parse_document(bytes: &[u8]) -> Result<Document, CapError> {
                 skipped: vec![],
             })
         }
-        (name, _) => Err(CapError::UnknownRoot(format!("<{name}>"))),
+        (name, _) => Err(CapError::UnknownRoot(format!("<{}>", clip(name, 200)))),
     }
 }
 
@@ -364,9 +367,10 @@ fn atom(feed: &El) -> Document {
             .and_then(|c| c.children.iter().find(|e| e.name == "alert"));
         let result = match embedded {
             Some(alert) if matches!(alert.ns.as_deref(), Some(CAP11 | CAP12)) => cap_alert(alert),
-            Some(alert) => Err(CapError::Namespace(
-                alert.ns.clone().unwrap_or_else(|| "(none)".into()),
-            )),
+            Some(alert) => Err(CapError::Namespace(clip(
+                alert.ns.as_deref().unwrap_or("(none)"),
+                200,
+            ))),
             None if entry.child("event").is_some() => atom_index_entry(entry),
             None => Err(missing("entry.content.alert")),
         };
@@ -493,7 +497,10 @@ fn geojson(v: &Value) -> Result<Document, CapError> {
             alerts: vec![feature(v)?],
             skipped: vec![],
         }),
-        Some(other) => Err(CapError::UnknownRoot(format!("GeoJSON type `{other}`"))),
+        Some(other) => Err(CapError::UnknownRoot(format!(
+            "GeoJSON type `{}`",
+            clip(other, 200)
+        ))),
         None => Err(CapError::UnknownRoot("JSON without a `type`".into())),
     }
 }

@@ -255,6 +255,22 @@ fn malformed_documents_are_typed_errors_naming_what_is_wrong() {
     );
     let e = bad(&long).to_string();
     assert!(e.len() < 1_000, "{} bytes", e.len());
+    // And the 10-minute run: digits inserted into the root element's name
+    // or its namespace were quoted whole.
+    for doc in [
+        format!(
+            "<alert{} xmlns='urn:oasis:names:tc:emergency:cap:1.2'/>",
+            "9".repeat(5_000)
+        ),
+        format!(
+            "<alert xmlns='urn:oasis:names:tc:emergency:cap:1.2{}'/>",
+            "9".repeat(5_000)
+        ),
+        format!("{{\"type\": \"{}\"}}", "9".repeat(5_000)),
+    ] {
+        let e = bad(&doc).to_string();
+        assert!(e.len() < 1_000, "{} bytes: {}", e.len(), &e[..100]);
+    }
     assert!(matches!(bad("<html/>"), CapError::UnknownRoot(_)));
     assert!(matches!(
         bad("<alert xmlns='urn:oasis:names:tc:emergency:cap:1.0'/>"),
