@@ -63,7 +63,7 @@ async fn assert_no_horizontal_scroll(browser: &Browser, what: &str) {
 
 async fn sign_in(browser: &Browser, app: &TestApp, token: &str) {
     browser.goto(&format!("{}/login", app.base)).await;
-    browser.fill("#token", token).await;
+    browser.fill("input[name=token]", token).await;
     browser.submit("form[action='/login']").await;
     browser
         .wait_for(Until::Text("Signed in as"), Duration::from_secs(10))
@@ -268,14 +268,14 @@ async fn the_alert_view_updates_without_a_reload_and_the_operator_signs_out() {
         .wait_for(Until::Text("closed (all-clear)"), Duration::from_secs(20))
         .await;
 
-    // Sign out: back to the sign-in page, and the console is closed again.
+    // Sign out: the session ends, and the console is closed again.
     browser.click("header button[type=submit]").await;
     browser
-        .wait_for(Until::Css("#token"), Duration::from_secs(10))
+        .wait_for(Until::Text("You are signed out"), Duration::from_secs(10))
         .await;
     browser.goto(&format!("{}/alerts/{id}", app.base)).await;
     browser
-        .wait_for(Until::Css("#token"), Duration::from_secs(10))
+        .wait_for(Until::Css("input[name=token]"), Duration::from_secs(10))
         .await;
     assert!(browser.url().await.contains("/login?next="));
     browser.close().await;

@@ -488,14 +488,20 @@ async fn a_full_disk_under_the_store_loses_nothing_acknowledged_and_errors_hones
         .as_i64()
         .unwrap();
     app.wait_settled(first).await;
+    // The links sent: derived from the store's key (the store keeps hashes).
+    let key = klaxon::store::keyfile::load_or_create(&app.path().join("state")).unwrap();
     let tokens: Vec<String> = app
         .db()
-        .prepare("SELECT token FROM recipients WHERE alert_id = ?1")
+        .prepare("SELECT id FROM recipients WHERE alert_id = ?1")
         .unwrap()
-        .query_map([first], |r| r.get(0))
+        .query_map([first], |r| r.get::<_, i64>(0))
         .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+        .map(|id| {
+            klaxon::domain::AckToken::derive(&key, klaxon::domain::RecipientId(id.unwrap()))
+                .as_str()
+                .to_string()
+        })
+        .collect();
     assert!(tokens.len() >= 2);
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -577,7 +583,11 @@ async fn a_full_disk_under_the_store_loses_nothing_acknowledged_and_errors_hones
         let at: Option<i64> = db
             .query_row(
                 "SELECT acked_at FROM recipients WHERE token = ?1",
-                [t],
+                // The store keeps each link's SHA-256.
+                [<sha2::Sha256 as sha2::Digest>::digest(t.as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()],
                 |r| r.get(0),
             )
             .unwrap();

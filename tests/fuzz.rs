@@ -377,14 +377,19 @@ fn ack_form_and_twilio_callbacks_over_http() {
             .as_i64()
             .unwrap()
     });
-    let token: String = app
+    // A live link, as sent: derived from the store's key and a recipient id.
+    let rid: i64 = app
         .db()
         .query_row(
-            "SELECT token FROM recipients WHERE alert_id = ?1 LIMIT 1",
+            "SELECT id FROM recipients WHERE alert_id = ?1 LIMIT 1",
             [id],
             |r| r.get(0),
         )
         .unwrap();
+    let key = klaxon::store::keyfile::load_or_create(&app.path().join("state")).unwrap();
+    let token = klaxon::domain::AckToken::derive(&key, klaxon::domain::RecipientId(rid))
+        .as_str()
+        .to_string();
     let addr = app.base.trim_start_matches("http://").to_string();
     let seeds: Vec<Vec<u8>> = vec![
         b"ack=1".to_vec(),

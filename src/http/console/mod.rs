@@ -78,7 +78,7 @@ pub fn page(state: &AppState, op: Option<&Operator>, title: &str, body: &str) ->
     let nav = match op {
         Some(op) => format!(
             "<header><nav aria-label=\"Console\"><a href=\"/\">Alerts</a>{start}</nav>\
-<form method=\"post\" action=\"/logout\" class=\"who\">{csrf}<span>Signed in as {name} ({role})</span> \
+<form method=\"post\" action=\"/logout\" class=\"who\">{csrf}<span>Signed in as {name} ({role}, {scope})</span> \
 <button type=\"submit\" class=\"link\">Sign out</button></form></header>",
             csrf = csrf_input(op),
             start = if op.role >= crate::store::tokens::ApiRole::Operator {
@@ -88,6 +88,7 @@ pub fn page(state: &AppState, op: Option<&Operator>, title: &str, body: &str) ->
             },
             name = escape(&op.display),
             role = op.role.as_str(),
+            scope = escape(&op.scope.to_string()),
         ),
         None => String::new(),
     };
