@@ -193,3 +193,30 @@ fn a_huge_column_name_is_cut_in_the_refusal() {
     assert!(err.contains("classes.csv"), "{err}");
     assert!(err.len() < 1024, "{} bytes: {err}", err.len());
 }
+
+/// Found by the second 10-minute fuzz run: 5,000 digits inserted into a
+/// file name listed in manifest.csv were quoted whole ("999…classes.csv:
+/// required file is missing").
+#[test]
+fn a_huge_file_name_in_the_manifest_is_cut_in_the_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("export");
+    copy_fixture(&export);
+    let manifest = std::fs::read_to_string(export.join("manifest.csv")).unwrap();
+    let long = format!("file.{}classes", "9".repeat(5000));
+    std::fs::write(
+        export.join("manifest.csv"),
+        manifest.replacen("file.classes", &long, 1),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("klaxon.toml"), GOOD).unwrap();
+    let out = klaxon(dir.path(), &["sis", "import", export.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.len() < 1024,
+        "{} bytes: {}",
+        err.len(),
+        &err[..200.min(err.len())]
+    );
+}

@@ -218,7 +218,7 @@ pub enum ImportError {
     },
     #[error("{path} is not a OneRoster export: {reason}")]
     NotAnExport { path: PathBuf, reason: String },
-    #[error("{file}: required file is missing ({reason})")]
+    #[error("{}: required file is missing ({})", clip_raw(.file), clip_raw(.reason))]
     MissingFile { file: String, reason: String },
     #[error("{file} line {line}, {} {}: {reason}", clip_raw(.field), clip(.value))]
     Unsupported {
