@@ -401,7 +401,10 @@ pub async fn review(
     let r: Review = parse_json(&body)?;
     let aid = AlertId(id);
     let a = state.store.read(move |c| alerts::get(c, aid)).await?;
-    if a.created_by == caller.name || a.approved_by.as_deref() == Some(caller.name.as_str()) {
+    let person = |a: &str| a.strip_prefix("token:").unwrap_or(a).to_string();
+    if person(&a.created_by) == caller.name
+        || a.approved_by.as_deref().map(person).as_deref() == Some(caller.name.as_str())
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
