@@ -591,37 +591,22 @@ pub fn buttons(op: &Operator, a: &alerts::AlertRow) -> String {
     format!("<section aria-labelledby=\"act-h\"><h2 id=\"act-h\">Actions</h2><p>{b}</p></section>")
 }
 
-async fn load(state: &AppState, id: i64) -> Result<alerts::AlertRow, Response> {
-    match state.store.read(move |c| alerts::get(c, AlertId(id))).await {
-        Ok(a) => Ok(a),
-        Err(crate::store::StoreError::NotFound(_)) => Err(error_page(
-            state,
-            StatusCode::NOT_FOUND,
-            &format!("There is no alert {id}."),
-        )),
-        Err(e) => Err(crate::http::ApiError::from(e).into_response()),
-    }
-}
-
 /// The confirmation step: what will happen, and one button.
 pub async fn confirm(
     op: Operator,
     State(state): State<Arc<AppState>>,
     Path((id, action)): Path<(i64, String)>,
 ) -> Response {
-    if let Err(r) = super::in_scope(&state, &op, id).await {
-        return r;
-    }
+    let a = match super::in_scope(&state, &op, id).await {
+        Ok(a) => a,
+        Err(r) => return r,
+    };
     let Some(act) = Action::parse(&action) else {
         return error_page(&state, StatusCode::NOT_FOUND, "There is no such action.");
     };
     if op.role < ApiRole::Operator {
         return forbidden(&state);
     }
-    let a = match load(&state, id).await {
-        Ok(a) => a,
-        Err(r) => return r,
-    };
     let mut b = format!(
         "<p><a href=\"/alerts/{id}\">Back to alert #{id}</a></p><h1>{}: #{id} {}</h1>",
         act.label(),
@@ -670,9 +655,6 @@ pub async fn act(
     }
     if op.role < ApiRole::Operator {
         return forbidden(&state);
-    }
-    if let Err(r) = load(&state, id).await {
-        return r;
     }
     let aid = AlertId(id);
     let done = match act {

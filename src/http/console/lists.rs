@@ -8,10 +8,10 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
-use super::{error_page, escape, num, page};
+use super::{escape, num, page};
 use crate::app::AppState;
 use crate::domain::AlertId;
 use crate::http::ApiError;
@@ -59,18 +59,6 @@ fn csv_response(name: String, data: Vec<u8>) -> Response {
         .into_response()
 }
 
-async fn alert_row(state: &AppState, id: i64) -> Result<alerts::AlertRow, Response> {
-    match state.store.read(move |c| alerts::get(c, AlertId(id))).await {
-        Ok(a) => Ok(a),
-        Err(crate::store::StoreError::NotFound(_)) => Err(error_page(
-            state,
-            StatusCode::NOT_FOUND,
-            &format!("There is no alert {id}."),
-        )),
-        Err(e) => Err(ApiError::from(e).into_response()),
-    }
-}
-
 fn search_form(action: &str, q: &str, what: &str) -> String {
     format!(
         "<form method=\"get\" action=\"{action}\" role=\"search\">\
@@ -100,10 +88,7 @@ pub async fn outstanding(
     Path(id): Path<i64>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Err(r) = super::in_scope(&state, &op, id).await {
-        return r;
-    }
-    let a = match alert_row(&state, id).await {
+    let a = match super::in_scope(&state, &op, id).await {
         Ok(a) => a,
         Err(r) => return r,
     };
@@ -206,10 +191,7 @@ pub async fn pickup(
     Path(id): Path<i64>,
     Query(q): Query<ListQuery>,
 ) -> Response {
-    if let Err(r) = super::in_scope(&state, &op, id).await {
-        return r;
-    }
-    let a = match alert_row(&state, id).await {
+    let a = match super::in_scope(&state, &op, id).await {
         Ok(a) => a,
         Err(r) => return r,
     };

@@ -318,9 +318,9 @@ pub async fn in_scope(
     {
         Ok(a) => a,
         Err(crate::store::StoreError::NotFound(_)) => {
-            return Err(super::session::message_page(
+            return Err(error_page(
+                state,
                 axum::http::StatusCode::NOT_FOUND,
-                "No such alert",
                 &format!("There is no alert {id}."),
             ));
         }
