@@ -11,6 +11,7 @@
 //! ```sh
 //! cargo bench --bench console
 //! KLAXON_BENCH_STUDENTS=20000 KLAXON_BENCH_RUNS=3 cargo bench --bench console
+//! KLAXON_BENCH_KEEP=1 cargo bench --bench console   # keep the store afterwards
 //! ```
 
 use std::sync::Arc;
@@ -274,4 +275,8 @@ path = "outbox.jsonl"
     );
     let _ = stop_tx.send(());
     let _ = server.await;
+    // KLAXON_BENCH_KEEP=1 leaves the store behind, to study its queries.
+    if std::env::var_os("KLAXON_BENCH_KEEP").is_some() {
+        println!("store kept in {}", root.keep().join("state").display());
+    }
 }
