@@ -94,6 +94,12 @@ pub async fn status_view(state: &AppState, id: i64) -> Result<StatusView, ApiErr
         .store
         .read(move |c| alerts::status(c, AlertId(id)))
         .await?;
+    Ok(view_of(state, status))
+}
+
+/// A status as the API and the console show it, with the estimate of the
+/// time left at the configured rates.
+pub fn view_of(state: &AppState, status: alerts::AlertStatus) -> StatusView {
     let eta_seconds = if status.alert.state == AlertState::Sending {
         let mut worst: f64 = 0.0;
         for (ch, states) in &status.channels {
@@ -116,13 +122,13 @@ pub async fn status_view(state: &AppState, id: i64) -> Result<StatusView, ApiErr
         (Some(r), Some(l)) => Some((l - r) as f64 / 1000.0),
         _ => None,
     };
-    Ok(StatusView {
+    StatusView {
         deadline: status.alert.notify_deadline.map(rfc3339),
         ack_deadline_at: status.alert.ack_deadline.map(rfc3339),
         eta_seconds,
         handover_seconds,
         status,
-    })
+    }
 }
 
 pub async fn alert_status(

@@ -316,8 +316,27 @@ pub fn add_recipients(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
     let mut upd_r = conn.prepare_cached(
-        "UPDATE recipients SET students = ?3 WHERE alert_id = ?1 AND person_id = ?2",
+        "UPDATE recipients SET students = ?3 WHERE alert_id = ?1 AND person_id = ?2 RETURNING id",
     )?;
+    // The children again as rows, for the console's lists and breakdown.
+    let mut ins_s = conn.prepare_cached(
+        "INSERT OR IGNORE INTO alert_students (alert_id, student_id, recipient_id, name, school_id, school_name, grade)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut children = |rid: i64, r: &Recipient| -> Result<(), StoreError> {
+        for k in &r.students {
+            ins_s.execute(params![
+                alert_id.0,
+                k.id,
+                rid,
+                k.name,
+                k.school_id,
+                k.school_name,
+                k.grade
+            ])?;
+        }
+        Ok(())
+    };
     let (mut added, mut deliveries) = (0i64, 0i64);
     for r in recipients {
         let students =
@@ -337,10 +356,14 @@ pub fn add_recipients(
             token.hash()
         ])?;
         if inserted == 0 {
-            upd_r.execute(params![alert_id.0, r.person_id, students])?;
+            let rid: i64 = upd_r.query_row(params![alert_id.0, r.person_id, students], |row| {
+                row.get(0)
+            })?;
+            children(rid, r)?;
             continue;
         }
         let rid = next_id;
+        children(rid, r)?;
         next_id += 1;
         added += 1;
         for (ch, addr) in targets(conn, f, &r.addresses)? {
@@ -898,27 +921,27 @@ pub struct Figures {
     pub confirmation: Spread,
 }
 
-pub fn figures(conn: &Connection, alert: &AlertRow) -> Result<Figures, StoreError> {
+/// Time-to figures from the release: hand-over and delivery from the
+/// alert's tally, confirmation from its recipients.
+fn figures_from(
+    conn: &Connection,
+    alert: &AlertRow,
+    tally: &super::tally::Tally,
+) -> Result<Figures, StoreError> {
     let Some(released) = alert.released_at else {
         return Ok(Figures::default());
     };
-    let col = |sql: &str| -> Result<Vec<i64>, StoreError> {
-        let mut st = conn.prepare_cached(sql)?;
-        let v = st
-            .query_map(params![alert.id, released], |r| r.get::<_, i64>(0))?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(v)
-    };
-    Ok(Figures {
-        handover: Spread::of(col(
-            "SELECT sent_at - ?2 FROM deliveries WHERE alert_id = ?1 AND escalation = 0 AND sent_at IS NOT NULL",
-        )?),
-        delivery: Spread::of(col(
-            "SELECT delivered_at - ?2 FROM deliveries WHERE alert_id = ?1 AND escalation = 0 AND delivered_at IS NOT NULL",
-        )?),
-        confirmation: Spread::of(col(
+    let since = |v: &[i64]| v.iter().map(|t| t - released).collect::<Vec<_>>();
+    let confirmation = conn
+        .prepare_cached(
             "SELECT acked_at - ?2 FROM recipients WHERE alert_id = ?1 AND acked_at IS NOT NULL",
-        )?),
+        )?
+        .query_map(params![alert.id, released], |r| r.get::<_, i64>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Figures {
+        handover: Spread::of(since(&tally.handed_over)),
+        delivery: Spread::of(since(&tally.delivered_at)),
+        confirmation: Spread::of(confirmation),
     })
 }
 
@@ -962,47 +985,30 @@ pub struct AlertStatus {
 }
 
 pub fn status(conn: &Connection, id: AlertId) -> Result<AlertStatus, StoreError> {
+    status_with(conn, id, &super::tally::Tally::read(conn, id)?)
+}
+
+/// `status` from a tally already read, for pages that show more of it.
+pub fn status_with(
+    conn: &Connection,
+    id: AlertId,
+    tally: &super::tally::Tally,
+) -> Result<AlertStatus, StoreError> {
     let alert = get(conn, id)?;
-    let mut channels: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
-    let mut totals: BTreeMap<String, i64> = BTreeMap::new();
+    let escalation_totals = tally.escalation.clone();
     let mut escalation = EscalationStatus {
         started_at: alert.escalated_at,
         until: alert.escalate_until,
+        deliveries: escalation_totals.values().sum(),
+        totals: escalation_totals,
         ..Default::default()
     };
-    {
-        let mut stmt = conn.prepare_cached(
-            "SELECT channel, state, escalation, count(*) FROM deliveries WHERE alert_id = ?1 GROUP BY channel, state, escalation",
-        )?;
-        let mut rows = stmt.query([id.0])?;
-        while let Some(r) = rows.next()? {
-            let (ch, st, esc, n): (String, String, bool, i64) =
-                (r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?);
-            if esc {
-                escalation.deliveries += n;
-                *escalation.totals.entry(st).or_default() += n;
-            } else {
-                *channels
-                    .entry(ch)
-                    .or_default()
-                    .entry(st.clone())
-                    .or_default() += n;
-                *totals.entry(st).or_default() += n;
-            }
-        }
-    }
-    let last_handover_at: Option<i64> = conn
-        .prepare_cached(
-            "SELECT max(sent_at) FROM deliveries WHERE alert_id = ?1 AND escalation = 0",
-        )?
-        .query_row([id.0], |r| r.get(0))?;
-    let (reached, delivered): (i64, i64) = conn
-        .prepare_cached(
-            "SELECT count(DISTINCT CASE WHEN state IN ('sent', 'delivered') THEN recipient_id END),
-                    count(DISTINCT CASE WHEN state = 'delivered' THEN recipient_id END)
-             FROM deliveries WHERE alert_id = ?1",
-        )?
-        .query_row([id.0], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let totals = tally.totals();
+    let last_handover_at = tally.handed_over.iter().copied().max();
+    let (reached, delivered) = (
+        tally.count(super::tally::REACHED),
+        tally.count(super::tally::DELIVERED),
+    );
     let acknowledged: i64 = conn
         .prepare_cached(
             "SELECT count(*) FROM recipients WHERE alert_id = ?1 AND acked_at IS NOT NULL",
@@ -1034,10 +1040,10 @@ pub fn status(conn: &Connection, id: AlertId) -> Result<AlertStatus, StoreError>
     let inbox: i64 = conn
         .prepare_cached("SELECT count(*) FROM replies WHERE alert_id = ?1 AND kind = 'message'")?
         .query_row([id.0], |r| r.get(0))?;
-    let figures = figures(conn, &alert)?;
+    let figures = figures_from(conn, &alert, &tally)?;
     Ok(AlertStatus {
         alert,
-        channels,
+        channels: tally.channels.clone(),
         totals,
         reached,
         delivered,
@@ -1343,45 +1349,7 @@ pub fn pickup_plan(
     after: &str,
     limit: i64,
 ) -> Result<Vec<StudentPlan>, StoreError> {
-    let mut students = conn.prepare_cached(
-        "SELECT j.value ->> 'id' AS sid, max(j.value ->> 'name'), max(j.value ->> 'school_name'), max(j.value ->> 'grade')
-         FROM recipients r, json_each(r.students) j
-         WHERE r.alert_id = ?1 AND (j.value ->> 'id') > ?2
-         GROUP BY sid ORDER BY sid LIMIT ?3",
-    )?;
-    let rows: Vec<(String, String, String, String)> = students
-        .query_map(params![alert_id.0, after, limit], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?
-        .collect::<Result<_, _>>()?;
-    let mut answers = conn.prepare_cached(
-        "SELECT r.person_id, r.name, p.choice, p.at, p.via FROM pickups p JOIN recipients r ON r.id = p.recipient_id
-         WHERE p.alert_id = ?1 AND p.student_id = ?2 ORDER BY p.at",
-    )?;
-    let mut out = Vec::with_capacity(rows.len());
-    for (sid, name, school, grade) in rows {
-        let a: Vec<PickupAnswer> = answers
-            .query_map(params![alert_id.0, sid], |r| {
-                Ok(PickupAnswer {
-                    guardian_id: r.get(0)?,
-                    guardian: r.get(1)?,
-                    choice: r.get(2)?,
-                    at: r.get(3)?,
-                    via: r.get(4)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        let conflict = a.iter().any(|x| x.choice != a[0].choice);
-        out.push(StudentPlan {
-            student_id: sid,
-            student: name,
-            school,
-            grade,
-            answers: a,
-            conflict,
-        });
-    }
-    Ok(out)
+    super::lists::students(conn, alert_id, &super::lists::pattern(""), after, limit)
 }
 
 /// What a release did.

@@ -2,12 +2,14 @@
 //! delivered, confirmed and outstanding per school. A guardian counts at
 //! every school one of their children in the alert attends; staff and
 //! others without a child in the alert are counted on a row of their own.
-//! One aggregate query, whatever the alert's size.
+
+use std::collections::{HashMap, HashSet};
 
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use super::StoreError;
+use super::tally::{DELIVERED, REACHED, Tally};
 use crate::domain::AlertId;
 
 /// One school's row. `school_id` is empty for the row of recipients with no
@@ -29,39 +31,91 @@ impl SchoolFigures {
 }
 
 /// Every school of the alert, by name; the row without a school last.
-pub fn per_school(conn: &Connection, alert: AlertId) -> Result<Vec<SchoolFigures>, StoreError> {
-    let mut st = conn.prepare_cached(
-        "WITH d AS (
-             SELECT recipient_id,
-                    max(state IN ('sent', 'delivered')) AS reached,
-                    max(state = 'delivered') AS delivered
-               FROM deliveries WHERE alert_id = ?1 GROUP BY recipient_id),
-         rs AS (
-             SELECT r.id, r.students, coalesce(d.reached, 0) AS reached,
-                    coalesce(d.delivered, 0) AS delivered, r.acked_at IS NOT NULL AS confirmed
-               FROM recipients r LEFT JOIN d ON d.recipient_id = r.id
-              WHERE r.alert_id = ?1),
-         per AS (
-             SELECT DISTINCT rs.id, j.value ->> 'school_id' AS sid, j.value ->> 'school_name' AS sname,
-                    rs.reached, rs.delivered, rs.confirmed
-               FROM rs, json_each(rs.students) j
-             UNION ALL
-             SELECT rs.id, '', '', rs.reached, rs.delivered, rs.confirmed
-               FROM rs WHERE json_array_length(rs.students) = 0)
-         SELECT sid, max(sname), count(*), sum(reached), sum(delivered), sum(confirmed)
-           FROM per GROUP BY sid ORDER BY sid = '', max(sname), sid",
-    )?;
-    let rows = st.query_map(params![alert.0], |r| {
-        Ok(SchoolFigures {
-            school_id: r.get(0)?,
-            school: r.get(1)?,
-            recipients: r.get(2)?,
-            reached: r.get(3)?,
-            delivered: r.get(4)?,
-            confirmed: r.get(5)?,
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+/// Who was reached comes from the alert's tally (one pass over its
+/// deliveries), the schools from `alert_students`, confirmations from the
+/// `(alert_id, acked_at)` index.
+pub fn per_school(
+    conn: &Connection,
+    alert: AlertId,
+    tally: &Tally,
+) -> Result<Vec<SchoolFigures>, StoreError> {
+    // Per slot of the alert's id range: 0 not its recipient, 1 its
+    // recipient, 2 confirmed (index-only read). Vectors, not maps: this
+    // runs over every recipient of a district-wide alert.
+    const NONE: u32 = u32::MAX;
+    let mut person = vec![0u8; tally.len()];
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT id, acked_at IS NOT NULL FROM recipients WHERE alert_id = ?1",
+        )?;
+        let mut rows = st.query(params![alert.0])?;
+        while let Some(r) = rows.next()? {
+            if let Some(i) = tally.slot(r.get(0)?) {
+                person[i] = 1 + u8::from(r.get::<_, bool>(1)?);
+            }
+        }
+    }
+    let mut schools: Vec<SchoolFigures> = Vec::new();
+    let mut index: HashMap<String, u32> = HashMap::new();
+    // A guardian counts once per school: the first school seen per person,
+    // and a set for the few with children at several.
+    let mut first = vec![NONE; tally.len()];
+    let mut more: HashSet<(usize, u32)> = HashSet::new();
+    let add = |row: &mut SchoolFigures, flags: u8, confirmed: bool| {
+        row.recipients += 1;
+        row.reached += i64::from(flags & REACHED != 0);
+        row.delivered += i64::from(flags & DELIVERED != 0);
+        row.confirmed += i64::from(confirmed);
+    };
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT recipient_id, school_id, school_name FROM alert_students WHERE alert_id = ?1",
+        )?;
+        let mut rows = st.query(params![alert.0])?;
+        while let Some(r) = rows.next()? {
+            let rid: i64 = r.get(0)?;
+            let Some(p) = tally.slot(rid).filter(|p| person[*p] != 0) else {
+                continue;
+            };
+            let sid = r
+                .get_ref(1)?
+                .as_str()
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let k = match index.get(sid) {
+                Some(k) => *k,
+                None => {
+                    let k = schools.len() as u32;
+                    index.insert(sid.to_string(), k);
+                    schools.push(SchoolFigures {
+                        school_id: sid.to_string(),
+                        school: r.get(2)?,
+                        ..SchoolFigures::default()
+                    });
+                    k
+                }
+            };
+            let new = if first[p] == NONE {
+                first[p] = k;
+                true
+            } else {
+                first[p] != k && more.insert((p, k))
+            };
+            if new {
+                add(&mut schools[k as usize], tally.of(rid), person[p] == 2);
+            }
+        }
+    }
+    let mut none = SchoolFigures::default();
+    for (p, kind) in person.iter().enumerate() {
+        if *kind != 0 && first[p] == NONE {
+            add(&mut none, tally.flags_at(p), *kind == 2);
+        }
+    }
+    schools.sort_by(|a, b| (&a.school, &a.school_id).cmp(&(&b.school, &b.school_id)));
+    if none.recipients > 0 {
+        schools.push(none);
+    }
+    Ok(schools)
 }
 
 #[cfg(test)]
@@ -90,7 +144,8 @@ mod tests {
                  (1, 3, 'sms', 'w', 'queued', 0, 0, 0, 0);"#,
         )
         .unwrap();
-        let rows = per_school(&c, AlertId(1)).unwrap();
+        crate::store::lists::index_students(&c).unwrap();
+        let rows = per_school(&c, AlertId(1), &Tally::read(&c, AlertId(1)).unwrap()).unwrap();
         let row = |id: &str| rows.iter().find(|r| r.school_id == id).unwrap().clone();
         assert_eq!(rows.len(), 3);
         assert_eq!(

@@ -26,6 +26,20 @@ pub fn pattern(q: &str) -> String {
     p
 }
 
+/// Fills `alert_students` from every recipient's `students` JSON, for
+/// alerts written before the table existed (migration 14).
+pub fn index_students(conn: &Connection) -> Result<usize, StoreError> {
+    Ok(conn.execute(
+        "INSERT OR IGNORE INTO alert_students
+             SELECT r.alert_id, j.value ->> 'id', r.id, coalesce(j.value ->> 'name', ''),
+                    coalesce(j.value ->> 'school_id', ''), coalesce(j.value ->> 'school_name', ''),
+                    coalesce(j.value ->> 'grade', '')
+               FROM recipients r, json_each(r.students) j
+              WHERE j.value ->> 'id' IS NOT NULL",
+        [],
+    )?)
+}
+
 /// One person not yet confirmed.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct OutstandingRow {
@@ -49,10 +63,12 @@ pub fn outstanding(
     limit: i64,
 ) -> Result<(Vec<OutstandingRow>, i64), StoreError> {
     let pat = pattern(q);
-    // Name first (cheap); children only when the name does not match.
-    let filter = "(?2 = '%%' OR r.name LIKE ?2 ESCAPE '\\' OR EXISTS (
-                     SELECT 1 FROM json_each(r.students) j
-                      WHERE j.value ->> 'name' LIKE ?2 ESCAPE '\\' OR j.value ->> 'school_name' LIKE ?2 ESCAPE '\\'))";
+    // The children's matches are found once for the alert (SQLite keeps
+    // the subquery's result as a temporary index), not per person.
+    let filter = "(?2 = '%%' OR r.name LIKE ?2 ESCAPE '\\' OR r.id IN (
+                     SELECT s.recipient_id FROM alert_students s
+                      WHERE s.alert_id = ?1
+                        AND (s.name LIKE ?2 ESCAPE '\\' OR s.school_name LIKE ?2 ESCAPE '\\')))";
     let total: i64 = conn
         .prepare_cached(&format!(
             "SELECT count(*) FROM recipients r WHERE r.alert_id = ?1 AND r.acked_at IS NULL AND {filter}"
@@ -106,26 +122,39 @@ pub fn pickup(
     limit: i64,
 ) -> Result<(Vec<StudentPlan>, i64), StoreError> {
     let pat = pattern(q);
-    let filter = "(?2 = '%%' OR j.value ->> 'name' LIKE ?2 ESCAPE '\\'
-                   OR j.value ->> 'school_name' LIKE ?2 ESCAPE '\\' OR j.value ->> 'grade' LIKE ?2 ESCAPE '\\')";
     let total: i64 = conn
         .prepare_cached(&format!(
-            "SELECT count(DISTINCT j.value ->> 'id') FROM recipients r, json_each(r.students) j
-              WHERE r.alert_id = ?1 AND {filter}"
+            "SELECT count(DISTINCT s.student_id) FROM alert_students s WHERE s.alert_id = ?1 AND {STUDENT_MATCH}"
         ))?
         .query_row(params![alert.0, pat], |r| r.get(0))?;
-    let mut students = conn.prepare_cached(&format!(
-        "SELECT j.value ->> 'id' AS sid, max(j.value ->> 'name'), max(j.value ->> 'school_name'), max(j.value ->> 'grade')
-         FROM recipients r, json_each(r.students) j
-         WHERE r.alert_id = ?1 AND (j.value ->> 'id') > ?3 AND {filter}
-         GROUP BY sid ORDER BY sid LIMIT ?4"
+    Ok((students(conn, alert, &pat, after, limit)?, total))
+}
+
+/// A student of the alert whose name, school or grade matches `?2`.
+const STUDENT_MATCH: &str = "(?2 = '%%' OR s.name LIKE ?2 ESCAPE '\\'
+    OR s.school_name LIKE ?2 ESCAPE '\\' OR s.grade LIKE ?2 ESCAPE '\\')";
+
+/// Up to `limit` students matching the pattern `pat`, by id after `after`,
+/// with their guardians' answers: a range of the `alert_students` key.
+pub fn students(
+    conn: &Connection,
+    alert: AlertId,
+    pat: &str,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<StudentPlan>, StoreError> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT s.student_id, max(s.name), max(s.school_name), max(s.grade)
+           FROM alert_students s
+          WHERE s.alert_id = ?1 AND s.student_id > ?3 AND {STUDENT_MATCH}
+          GROUP BY s.student_id ORDER BY s.student_id LIMIT ?4"
     ))?;
-    let rows: Vec<(String, String, String, String)> = students
+    let rows: Vec<(String, String, String, String)> = st
         .query_map(params![alert.0, pat, after, limit], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
         .collect::<Result<_, _>>()?;
-    Ok((with_answers(conn, alert, rows)?, total))
+    with_answers(conn, alert, rows)
 }
 
 /// Students whose guardians answered differently, by student id: found
@@ -136,12 +165,12 @@ pub fn conflicts(
     limit: i64,
 ) -> Result<Vec<StudentPlan>, StoreError> {
     let mut st = conn.prepare_cached(
-        "SELECT p.student_id, max(j.value ->> 'name'), max(j.value ->> 'school_name'), max(j.value ->> 'grade')
-           FROM pickups p JOIN recipients r ON r.id = p.recipient_id, json_each(r.students) j
-          WHERE p.alert_id = ?1 AND j.value ->> 'id' = p.student_id
-            AND p.student_id IN (SELECT student_id FROM pickups WHERE alert_id = ?1
+        "SELECT s.student_id, max(s.name), max(s.school_name), max(s.grade)
+           FROM alert_students s
+          WHERE s.alert_id = ?1
+            AND s.student_id IN (SELECT student_id FROM pickups WHERE alert_id = ?1
                                   GROUP BY student_id HAVING count(DISTINCT choice) > 1)
-          GROUP BY p.student_id ORDER BY p.student_id LIMIT ?2",
+          GROUP BY s.student_id ORDER BY s.student_id LIMIT ?2",
     )?;
     let rows: Vec<(String, String, String, String)> = st
         .query_map(params![alert.0, limit], |r| {
@@ -211,6 +240,7 @@ mod tests {
                INSERT INTO pickups (alert_id, recipient_id, student_id, choice, at, via) VALUES (1, 2, 'k2', 'bus', 9, 'web');"#,
         )
         .unwrap();
+        index_students(&c).unwrap();
         c
     }
 

@@ -26,6 +26,7 @@ pub mod retention;
 pub mod schema;
 pub mod sessions;
 pub mod sis_syncs;
+pub mod tally;
 pub mod timeline;
 pub mod tokens;
 

@@ -161,6 +161,9 @@ pub fn finish(
            AND choice IS NOT NULL",
     )?
     .execute([alert])?;
+    // The console's copy of the children's names and schools goes whole.
+    conn.prepare_cached("DELETE FROM alert_students WHERE alert_id = ?1")?
+        .execute([alert])?;
     conn.prepare_cached("UPDATE alerts SET purged_at = ?2 WHERE id = ?1 OR parent_id = ?1")?
         .execute(params![alert, now])?;
     let mut all = total;

@@ -335,6 +335,27 @@ const MIGRATIONS: &[&str] = &[
         at          INTEGER NOT NULL
     );
     "#,
+    // 14 (console speed, issue 9): the children of each recipient as rows,
+    // so the pickup plan, the per-school breakdown and their searches read
+    // an index instead of every recipient's `students` JSON; and one index
+    // that holds every column the alert's figures need, so they are read
+    // without touching the delivery rows (it replaces `deliveries_alert`,
+    // whose columns it starts with).
+    r#"
+    CREATE TABLE alert_students (
+        alert_id     INTEGER NOT NULL,
+        student_id   TEXT NOT NULL,
+        recipient_id INTEGER NOT NULL,
+        name         TEXT NOT NULL,
+        school_id    TEXT NOT NULL,
+        school_name  TEXT NOT NULL,
+        grade        TEXT NOT NULL,
+        PRIMARY KEY (alert_id, student_id, recipient_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX deliveries_figures ON deliveries
+        (alert_id, state, escalation, channel, recipient_id, sent_at, delivered_at);
+    DROP INDEX deliveries_alert;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -350,6 +371,9 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         txn.execute_batch(sql)?;
         if sql.contains("CREATE TABLE audit_chained") {
             super::audit::chain_existing(&txn)?;
+        }
+        if sql.contains("CREATE TABLE alert_students") {
+            super::lists::index_students(&txn)?;
         }
         txn.pragma_update(None, "user_version", (i + 1) as i64)?;
         txn.commit()?;

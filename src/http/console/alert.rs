@@ -16,8 +16,10 @@ use serde::Serialize;
 use super::{chart, error_page, escape, left, num, page, pct, time};
 use crate::app::AppState;
 use crate::domain::{AlertId, AlertState, DeliveryState};
-use crate::http::api::{StatusView, status_view};
+use crate::http::ApiError;
+use crate::http::api::{StatusView, view_of};
 use crate::http::session::Operator;
+use crate::store::tally::Tally;
 use crate::store::{alerts, breakdown, lists, timeline};
 
 /// The figures that change while an alert runs, as text ready to show:
@@ -189,28 +191,50 @@ impl Live {
     }
 }
 
-/// The chart of an alert as HTML, read from the store.
-pub async fn chart_html(state: &AppState, a: &alerts::AlertRow) -> Result<String, Response> {
-    let Some(start) = a.released_at else {
-        return Ok(chart::render(a, &timeline::Timeline::default(), 0));
-    };
-    let aid = AlertId(a.id);
-    let last = state
-        .store
-        .read(move |c| timeline::last_event(c, aid))
-        .await
-        .map_err(|e| crate::http::ApiError::from(e).into_response())?;
+/// One alert's figures as the console shows them, all from one pass over
+/// its deliveries (`Tally`): the status, the chart (SVG) and, when asked
+/// for, the per-school breakdown.
+pub struct Reading {
+    pub view: StatusView,
+    pub chart: String,
+    pub schools: Vec<breakdown::SchoolFigures>,
+}
+
+pub async fn read(state: &AppState, id: i64, schools: bool) -> Result<Reading, ApiError> {
+    let aid = AlertId(id);
     let now = state.now_ms();
-    let Some((start, end)) = chart::span(a, last, now).map(|(s, e)| (s.min(start), e)) else {
-        return Ok(String::new());
-    };
-    let bucket = chart::bucket_for(end - start);
-    let t = state
+    let (status, chart, schools) = state
         .store
-        .read(move |c| timeline::timeline(c, aid, start, bucket))
-        .await
-        .map_err(|e| crate::http::ApiError::from(e).into_response())?;
-    Ok(chart::render(a, &t, end))
+        .read(move |c| {
+            let t = Tally::read(c, aid)?;
+            let status = alerts::status_with(c, aid, &t)?;
+            let a = &status.alert;
+            let chart = match a.released_at {
+                None => chart::render(a, &timeline::Timeline::default(), 0),
+                Some(start) => {
+                    let last = timeline::last_event(c, aid, &t)?;
+                    match chart::span(a, last, now).map(|(s, e)| (s.min(start), e)) {
+                        None => String::new(),
+                        Some((s, e)) => {
+                            let tl = timeline::timeline(c, aid, &t, s, chart::bucket_for(e - s))?;
+                            chart::render(a, &tl, e)
+                        }
+                    }
+                }
+            };
+            let schools = if schools {
+                breakdown::per_school(c, aid, &t)?
+            } else {
+                Vec::new()
+            };
+            Ok((status, chart, schools))
+        })
+        .await?;
+    Ok(Reading {
+        view: view_of(state, status),
+        chart,
+        schools,
+    })
 }
 
 #[derive(serde::Deserialize)]
@@ -232,8 +256,12 @@ pub async fn view(
     if let Err(r) = super::in_scope(&state, &op, id).await {
         return r;
     }
-    let v = match status_view(&state, id).await {
-        Ok(v) => v,
+    let Reading {
+        view: v,
+        chart,
+        schools,
+    } = match read(&state, id, true).await {
+        Ok(r) => r,
         Err(e) if e.status == StatusCode::NOT_FOUND => {
             return error_page(
                 &state,
@@ -247,7 +275,6 @@ pub async fn view(
     let live = Live::of(&state, &v, now);
     let s = &v.status;
     let a = &s.alert;
-    let aid = AlertId(id);
     let mut b = String::new();
     if a.drill {
         b.push_str("<p class=\"banner drill\">DRILL: this is an exercise.</p>");
@@ -324,23 +351,11 @@ pub async fn view(
         escape(&a.created_by)
     );
 
-    let chart = match chart_html(&state, a).await {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
     let _ = write!(
         b,
         "<section aria-labelledby=\"chart-h\"><h2 id=\"chart-h\">Over time</h2><div id=\"chart\">{chart}</div></section>"
     );
 
-    let schools = match state
-        .store
-        .read(move |c| breakdown::per_school(c, aid))
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => return crate::http::ApiError::from(e).into_response(),
-    };
     b.push_str(&schools_table(&schools));
 
     b.push_str("<h2>First deliveries per channel</h2><div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th scope=\"col\">Channel</th>");

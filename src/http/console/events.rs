@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::watch;
 
-use super::alert::{Live, chart_html};
+use super::alert::Live;
 use crate::app::AppState;
 use crate::http::api::status_view;
 use crate::http::session::Operator;
@@ -177,8 +177,9 @@ fn events(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
                 return None;
             }
             let read = tokio::time::Instant::now();
-            let v = match status_view(&c.state, c.id).await {
-                Ok(v) => v,
+            let super::alert::Reading { view: v, chart: h, .. } =
+                match super::alert::read(&c.state, c.id, false).await {
+                Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(alert = c.id, error = %e.message, "Cannot read an alert for its live view.");
                     return None;
@@ -198,7 +199,7 @@ fn events(cursor: Cursor) -> impl Stream<Item = Result<Event, Infallible>> {
             }
             let mut chart = None;
             c.chart_stale = !chart_due;
-            if chart_due && let Ok(h) = chart_html(&c.state, &v.status.alert).await {
+            if chart_due {
                 c.chart_at = Some(tokio::time::Instant::now());
                 if c.chart.as_deref() != Some(h.as_str()) {
                     c.chart = Some(h.clone());
