@@ -335,7 +335,7 @@ const MIGRATIONS: &[&str] = &[
         at          INTEGER NOT NULL
     );
     "#,
-    // 14 (console speed, issue 9): the children of each recipient as rows,
+    // 14 (console and answer speed, issue 9): the children of each recipient as rows,
     // so the pickup plan, the per-school breakdown and their searches read
     // an index instead of every recipient's `students` JSON; and one index
     // that holds every column the alert's figures need, so they are read
@@ -355,6 +355,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX deliveries_figures ON deliveries
         (alert_id, state, escalation, channel, recipient_id, sent_at, delivered_at);
     DROP INDEX deliveries_alert;
+    -- A guardian's own answers, read at every page load and answer: without
+    -- it each read scanned every answer of the alert (107 answers/s with
+    -- 30,000 recorded, against 1,600/s with 2,000).
+    CREATE INDEX pickups_recipient ON pickups (recipient_id);
+    -- Answers per choice and students in conflict, from the index alone.
+    CREATE INDEX pickups_choice ON pickups (alert_id, student_id, choice);
     "#,
 ];
 

@@ -23,7 +23,6 @@ use tokio::sync::watch;
 
 use super::alert::Live;
 use crate::app::AppState;
-use crate::http::api::status_view;
 use crate::http::session::Operator;
 
 /// Streams open at once, across all alerts. Each costs one status read a
@@ -123,11 +122,9 @@ pub async fn stream(
     State(state): State<Arc<AppState>>,
     Path(id): Path<i64>,
 ) -> Response {
+    // The scope check reads the alert: a missing one is answered 404 there.
     if let Err(r) = super::in_scope(&state, &op, id).await {
         return r;
-    }
-    if let Err(e) = status_view(&state, id).await {
-        return e.into_response();
     }
     let Some(slot) = state.streams.take() else {
         return (
