@@ -662,6 +662,7 @@ fn smtp_source_rate(port: u16, n: usize, length: usize) -> f64 {
 /// Config for the SMTP runs: email through `smtp_port`, and SMS through the
 /// Twilio-shaped sink when `sms` is set.
 fn smtp_config(dir: &Path, port: u16, sink: SocketAddr, smtp_port: u16, sms: bool) -> String {
+    let sync = std::env::var("KLAXON_BENCH_SYNC").unwrap_or_else(|_| "full".into());
     std::fs::write(dir.join("twilio.token"), "bench-token").unwrap();
     let (channels, twilio) = if sms {
         (
@@ -690,6 +691,7 @@ public_url = "http://127.0.0.1:{port}"
 
 [store]
 dir = "state"
+synchronous = "{sync}"
 
 [delivery]
 concurrency = 128

@@ -356,9 +356,8 @@ pub fn add_recipients(
             token.hash()
         ])?;
         if inserted == 0 {
-            let rid: i64 = upd_r.query_row(params![alert_id.0, r.person_id, students], |row| {
-                row.get(0)
-            })?;
+            let rid: i64 =
+                upd_r.query_row(params![alert_id.0, r.person_id, students], |row| row.get(0))?;
             children(rid, r)?;
             continue;
         }

@@ -89,7 +89,10 @@ impl Tally {
                 .get_ref(2)?
                 .as_str()
                 .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            match first.iter_mut().find(|(c, s, _)| c == channel && s == state) {
+            match first
+                .iter_mut()
+                .find(|(c, s, _)| c == channel && s == state)
+            {
                 Some((_, _, n)) => *n += 1,
                 None => first.push((channel.to_string(), state.to_string(), 1)),
             }
@@ -190,7 +193,10 @@ mod tests {
         assert_eq!(t.totals()["sent"], 1);
         // Recipient 2 was reached only by the escalation call.
         assert_eq!((t.count(REACHED), t.count(DELIVERED)), (2, 1));
-        assert_eq!((t.of(1), t.of(2), t.of(3)), (REACHED | DELIVERED, REACHED, 0));
+        assert_eq!(
+            (t.of(1), t.of(2), t.of(3)),
+            (REACHED | DELIVERED, REACHED, 0)
+        );
         let mut h = t.handed_over.clone();
         h.sort();
         assert_eq!(h, vec![10, 11], "first deliveries only");
