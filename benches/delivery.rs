@@ -22,7 +22,7 @@
 //!
 //! Each scenario runs several times on a fresh store; medians are reported.
 //! Set `KLAXON_BENCH_STUDENTS` and `KLAXON_BENCH_RUNS` to scale it down,
-//! `KLAXON_BENCH_ONLY=smtp` to run parts 5 and 6 alone, `KLAXON_BENCH_ONLY=rate`
+//! `KLAXON_BENCH_ONLY=smtp` to run parts 5 and 6 alone (`district`: 6 alone), `KLAXON_BENCH_ONLY=rate`
 //! part 3 (the rate limit and the capacity estimate's error) alone.
 
 use std::collections::VecDeque;
@@ -433,8 +433,11 @@ async fn main() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    // KLAXON_BENCH_ONLY=smtp runs parts 5 and 6 alone.
-    if std::env::var("KLAXON_BENCH_ONLY").as_deref() == Ok("smtp") {
+    // KLAXON_BENCH_ONLY=smtp runs parts 5 and 6 alone, =district part 6.
+    if matches!(
+        std::env::var("KLAXON_BENCH_ONLY").as_deref(),
+        Ok("smtp" | "district")
+    ) {
         smtp_scenarios(root.path(), &sis_db, sink_addr, &http, runs).await;
         return;
     }
@@ -846,9 +849,11 @@ async fn smtp_scenarios(
     let (us, size) = mime_cost();
     println!("MIME assembly: {us:.1} µs per message ({size} bytes)");
 
-    // 5. klaxon vs smtp-source into the same sink, same session count.
+    // 5. klaxon vs smtp-source into the same sink, same session count
+    // (KLAXON_BENCH_ONLY=district skips it and runs 6 alone).
     let (mut ours, mut theirs, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
-    for run in 0..runs {
+    let only_district = std::env::var("KLAXON_BENCH_ONLY").as_deref() == Ok("district");
+    for run in 0..if only_district { 0 } else { runs } {
         let sink = start_smtp_sink();
         let d = daemon_with(root, &format!("smtp-{run}"), sis_db, |dir, port| {
             smtp_config(dir, port, sink_addr, sink.port, false)
@@ -875,12 +880,14 @@ async fn smtp_scenarios(
         theirs.push(src);
         ratio.push(k / src);
     }
-    println!(
-        "SMTP, {SMTP_SESSIONS} sessions into smtp-sink: klaxon median {:.0}/s, smtp-source median {:.0}/s, ratio median {:.2} (target ≥ 0.7)",
-        median(ours),
-        median(theirs),
-        median(ratio)
-    );
+    if !only_district {
+        println!(
+            "SMTP, {SMTP_SESSIONS} sessions into smtp-sink: klaxon median {:.0}/s, smtp-source median {:.0}/s, ratio median {:.2} (target ≥ 0.7)",
+            median(ours),
+            median(theirs),
+            median(ratio)
+        );
+    }
 
     // 6. The whole district, SMS and email together.
     let (mut all, mut sms_s, mut email_s) = (Vec::new(), Vec::new(), Vec::new());

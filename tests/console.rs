@@ -491,6 +491,73 @@ async fn an_operator_previews_and_sends_a_drill_from_the_form() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_form_takes_the_message_per_language_and_each_family_reads_theirs() {
+    let app = spawn_app().await;
+    let (cookie, csrf) = sign_in(&app, &app.admin).await;
+    let form = app
+        .http
+        .get(format!("{}/trigger", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(form.contains("name=\"message_es\""), "{form}");
+    let fields = [
+        ("csrf", csrf.as_str()),
+        ("playbook", "early-dismissal"),
+        ("school", "S1"),
+        ("message", "Power outage."),
+        ("message_es", "Corte de luz."),
+        ("drill", "on"),
+    ];
+    let preview = post_form(&app, &cookie, "/trigger/preview", &fields)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        preview.contains("Power outage.") && preview.contains("Corte de luz."),
+        "{preview}"
+    );
+    // The preview carries both texts to the send step.
+    assert!(preview.contains("name=\"message_es\" value=\"Corte de luz.\""));
+    let r = post_form(&app, &cookie, "/trigger/send", &fields).await;
+    assert_eq!(r.status(), 303);
+    let id: i64 = r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches("/alerts/")
+        .parse()
+        .unwrap();
+    app.wait_settled(id).await;
+    let sent: Vec<serde_json::Value> = app
+        .outbox()
+        .into_iter()
+        .filter(|m| m["alert_id"] == id)
+        .collect();
+    let (es, other): (Vec<_>, Vec<_>) = sent.iter().partition(|m| m["language"] == "es");
+    assert!(!es.is_empty() && !other.is_empty(), "{sent:?}");
+    for m in es {
+        let body = m["body"].as_str().unwrap();
+        assert!(
+            body.contains("Corte de luz.") && !body.contains("Power outage."),
+            "{m}"
+        );
+    }
+    for m in other {
+        let body = m["body"].as_str().unwrap();
+        assert!(
+            body.contains("Power outage.") && !body.contains("Corte de luz."),
+            "{m}"
+        );
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_district_wide_alert_needs_the_typed_word_and_a_viewer_cannot_act() {
     let app = spawn_app().await;
     let (cookie, csrf) = sign_in(&app, &app.admin).await;

@@ -1039,7 +1039,7 @@ pub fn status_with(
     let inbox: i64 = conn
         .prepare_cached("SELECT count(*) FROM replies WHERE alert_id = ?1 AND kind = 'message'")?
         .query_row([id.0], |r| r.get(0))?;
-    let figures = figures_from(conn, &alert, &tally)?;
+    let figures = figures_from(conn, &alert, tally)?;
     Ok(AlertStatus {
         alert,
         channels: tally.channels.clone(),

@@ -7,7 +7,7 @@
 //! A district-wide alert (no school chosen) needs the word DISTRICT typed
 //! on the preview page: one stray click must not reach every family.
 
-use crate::domain::text::MessageText;
+use crate::domain::text::{DEFAULT_LANGUAGE, MessageText};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Arc;
@@ -58,9 +58,49 @@ fn forbidden(state: &AppState) -> Response {
     )
 }
 
+/// Field name prefix of the message in another language (`message_es`).
+const MESSAGE_IN: &str = "message_";
+
+/// The operator's words: `message` (English) alone, or with the texts in
+/// other languages, so each family reads them in its own.
+fn message_of(f: &Fields) -> Option<MessageText> {
+    let main = field(f, "message").trim();
+    let mut per: BTreeMap<String, String> = f
+        .iter()
+        .filter_map(|(k, v)| {
+            let lang = k.strip_prefix(MESSAGE_IN)?;
+            let ok = !lang.is_empty()
+                && lang.len() <= 8
+                && lang.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+            (ok && !v.trim().is_empty()).then(|| (lang.to_ascii_lowercase(), v.trim().to_string()))
+        })
+        .collect();
+    if per.is_empty() {
+        return (!main.is_empty()).then(|| MessageText::One(main.to_string()));
+    }
+    if !main.is_empty() {
+        per.insert(DEFAULT_LANGUAGE.to_string(), main.to_string());
+    }
+    Some(MessageText::PerLanguage(per))
+}
+
+/// The languages offered for a translated message: those the playbooks
+/// have their own words in, besides English.
+fn other_languages(state: &AppState) -> Vec<String> {
+    let mut langs: Vec<String> = state
+        .config
+        .playbooks
+        .values()
+        .flat_map(|p| p.messages.keys().cloned())
+        .filter(|l| l != DEFAULT_LANGUAGE)
+        .collect();
+    langs.sort();
+    langs.dedup();
+    langs
+}
+
 /// The request the form describes.
 fn request(f: &Fields) -> TriggerRequest {
-    let message = field(f, "message").trim();
     TriggerRequest {
         playbook: field(f, "playbook").to_string(),
         audience: AudienceSpec {
@@ -69,7 +109,7 @@ fn request(f: &Fields) -> TriggerRequest {
             groups: all(f, "group"),
             ..Default::default()
         },
-        message: (!message.is_empty()).then(|| MessageText::One(message.to_string())),
+        message: message_of(f),
         drill: field(f, "drill") == "on",
         hold: false,
         allow_empty: false,
@@ -101,8 +141,18 @@ fn hidden(req: &TriggerRequest) -> String {
     for g in &req.audience.groups {
         put("group", g);
     }
-    if let Some(m) = &req.message {
-        put("message", m.primary());
+    match &req.message {
+        Some(MessageText::One(m)) => put("message", m),
+        Some(MessageText::PerLanguage(per)) => {
+            for (lang, m) in per {
+                if lang == DEFAULT_LANGUAGE {
+                    put("message", m);
+                } else {
+                    put(&format!("{MESSAGE_IN}{lang}"), m);
+                }
+            }
+        }
+        None => {}
     }
     if req.drill {
         put("drill", "on");
@@ -220,10 +270,31 @@ async fn form_page(
     let _ = write!(
         b,
         "<label for=\"message\">Message (optional; added to the playbook's words)</label>\
-<textarea id=\"message\" name=\"message\" rows=\"3\" maxlength=\"1000\" style=\"width:100%\">{}</textarea>\
-<label class=\"check\"><input type=\"checkbox\" id=\"drill\" name=\"drill\" value=\"on\"{}> This is a drill (marked DRILL on every channel)</label>\
+<textarea id=\"message\" name=\"message\" rows=\"3\" maxlength=\"1000\" style=\"width:100%\">{}</textarea>",
+        escape(
+            req.message
+                .as_ref()
+                .map(|m| m.for_language(DEFAULT_LANGUAGE))
+                .unwrap_or("")
+        ),
+    );
+    // Translations: a family whose language has none reads the English.
+    for lang in other_languages(state) {
+        let text = match &req.message {
+            Some(m @ MessageText::PerLanguage(_)) if m.covers(&lang) => m.for_language(&lang),
+            _ => "",
+        };
+        let _ = write!(
+            b,
+            "<label for=\"{MESSAGE_IN}{lang}\">The message in <span lang=\"{lang}\">{lang}</span> (optional; without it, families reading {lang} get the English)</label>\
+<textarea id=\"{MESSAGE_IN}{lang}\" name=\"{MESSAGE_IN}{lang}\" lang=\"{lang}\" rows=\"2\" maxlength=\"1000\" style=\"width:100%\">{}</textarea>",
+            escape(text)
+        );
+    }
+    let _ = write!(
+        b,
+        "<label class=\"check\"><input type=\"checkbox\" id=\"drill\" name=\"drill\" value=\"on\"{}> This is a drill (marked DRILL on every channel)</label>\
 <p><button type=\"submit\">Preview</button></p></form>",
-        escape(req.message.as_ref().map(|m| m.primary()).unwrap_or("")),
         if req.drill { " checked" } else { "" },
     );
     page(state, Some(op), "Start an alert", &b)
@@ -299,7 +370,10 @@ async fn preview_of(state: &AppState, req: &TriggerRequest) -> Result<Preview, S
             playbook: req.playbook.clone(),
             title: pb.title.clone(),
             place: place.clone(),
-            message: req.message.as_ref().map(|m| m.primary().to_string()),
+            message: req
+                .message
+                .as_ref()
+                .map(|m| m.for_language(lang).to_string()),
             drill: req.drill,
             released_at: None,
             retry_until: None,
@@ -374,8 +448,22 @@ pub async fn preview(
         "<p><strong>{} people</strong> will be told.</p>",
         num(p.recipients as i64)
     );
-    if let Some(m) = &req.message {
-        let _ = write!(b, "<p>Message added: “{}”</p>", escape(m.primary()));
+    match &req.message {
+        Some(MessageText::One(m)) => {
+            let _ = write!(b, "<p>Message added: “{}”</p>", escape(m));
+        }
+        Some(MessageText::PerLanguage(per)) => {
+            b.push_str("<p>Message added, per language:</p><ul>");
+            for (lang, m) in per {
+                let _ = write!(
+                    b,
+                    "<li>{lang}: “<span lang=\"{lang}\">{}</span>”</li>",
+                    escape(m)
+                );
+            }
+            b.push_str("</ul>");
+        }
+        None => {}
     }
     b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><caption>Recipients per role</caption><thead><tr><th scope=\"col\">Role</th><th scope=\"col\" class=\"n\">People</th></tr></thead><tbody>");
     for (role, n) in &p.per_role {
