@@ -716,3 +716,149 @@ async fn approve_all_clear_and_cancel_each_take_a_confirmation_step() {
     assert_eq!(r.status(), 404);
     app.stop().await;
 }
+
+/// A token for the person `name` limited to `schools`, made in the store as
+/// `klaxon token create --schools` does. Call before the daemon starts.
+async fn scoped_token(
+    dir: &std::path::Path,
+    name: &str,
+    role: klaxon::store::tokens::ApiRole,
+    schools: &[&str],
+) -> String {
+    use klaxon::store::tokens;
+    let store = klaxon::store::Store::open(&dir.join("state"), false).expect("store");
+    let t = tokens::generate();
+    let (t2, name) = (t.clone(), name.to_string());
+    let scope = klaxon::domain::Scope::Schools(schools.iter().map(|s| s.to_string()).collect());
+    store
+        .write(move |c| {
+            let id = tokens::insert(c, &name, role, &t2, klaxon::store::now_ms())?;
+            tokens::set_scope(c, id, &scope)
+        })
+        .await
+        .expect("token");
+    store.close();
+    t
+}
+
+fn alert_count(app: &TestApp) -> i64 {
+    app.db()
+        .query_row("SELECT count(*) FROM alerts", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_school_scoped_operator_previews_sends_and_acts_only_within_its_schools() {
+    use klaxon::store::tokens::ApiRole;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("klaxon.toml"),
+        common::config_text(common::LOG_PROVIDER),
+    )
+    .unwrap();
+    common::import(dir.path(), std::path::Path::new(common::FIXTURE));
+    let admin = common::make_token(dir.path(), ApiRole::Admin).await;
+    let viewer = common::make_token(dir.path(), ApiRole::Viewer).await;
+    let s1 = scoped_token(dir.path(), "north office", ApiRole::Operator, &["S1"]).await;
+    let app = common::start(dir, admin, viewer).await;
+    let (cookie, csrf) = sign_in(&app, &s1).await;
+
+    // The form offers only its own school.
+    let form = app
+        .http
+        .get(format!("{}/trigger", app.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(form.contains("Lincoln Elementary"), "{form}");
+    assert!(!form.contains("Roosevelt Middle"), "{form}");
+
+    // Preview and send: another school, a mix, or the whole district are
+    // refused, and the refusal names nobody.
+    for schools in [vec!["S2"], vec!["S1", "S2"], vec![]] {
+        let mut fields = vec![
+            ("csrf", csrf.as_str()),
+            ("playbook", "lockdown"),
+            ("drill", "on"),
+            ("confirm", "DISTRICT"),
+        ];
+        fields.extend(schools.iter().map(|s| ("school", *s)));
+        let r = post_form(&app, &cookie, "/trigger/preview", &fields).await;
+        assert_eq!(r.status(), 403, "preview {schools:?}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("school(s) S1"), "says what they may: {body}");
+        for secret in [
+            "Recipients per role",
+            "people</strong>",
+            "Tam Nguyen",
+            "Okafor",
+        ] {
+            assert!(!body.contains(secret), "preview {schools:?} shows {secret}");
+        }
+        let r = post_form(&app, &cookie, "/trigger/send", &fields).await;
+        assert_eq!(r.status(), 403, "send {schools:?}");
+        assert_eq!(alert_count(&app), 0, "nothing sent for {schools:?}");
+    }
+    // Its own school: previewed (its unreachable person named) and sent.
+    let own = [
+        ("csrf", csrf.as_str()),
+        ("playbook", "lockdown"),
+        ("drill", "on"),
+        ("school", "S1"),
+    ];
+    let r = post_form(&app, &cookie, "/trigger/preview", &own).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("Tam Nguyen"));
+    let r = post_form(&app, &cookie, "/trigger/send", &own).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(alert_count(&app), 1);
+
+    // Another school's alerts: one held, one sending. Neither the
+    // confirmation step nor the action is open to this operator.
+    let held = app
+        .trigger(json!({"playbook": "shelter", "audience": {"schools": ["S2"]}, "hold": true, "drill": true}))
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let sending = app
+        .trigger(
+            json!({"playbook": "early-dismissal", "audience": {"schools": ["S2"]}, "drill": true}),
+        )
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    app.wait_settled(sending).await;
+    for (id, action) in [
+        (held, "approve"),
+        (held, "cancel"),
+        (sending, "all-clear"),
+        (sending, "cancel"),
+    ] {
+        let path = format!("/alerts/{id}/act/{action}");
+        let r = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "GET {path}");
+        let r = post_form(&app, &cookie, &path, &[("csrf", &csrf)]).await;
+        assert_eq!(r.status(), 403, "POST {path}");
+    }
+    assert_eq!(app.status(held).await["state"], "held", "untouched");
+    let s = app.status(sending).await;
+    assert_ne!(s["state"], "closed", "untouched: {s}");
+    assert!(s["all_clear_id"].is_null(), "no all-clear: {s}");
+    app.stop().await;
+}

@@ -58,6 +58,38 @@ fn forbidden(state: &AppState) -> Response {
     )
 }
 
+/// A 403 page unless the operator's scope covers the audience's schools
+/// (none chosen: the whole district). The preview and the send both ask:
+/// the preview names people, so it is no more open than the send.
+// The refusal is the whole answer (a page), returned as is by handlers.
+#[allow(clippy::result_large_err)]
+fn within_scope(
+    state: &AppState,
+    op: &Operator,
+    req: &TriggerRequest,
+    outcome: &str,
+) -> Result<(), Response> {
+    if op.scope.allows_schools(&req.audience.schools) {
+        return Ok(());
+    }
+    state
+        .metrics
+        .inc("klaxon_http_auth_failures_total", &[("reason", "scope")]);
+    let what = if req.audience.schools.is_empty() {
+        "the whole district".to_string()
+    } else {
+        format!("school(s) {}", req.audience.schools.join(", "))
+    };
+    Err(crate::http::session::message_page(
+        StatusCode::FORBIDDEN,
+        "Not in your schools",
+        &format!(
+            "This audience is {what}; you may alert {} only, so {outcome}",
+            op.scope
+        ),
+    ))
+}
+
 /// Field name prefix of the message in another language (`message_es`).
 const MESSAGE_IN: &str = "message_";
 
@@ -237,9 +269,21 @@ async fn form_page(
         );
     }
     b.push_str("</select>");
+    // A school-scoped operator is offered only their schools, and must
+    // choose one: none chosen means the whole district.
+    let (schools, legend) = match &op.scope {
+        crate::domain::Scope::District => (schools, "Schools (none chosen: the whole district)"),
+        crate::domain::Scope::Schools(mine) => (
+            schools
+                .into_iter()
+                .filter(|(id, _)| mine.contains(id))
+                .collect(),
+            "Schools (yours; choose at least one)",
+        ),
+    };
     b.push_str(&checkboxes(
         "school",
-        "Schools (none chosen: the whole district)",
+        legend,
         &schools,
         &req.audience.schools,
     ));
@@ -423,6 +467,10 @@ pub async fn preview(
         return forbidden(&state);
     }
     let req = request(&f);
+    // The preview names people: only those the operator may alert.
+    if let Err(r) = within_scope(&state, &op, &req, "nothing is shown.") {
+        return r;
+    }
     let p = match preview_of(&state, &req).await {
         Ok(p) => p,
         Err(e) => return form_page(&state, &op, &req, Some(&e)).await,
@@ -558,12 +606,8 @@ pub async fn send(
         return forbidden(&state);
     }
     let req = request(&f);
-    if !op.scope.allows_schools(&req.audience.schools) {
-        return crate::http::session::message_page(
-            StatusCode::FORBIDDEN,
-            "Not in your schools",
-            &format!("You may alert only {}; nothing was sent.", op.scope),
-        );
+    if let Err(r) = within_scope(&state, &op, &req, "nothing was sent.") {
+        return r;
     }
     if req.audience.schools.is_empty() && field(&f, "confirm").trim() != DISTRICT_WORD {
         return form_page(
