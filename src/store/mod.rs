@@ -95,6 +95,16 @@ impl Store {
     /// Opens (creating if needed) `dir/klaxon.db`, applies migrations and
     /// starts the writer thread. `full_sync` chooses `synchronous=FULL`.
     pub fn open(dir: &Path, full_sync: bool) -> Result<Store, StoreError> {
+        Store::open_with(dir, full_sync, TransactionBehavior::Immediate)
+    }
+
+    /// As `open`, with the writer's transactions begun as `behavior`
+    /// (always `Immediate` but in the test that shows why).
+    fn open_with(
+        dir: &Path,
+        full_sync: bool,
+        behavior: TransactionBehavior,
+    ) -> Result<Store, StoreError> {
         guard::private_dir(dir)?;
         let path = dir.join("klaxon.db");
         guard::private_file(&path)?;
@@ -123,7 +133,7 @@ impl Store {
         let (tx, rx) = mpsc::channel::<Job>(8192);
         let handle = std::thread::Builder::new()
             .name("klaxon-store-writer".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || writer_loop(conn, rx, behavior))
             .map_err(|e| StoreError::Open {
                 path: path.clone(),
                 reason: format!("cannot start writer thread: {e}"),
@@ -251,8 +261,8 @@ impl Inner {
 /// Begins the batch's transaction. `BEGIN IMMEDIATE` takes the write lock
 /// at once (waiting out the busy timeout), so a CLI writing beside the
 /// daemon cannot fail a batch half-way with SQLITE_BUSY_SNAPSHOT.
-fn begin(conn: &mut Connection) -> Result<Transaction<'_>, String> {
-    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+fn begin(conn: &mut Connection, behavior: TransactionBehavior) -> Result<Transaction<'_>, String> {
+    conn.transaction_with_behavior(behavior)
         .map_err(|e| e.to_string())
 }
 
@@ -263,7 +273,7 @@ fn begin(conn: &mut Connection) -> Result<Transaction<'_>, String> {
 /// full, I/O error) while the savepoints above look fine; the writer checks
 /// `is_autocommit()` after every closure, fails everything the lost
 /// transaction held, and runs the closures not yet tried in a new one.
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, behavior: TransactionBehavior) {
     let mut queue: std::collections::VecDeque<Job> =
         std::collections::VecDeque::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -275,15 +285,19 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
             }
         }
         while !queue.is_empty() {
-            run_batch(&mut conn, &mut queue);
+            run_batch(&mut conn, &mut queue, behavior);
         }
     }
 }
 
 /// Runs closures from the front of `queue` in one transaction; leaves in
 /// `queue` those not tried because SQLite dropped the transaction under them.
-fn run_batch(conn: &mut Connection, queue: &mut std::collections::VecDeque<Job>) {
-    let mut txn = match begin(conn) {
+fn run_batch(
+    conn: &mut Connection,
+    queue: &mut std::collections::VecDeque<Job>,
+    behavior: TransactionBehavior,
+) {
+    let mut txn = match begin(conn, behavior) {
         Ok(t) => t,
         Err(msg) => {
             tracing::error!(error = %msg, jobs = queue.len(), "Cannot begin a store transaction; the writes are refused.");
@@ -414,6 +428,93 @@ mod tests {
             audit_actions(dir.path()),
             vec!["fine".to_string(), "later".to_string()]
         );
+    }
+
+    /// Set by the CLI connection's busy handler: it found the store locked.
+    static CLI_WAITED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    fn cli_busy(tries: i32) -> bool {
+        CLI_WAITED.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        tries < 10_000
+    }
+
+    /// A batch that reads, lets a second connection write klaxon.db (as
+    /// `klaxon token create` does beside the daemon), then writes. Returns
+    /// the batch's answer, the second connection's, and the audit actions.
+    async fn batch_reads_then_writes_while_the_cli_writes(
+        behavior: TransactionBehavior,
+    ) -> (Result<(), StoreError>, Result<(), String>, Vec<String>) {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        CLI_WAITED.store(false, Ordering::SeqCst);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), true, behavior).unwrap();
+        store
+            .write(|c| audit::record(c, 1, "test", "seed", None, "{}", "test"))
+            .await
+            .unwrap();
+        let path = dir.path().join("klaxon.db");
+        let (go, started) = std::sync::mpsc::channel::<()>();
+        let committed = Arc::new(AtomicBool::new(false));
+        let done = committed.clone();
+        let cli = std::thread::spawn(move || -> Result<(), String> {
+            started.recv().map_err(|e| e.to_string())?;
+            let mut conn = Connection::open(&path).map_err(|e| e.to_string())?;
+            conn.busy_handler(Some(cli_busy))
+                .map_err(|e| e.to_string())?;
+            let t = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| e.to_string())?;
+            audit::record(&t, 2, "cli", "cli", None, "{}", "cli").map_err(|e| e.to_string())?;
+            t.commit().map_err(|e| e.to_string())?;
+            done.store(true, Ordering::SeqCst);
+            Ok(())
+        });
+        let batch = store
+            .write(move |c| {
+                // The read that starts the transaction's snapshot.
+                let n: i64 = c.query_row("SELECT count(*) FROM audit", [], |r| r.get(0))?;
+                go.send(()).unwrap();
+                // Until the CLI has committed (nothing stops it under
+                // DEFERRED) or found the store locked (IMMEDIATE).
+                let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                while !CLI_WAITED.load(Ordering::SeqCst) && !committed.load(Ordering::SeqCst) {
+                    assert!(
+                        std::time::Instant::now() < until,
+                        "the CLI neither wrote nor waited"
+                    );
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                audit::record(c, 3, "test", &format!("after {n}"), None, "{}", "test")
+            })
+            .await;
+        let cli = cli.join().unwrap();
+        let actions = audit_actions(dir.path());
+        store.close();
+        (batch, cli, actions)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_that_reads_then_writes_survives_the_cli_writing_beside_it() {
+        let (batch, cli, actions) =
+            batch_reads_then_writes_while_the_cli_writes(TransactionBehavior::Immediate).await;
+        assert!(batch.is_ok(), "{batch:?}");
+        assert!(cli.is_ok(), "{cli:?}");
+        assert!(
+            CLI_WAITED.load(std::sync::atomic::Ordering::SeqCst),
+            "the CLI's write waited for the batch"
+        );
+        assert_eq!(actions, vec!["seed", "after 1", "cli"]);
+
+        // The control: the same interleaving under DEFERRED fails the
+        // batch's write with SQLITE_BUSY_SNAPSHOT (the busy timeout does not
+        // help: the snapshot is stale), as the durability review suspected.
+        let (batch, cli, actions) =
+            batch_reads_then_writes_while_the_cli_writes(TransactionBehavior::Deferred).await;
+        assert!(cli.is_ok(), "{cli:?}");
+        let err = batch.expect_err("a DEFERRED batch cannot write after the CLI did");
+        assert!(err.to_string().contains("locked"), "{err}");
+        assert_eq!(actions, vec!["seed", "cli"]);
     }
 
     #[tokio::test]
