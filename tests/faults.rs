@@ -235,6 +235,90 @@ en = "LOCKDOWN at {{{{ school }}}}. Confirm: {{{{ link }}}}"
     app.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_while_the_last_provider_is_down_are_bounded_by_the_window_not_a_count() {
+    let tw = TwilioServer::start(SID, "tok").await;
+    tw.faults().set_down(true);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("twilio.token"), "tok").unwrap();
+    // One delivery (Roosevelt's one family with a phone), so every probe of
+    // the paused provider is an attempt of that delivery.
+    let extra = format!(
+        r#"
+[[providers]]
+name = "only"
+kind = "twilio"
+channels = ["sms", "voice"]
+api_base = "{}"
+account_sid = "{SID}"
+auth_token_file = "twilio.token"
+from = ["+15555550100"]
+per_sender_per_second = 1000
+
+[delivery]
+request_timeout = "1s"
+retry_initial = "50ms"
+retry_max = "200ms"
+max_attempts = 3
+breaker_failures = 2
+breaker_cooldown = "200ms"
+
+[playbooks.sms-only]
+title = "Lockdown"
+severity = "emergency"
+channels = ["sms"]
+roles = ["guardian", "staff"]
+ack_within = "15m"
+[playbooks.sms-only.messages]
+en = "LOCKDOWN at {{{{ school }}}}. Confirm: {{{{ link }}}}"
+"#,
+        tw.url()
+    );
+    std::fs::write(dir.path().join("klaxon.toml"), config_text(&extra)).unwrap();
+    import(dir.path(), Path::new(common::FIXTURE));
+    let admin = make_token(dir.path(), ApiRole::Admin).await;
+    let viewer = make_token(dir.path(), ApiRole::Viewer).await;
+    let app = start(dir, admin, viewer).await;
+    let r = app
+        .trigger(json!({"playbook": "sms-only", "audience": {"schools": ["S2"]}}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let row = |app: &common::TestApp| -> (i64, i64, String) {
+        app.db()
+            .query_row(
+                "SELECT count(*), max(attempts), max(state) FROM deliveries WHERE alert_id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap()
+    };
+    // Wait for a fifth attempt: under a count bound (max_attempts = 3) the
+    // delivery would have failed at its third.
+    let until = Instant::now() + Duration::from_secs(30);
+    let (n, attempts, state) = loop {
+        let (n, attempts, state) = row(&app);
+        assert_ne!(state, "failed", "given up after {attempts} attempts");
+        if attempts > 4 {
+            break (n, attempts, state);
+        }
+        assert!(
+            Instant::now() < until,
+            "only {attempts} attempts in 30 s; state {state}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(n, 1, "one delivery");
+    eprintln!("provider down: {attempts} attempts, still {state}");
+    tw.faults().set_down(false);
+    let s = app.wait_settled(id).await;
+    assert_eq!(s["totals"]["sent"], 1, "reached once it is back: {s}");
+    assert_eq!(tw.requests().len(), 1);
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn first_attempts_are_due_whatever_the_wall_clock_says() {
     let dir = tempfile::tempdir().unwrap();
@@ -593,4 +677,99 @@ async fn a_full_disk_under_the_store_loses_nothing_acknowledged_and_errors_hones
             .unwrap();
         assert!(at.is_some(), "an acknowledgement answered 303 was lost");
     }
+}
+
+/// The recorder survives a store that cannot write: outcomes of sends in
+/// flight when the disk fills are kept, retried, and committed once there is
+/// room again; none is lost, none counted twice, nothing sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_in_flight_when_the_disk_fills_are_recorded_once_it_has_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(_mount) = Tmpfs::mount(&dir.path().join("state"), "8m") else {
+        return;
+    };
+    let tw = TwilioServer::start(SID, "tok").await;
+    std::fs::write(dir.path().join("twilio.token"), "tok").unwrap();
+    let extra = format!(
+        r#"
+[[providers]]
+name = "slow"
+kind = "twilio"
+channels = ["sms", "voice"]
+api_base = "{}"
+account_sid = "{SID}"
+auth_token_file = "twilio.token"
+from = ["+15555550100"]
+per_sender_per_second = 1000
+
+[delivery]
+request_timeout = "30s"
+
+[playbooks.sms-only]
+title = "Lockdown"
+severity = "emergency"
+channels = ["sms"]
+roles = ["guardian", "staff"]
+ack_within = "15m"
+[playbooks.sms-only.messages]
+en = "LOCKDOWN at {{{{ school }}}}. Confirm: {{{{ link }}}}"
+"#,
+        tw.url()
+    );
+    std::fs::write(dir.path().join("klaxon.toml"), config_text(&extra)).unwrap();
+    import(dir.path(), Path::new(common::FIXTURE));
+    let admin = make_token(dir.path(), ApiRole::Admin).await;
+    let viewer = make_token(dir.path(), ApiRole::Viewer).await;
+    let app = start(dir, admin, viewer).await;
+    // Every request is held by the provider for a while: in flight.
+    tw.faults().set_delay(Duration::from_secs(2));
+    let r = app
+        .trigger(json!({"playbook": "sms-only", "audience": {}}))
+        .await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let states = |app: &common::TestApp| -> Vec<(String, i64)> {
+        app.db()
+            .prepare("SELECT state, attempts FROM deliveries WHERE alert_id = ?1 ORDER BY id")
+            .unwrap()
+            .query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    let total = states(&app).len();
+    assert!(total >= 3, "{total}");
+    let until = Instant::now() + Duration::from_secs(20);
+    while (tw.arrivals() as usize) < total {
+        assert!(Instant::now() < until, "the sends never left");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let filler = fill(&app.path().join("state"));
+    // The provider answers while the disk is full; the recorder cannot write.
+    let until = Instant::now() + Duration::from_secs(20);
+    while tw.requests().len() < total {
+        assert!(Instant::now() < until, "the provider never answered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = states(&app);
+    let unrecorded = during.iter().filter(|(s, _)| s == "sending").count();
+    eprintln!("disk full: {unrecorded} of {total} outcomes waiting to be recorded");
+    assert!(
+        unrecorded > 0,
+        "the outcomes were recorded with the disk full: it was not full ({during:?})"
+    );
+    std::fs::remove_file(filler).unwrap();
+    let s = app.wait_settled(id).await;
+    let after = states(&app);
+    assert_eq!(
+        after,
+        vec![("sent".to_string(), 1); total],
+        "each outcome recorded once, none sent again: {s}"
+    );
+    assert_eq!(s["totals"]["sent"], total, "{s}");
+    assert_eq!(tw.requests().len(), total, "nothing sent twice");
+    app.stop().await;
 }
