@@ -862,3 +862,327 @@ async fn a_school_scoped_operator_previews_sends_and_acts_only_within_its_school
     assert!(s["all_clear_id"].is_null(), "no all-clear: {s}");
     app.stop().await;
 }
+
+/// A daemon whose `reunification` playbook needs two people, with the
+/// operators alice and bob (their tokens).
+async fn two_operators() -> (TestApp, String, String) {
+    use klaxon::store::tokens::ApiRole;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{}{}",
+        common::LOG_PROVIDER,
+        r#"
+[playbooks.reunification]
+title = "Reunification"
+severity = "emergency"
+channels = ["sms", "email"]
+approval = "two-person"
+messages = { en = "Reunification at {{ school }}. {{ message }} {{ link }}" }
+"#
+    );
+    std::fs::write(dir.path().join("klaxon.toml"), common::config_text(&extra)).unwrap();
+    common::import(dir.path(), std::path::Path::new(common::FIXTURE));
+    let alice = common::make_named_token(dir.path(), "alice", ApiRole::Operator).await;
+    let bob = common::make_named_token(dir.path(), "bob", ApiRole::Operator).await;
+    let admin = common::make_named_token(dir.path(), "admin", ApiRole::Admin).await;
+    let viewer = common::make_named_token(dir.path(), "viewer", ApiRole::Viewer).await;
+    (common::start(dir, admin, viewer).await, alice, bob)
+}
+
+async fn get_page(app: &TestApp, cookie: &str, path: &str) -> (reqwest::StatusCode, String) {
+    let r = app
+        .http
+        .get(format!("{}{path}", app.base))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+/// Sends `reunification` at S1 from the console form; the new alert's id.
+async fn send_reunification(app: &TestApp, cookie: &str, csrf: &str) -> i64 {
+    let r = post_form(
+        app,
+        cookie,
+        "/trigger/send",
+        &[
+            ("csrf", csrf),
+            ("playbook", "reunification"),
+            ("school", "S1"),
+            ("message", "At the north gym."),
+            ("drill", "on"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    r.headers()["location"]
+        .to_str()
+        .unwrap()
+        .trim_start_matches("/alerts/")
+        .parse()
+        .unwrap()
+}
+
+fn handed_over(app: &TestApp, id: i64) -> i64 {
+    app.db()
+        .query_row(
+            "SELECT count(*) FROM deliveries WHERE alert_id = ?1 AND state <> 'held'",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_two_person_rule_in_the_console_a_second_operator_approves() {
+    let (app, alice, bob) = two_operators().await;
+    let (a_cookie, a_csrf) = sign_in(&app, &alice).await;
+    let (b_cookie, b_csrf) = sign_in(&app, &bob).await;
+    let id = send_reunification(&app, &a_cookie, &a_csrf).await;
+    assert_eq!(app.status(id).await["state"], "held");
+
+    // Alice triggered it: her view says it needs a second approval and
+    // offers only the override; her approval is refused.
+    let (_, view) = get_page(&app, &a_cookie, &format!("/alerts/{id}")).await;
+    assert!(view.contains("held: needs a second approval"), "{view}");
+    assert!(
+        view.contains("Send now without a second approval…"),
+        "{view}"
+    );
+    assert!(!view.contains("Approve and send…"), "{view}");
+    let r = post_form(
+        &app,
+        &a_cookie,
+        &format!("/alerts/{id}/act/approve"),
+        &[("csrf", &a_csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 403, "self-approval refused");
+    assert!(r.text().await.unwrap().contains("second operator"));
+    assert_eq!(app.status(id).await["state"], "held");
+    assert_eq!(handed_over(&app, id), 0, "nothing sent");
+
+    // Bob sees an ordinary approval, names who triggered it, and approves.
+    let (_, view) = get_page(&app, &b_cookie, &format!("/alerts/{id}")).await;
+    assert!(view.contains("Approve and send…"), "{view}");
+    let (_, confirm) = get_page(&app, &b_cookie, &format!("/alerts/{id}/act/approve")).await;
+    assert!(
+        confirm.contains("You give the second approval") && confirm.contains("token:alice"),
+        "{confirm}"
+    );
+    assert!(!confirm.contains("override_reason"), "{confirm}");
+    let r = post_form(
+        &app,
+        &b_cookie,
+        &format!("/alerts/{id}/act/approve"),
+        &[("csrf", &b_csrf)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let s = app.wait_settled(id).await;
+    assert!(s["override_reason"].is_null(), "{s}");
+    assert!(handed_over(&app, id) > 0);
+    let (_, view) = get_page(&app, &b_cookie, &format!("/alerts/{id}")).await;
+    assert!(!view.contains("Sent without a second approval"), "{view}");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_override_needs_a_reason_is_marked_and_another_operator_reviews_it() {
+    let (app, alice, bob) = two_operators().await;
+    let (a_cookie, a_csrf) = sign_in(&app, &alice).await;
+    let (b_cookie, b_csrf) = sign_in(&app, &bob).await;
+    let id = send_reunification(&app, &a_cookie, &a_csrf).await;
+    let path = format!("/alerts/{id}/act/approve");
+
+    // The override form asks for a typed reason.
+    let (st, confirm) = get_page(&app, &a_cookie, &path).await;
+    assert_eq!(st, 200);
+    assert!(
+        confirm.contains("name=\"override_reason\"") && confirm.contains("required"),
+        "{confirm}"
+    );
+    assert!(confirm.contains("Yes: send now without a second approval"));
+    // Without a reason, or with a blank or too short one: nothing is sent.
+    for (reason, status) in [("", 403), ("   ", 403), ("go", 422)] {
+        let r = post_form(
+            &app,
+            &a_cookie,
+            &path,
+            &[("csrf", &a_csrf), ("override_reason", reason)],
+        )
+        .await;
+        assert_eq!(r.status(), status, "reason {reason:?}");
+        assert_eq!(app.status(id).await["state"], "held", "reason {reason:?}");
+    }
+    assert_eq!(handed_over(&app, id), 0);
+
+    // With a reason: sent at once, marked, and on the review list.
+    let why = "Intruder at the gym; no second operator answers.";
+    let r = post_form(
+        &app,
+        &a_cookie,
+        &path,
+        &[("csrf", &a_csrf), ("override_reason", why)],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    let s = app.wait_settled(id).await;
+    assert_eq!(s["override_reason"], why, "{s}");
+    assert!(handed_over(&app, id) > 0);
+    let (_, view) = get_page(&app, &b_cookie, &format!("/alerts/{id}")).await;
+    assert!(
+        view.contains("Sent without a second approval") && view.contains(why),
+        "{view}"
+    );
+    assert!(view.contains("Not reviewed yet"), "{view}");
+
+    // The review list: the same as /api/v1/reviews.
+    let api: Vec<serde_json::Value> = app
+        .get_json("/api/v1/reviews")
+        .await
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(api.len(), 1);
+    assert_eq!(api[0]["id"], id);
+    let (_, mine) = get_page(&app, &a_cookie, "/reviews").await;
+    assert!(
+        mine.contains(&format!("href=\"/alerts/{id}\"")) && mine.contains(why),
+        "{mine}"
+    );
+    assert!(
+        mine.contains("You sent it: another person reviews it."),
+        "{mine}"
+    );
+    assert!(
+        !mine.contains(&format!("action=\"/alerts/{id}/review\"")),
+        "{mine}"
+    );
+    // Alice cannot review her own override, even by posting the form.
+    let review = format!("/alerts/{id}/review");
+    let r = post_form(&app, &a_cookie, &review, &[("csrf", &a_csrf)]).await;
+    assert_eq!(r.status(), 403);
+    // Bob can, with the form's CSRF token.
+    let (_, his) = get_page(&app, &b_cookie, "/reviews").await;
+    assert!(
+        his.contains(&format!("action=\"/alerts/{id}/review\"")),
+        "{his}"
+    );
+    let r = post_form(
+        &app,
+        &b_cookie,
+        &review,
+        &[("note", "Checked with the principal.")],
+    )
+    .await;
+    assert_eq!(r.status(), 403, "CSRF checked");
+    let reviewed: Option<String> = app
+        .db()
+        .query_row("SELECT reviewed_by FROM alerts WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(
+        reviewed, None,
+        "neither Alice nor a form without CSRF reviewed it"
+    );
+    let r = post_form(
+        &app,
+        &b_cookie,
+        &review,
+        &[("csrf", &b_csrf), ("note", "Checked with the principal.")],
+    )
+    .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/reviews");
+    let reviewed: Option<String> = app
+        .db()
+        .query_row("SELECT reviewed_by FROM alerts WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(reviewed.as_deref(), Some("token:bob"));
+    let (_, his) = get_page(&app, &b_cookie, "/reviews").await;
+    assert!(his.contains("Nothing waits for review."), "{his}");
+    assert!(
+        app.get_json("/api/v1/reviews")
+            .await
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let (_, view) = get_page(&app, &a_cookie, &format!("/alerts/{id}")).await;
+    assert!(view.contains("Reviewed by token:bob"), "{view}");
+    let audited: i64 = app
+        .db()
+        .query_row(
+            "SELECT count(*) FROM audit WHERE action = 'alert.review' AND alert_id = ?1 AND actor = 'token:bob'",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(audited, 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_preview_names_the_languages_that_get_the_message_untranslated() {
+    let app = spawn_app().await;
+    let (cookie, csrf) = sign_in(&app, &app.admin).await;
+    let preview = |fields: Vec<(&'static str, String)>| {
+        let (app, cookie, csrf) = (&app, &cookie, &csrf);
+        async move {
+            let mut f: Vec<(&str, &str)> = vec![
+                ("csrf", csrf.as_str()),
+                ("playbook", "early-dismissal"),
+                ("school", "S1"),
+                ("drill", "on"),
+            ];
+            f.extend(fields.iter().map(|(k, v)| (*k, v.as_str())));
+            let r = post_form(app, cookie, "/trigger/preview", &f).await;
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    // English only: the Spanish and Vietnamese families get it as written,
+    // exactly as the API's 201 answer reckons it.
+    let p = preview(vec![("message", "Power outage.".into())]).await;
+    assert!(p.contains("id=\"untranslated\""), "{p}");
+    let created: serde_json::Value = app
+        .trigger(json!({"playbook": "early-dismissal", "audience": {"schools": ["S1"]}, "message": "Power outage.", "drill": true, "hold": true}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut langs: Vec<String> = created["untranslated"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    langs.sort();
+    assert_eq!(langs, ["es", "vi"], "{created}");
+    let warning = created["warning"].as_str().unwrap();
+    let list = warning
+        .split("the message is not written in ")
+        .nth(1)
+        .and_then(|s| s.split("; they get").next())
+        .unwrap_or_else(|| panic!("{warning}"));
+    assert!(
+        p.contains(&format!("The message is not written in {list}:")),
+        "the preview lists {list}: {p}"
+    );
+    // With Spanish too, only Vietnamese is left; with no message, nothing.
+    let p = preview(vec![
+        ("message", "Power outage.".into()),
+        ("message_es", "Corte de luz.".into()),
+    ])
+    .await;
+    assert!(p.contains("The message is not written in vi ("), "{p}");
+    assert!(!p.contains("es ("), "{p}");
+    let p = preview(vec![]).await;
+    assert!(!p.contains("id=\"untranslated\""), "{p}");
+    app.stop().await;
+}

@@ -405,30 +405,8 @@ pub async fn review(
     let caller = authorize(&state, &headers, ApiRole::Operator).await?;
     super::scope::check_alert(&state, &caller, id).await?;
     let r: Review = parse_json(&body)?;
-    let aid = AlertId(id);
-    let a = state.store.read(move |c| alerts::get(c, aid)).await?;
-    let person = |a: &str| a.strip_prefix("token:").unwrap_or(a).to_string();
-    if person(&a.created_by) == caller.name
-        || a.approved_by.as_deref().map(person).as_deref() == Some(caller.name.as_str())
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "`{}` sent alert {id}; its review is for a second person",
-                caller.name
-            ),
-        ));
-    }
-    let (now, actor, note) = (
-        state.now_ms(),
-        caller.name.clone(),
-        crate::domain::text::clean(&r.note).0,
-    );
     Ok(Json(
-        state
-            .store
-            .write(move |c| alerts::review(c, aid, now, &actor, &note))
-            .await?,
+        trigger::review(&state, AlertId(id), &caller.name, &r.note).await?,
     ))
 }
 

@@ -762,10 +762,7 @@ pub async fn approve(
     override_reason: Option<String>,
 ) -> Result<Released, TriggerError> {
     let alert = sv.store.read(move |c| alerts::get(c, id)).await?;
-    // The same token acts as `NAME` on the API and `token:NAME` in a console
-    // session begun with it: one person either way.
-    let person = |a: &str| a.strip_prefix("token:").unwrap_or(a).to_string();
-    let own = person(&alert.created_by) == person(actor);
+    let own = same_person(&alert.created_by, actor);
     let override_reason = match override_reason {
         Some(r) => Some(reason(&r)?),
         None => None,
@@ -797,6 +794,43 @@ pub async fn approve(
         tracing::info!(alert = id.0, "Held alert approved and released.");
     }
     Ok(released)
+}
+
+/// Whether two actors are one person: the same token acts as `NAME` on the
+/// API and `token:NAME` in a console session begun with it.
+pub fn same_person(a: &str, b: &str) -> bool {
+    let person = |x: &str| x.strip_prefix("token:").unwrap_or(x).to_string();
+    person(a) == person(b)
+}
+
+/// A second person's review of an alert sent with an emergency override
+/// (the API's and the console's). The one who triggered or released it
+/// cannot review it. A second review answers as the first.
+pub async fn review(
+    sv: &Services,
+    id: AlertId,
+    actor: &str,
+    note: &str,
+) -> Result<AlertRow, TriggerError> {
+    let a = sv.store.read(move |c| alerts::get(c, id)).await?;
+    if same_person(&a.created_by, actor)
+        || a.approved_by
+            .as_deref()
+            .is_some_and(|b| same_person(b, actor))
+    {
+        return Err(TriggerError::Forbidden(format!(
+            "`{actor}` sent alert {id}; its review is for a second person"
+        )));
+    }
+    let (now, actor, note) = (
+        sv.now_ms(),
+        actor.to_string(),
+        crate::domain::text::clean(note).0,
+    );
+    sv.store
+        .write(move |c| alerts::review(c, id, now, &actor, &note))
+        .await
+        .map_err(conflict)
 }
 
 fn conflict(e: StoreError) -> TriggerError {

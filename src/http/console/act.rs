@@ -34,9 +34,9 @@ const FOLLOW_UPS: &[&str] = &["all-clear", "update"];
 /// What must be typed to send to the whole district.
 pub const DISTRICT_WORD: &str = "DISTRICT";
 
-type Fields = Vec<(String, String)>;
+pub(super) type Fields = Vec<(String, String)>;
 
-fn field<'a>(f: &'a Fields, name: &str) -> &'a str {
+pub(super) fn field<'a>(f: &'a Fields, name: &str) -> &'a str {
     f.iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
@@ -50,7 +50,7 @@ fn all(f: &Fields, name: &str) -> Vec<String> {
         .collect()
 }
 
-fn forbidden(state: &AppState) -> Response {
+pub(super) fn forbidden(state: &AppState) -> Response {
     error_page(
         state,
         StatusCode::FORBIDDEN,
@@ -366,6 +366,9 @@ struct Preview {
     estimate_s: f64,
     deadline_s: f64,
     place: String,
+    /// Languages (base tags) whose families get the message as written,
+    /// with how many recipients read them.
+    untranslated: Vec<(String, usize)>,
 }
 
 async fn preview_of(state: &AppState, req: &TriggerRequest) -> Result<Preview, String> {
@@ -376,6 +379,11 @@ async fn preview_of(state: &AppState, req: &TriggerRequest) -> Result<Preview, S
         .filter(|_| !FOLLOW_UPS.contains(&req.playbook.as_str()))
         .ok_or_else(|| format!("Choose a playbook: `{}` is not one.", req.playbook))?
         .clone();
+    // The text as the send would take it: cleaned, and refused here when the
+    // playbook cannot carry it or lacks a language it requires.
+    let text = crate::trigger::check::message(&req.playbook, &pb, req.message.clone())
+        .map_err(|e| format!("Nothing can be sent as written: {e}."))?
+        .text;
     let mut spec = req.audience.clone();
     if spec.roles.is_empty() {
         spec.roles = pb.roles.clone();
@@ -414,10 +422,7 @@ async fn preview_of(state: &AppState, req: &TriggerRequest) -> Result<Preview, S
             playbook: req.playbook.clone(),
             title: pb.title.clone(),
             place: place.clone(),
-            message: req
-                .message
-                .as_ref()
-                .map(|m| m.for_language(lang).to_string()),
+            message: text.as_ref().map(|m| m.for_language(lang).to_string()),
             drill: req.drill,
             released_at: None,
             retry_until: None,
@@ -439,7 +444,16 @@ async fn preview_of(state: &AppState, req: &TriggerRequest) -> Result<Preview, S
         .map(|(ch, n)| (*ch, *n as i64))
         .collect();
     let estimate_s = state.engine.estimate(&counts).as_secs_f64();
+    // The same reckoning as the 201 answer's note.
+    let untranslated = crate::trigger::check::untranslated(
+        text.as_ref(),
+        &languages
+            .iter()
+            .map(|(l, (n, _))| (l.clone(), *n))
+            .collect(),
+    );
     Ok(Preview {
+        untranslated,
         recipients: p.recipients,
         per_role: p.per_role,
         per_channel: p.per_channel,
@@ -512,6 +526,25 @@ pub async fn preview(
             b.push_str("</ul>");
         }
         None => {}
+    }
+    if !p.untranslated.is_empty() {
+        let list = p
+            .untranslated
+            .iter()
+            .map(|(l, n)| {
+                format!(
+                    "{} ({} recipient{})",
+                    escape(l),
+                    num(*n as i64),
+                    if *n == 1 { "" } else { "s" }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = write!(
+            b,
+            "<p class=\"warn\" id=\"untranslated\">The message is not written in {list}: they get it untranslated, as written.</p>"
+        );
     }
     b.push_str("<div class=\"scroll\" tabindex=\"0\"><table><caption>Recipients per role</caption><thead><tr><th scope=\"col\">Role</th><th scope=\"col\" class=\"n\">People</th></tr></thead><tbody>");
     for (role, n) in &p.per_role {
@@ -632,7 +665,7 @@ pub async fn send(
     }
 }
 
-fn see_other(to: &str) -> Response {
+pub(super) fn see_other(to: &str) -> Response {
     (StatusCode::SEE_OTHER, [(header::LOCATION, to.to_string())]).into_response()
 }
 
@@ -700,6 +733,26 @@ impl Action {
     }
 }
 
+/// What the one who triggered a two-person alert may do instead of approving it.
+pub const OVERRIDE_LABEL: &str = "Send now without a second approval";
+
+/// Whether `a` is held for a second approval and `op` triggered it: they
+/// cannot approve it, only override with a reason (`trigger::approve`).
+fn own_two_person(op: &Operator, a: &alerts::AlertRow) -> bool {
+    a.two_person && a.state == AlertState::Held && trigger::same_person(&a.created_by, &op.actor)
+}
+
+/// The status of a console page for a refused lifecycle action.
+pub(super) fn status_of(e: &TriggerError) -> StatusCode {
+    match e {
+        TriggerError::Forbidden(_) => StatusCode::FORBIDDEN,
+        TriggerError::BadRequest(_) | TriggerError::UnknownPlaybook(..) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        _ => StatusCode::CONFLICT,
+    }
+}
+
 /// The buttons on the alert view (links to the confirmation step).
 pub fn buttons(op: &Operator, a: &alerts::AlertRow) -> String {
     if op.role < ApiRole::Operator {
@@ -708,12 +761,17 @@ pub fn buttons(op: &Operator, a: &alerts::AlertRow) -> String {
     let mut b = String::new();
     for act in [Action::Approve, Action::AllClear, Action::Cancel] {
         if act.applies(a) {
+            let label = if act == Action::Approve && own_two_person(op, a) {
+                OVERRIDE_LABEL
+            } else {
+                act.label()
+            };
             let _ = write!(
                 b,
                 "<a class=\"button\" href=\"/alerts/{}/act/{}\">{}…</a> ",
                 a.id,
                 act.slug(),
-                act.label()
+                label
             );
         }
     }
@@ -752,10 +810,32 @@ pub async fn confirm(
         );
         return page(&state, Some(&op), act.label(), &b);
     }
+    if act == Action::Approve && own_two_person(&op, &a) {
+        let _ = write!(
+            b,
+            "<p class=\"warn\">This alert needs a second approval (two-person rule), and you triggered it: another operator approves it from this alert's page.</p>\
+<h2>{OVERRIDE_LABEL}</h2>\
+<p>If it cannot wait, send it now. Your reason goes in the audit log, the alert is marked \u{201c}sent without a second approval\u{201d}, and a second person reviews it afterwards. {}</p>\
+<form method=\"post\" action=\"/alerts/{id}/act/approve\">{}\
+<label for=\"override_reason\">Why can this not wait for a second approval? (required)</label>\
+<textarea id=\"override_reason\" name=\"override_reason\" rows=\"2\" required minlength=\"5\" maxlength=\"500\" style=\"width:100%\"></textarea>\
+<p><button type=\"submit\">Yes: send now without a second approval</button> <a href=\"/alerts/{id}\">No, wait for a second approval</a></p></form>",
+            escape(&act.explain(&a)),
+            csrf_input(&op)
+        );
+        return page(&state, Some(&op), OVERRIDE_LABEL, &b);
+    }
+    let mut explain = act.explain(&a);
+    if act == Action::Approve && a.two_person {
+        explain = format!(
+            "You give the second approval for this alert, which {} triggered. {explain}",
+            a.created_by
+        );
+    }
     let _ = write!(
         b,
         "<p>{}</p><form method=\"post\" action=\"/alerts/{id}/act/{}\">{}",
-        escape(&act.explain(&a)),
+        escape(&explain),
         act.slug(),
         csrf_input(&op)
     );
@@ -814,7 +894,7 @@ pub async fn act(
             }
             error_page(
                 &state,
-                StatusCode::CONFLICT,
+                status_of(&e),
                 &format!("{} did not happen: {e}", act.label()),
             )
         }

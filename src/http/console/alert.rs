@@ -38,6 +38,7 @@ pub struct Live {
 pub fn state_label(a: &alerts::AlertRow) -> String {
     match (a.state, a.closed_reason) {
         (AlertState::Closed, Some(r)) => format!("closed ({})", r.as_str()),
+        (AlertState::Held, _) if a.two_person => "held: needs a second approval".into(),
         (AlertState::Held, _) => "held for approval".into(),
         (st, _) => st.as_str().to_string(),
     }
@@ -83,7 +84,12 @@ impl Live {
             format!("{:.0}% of recipients", pct(s.acknowledged, a.recipients)),
         );
         text.insert("outstanding", num(a.recipients - s.acknowledged));
-        let verdict = if a.state == AlertState::Held {
+        let verdict = if a.state == AlertState::Held && a.two_person {
+            format!(
+                "Needs a second approval (two-person rule): nothing is sent until an operator other than {} approves it.",
+                a.created_by
+            )
+        } else if a.state == AlertState::Held {
             "Held for approval: nothing is sent until it is approved.".to_string()
         } else if a.is_cancelled() {
             "Cancelled: nothing more of it is sent.".to_string()
@@ -343,6 +349,7 @@ pub async fn view(
     if let Some(w) = &a.warning {
         let _ = write!(b, "<p class=\"warn\">{}</p>", escape(w));
     }
+    b.push_str(&override_note(&state, a));
     b.push_str(&super::act::buttons(&op, a));
     let _ = write!(
         b,
@@ -386,6 +393,27 @@ pub async fn view(
         return r;
     }
     page(&state, Some(&op), &format!("Alert {id}: {}", a.title), &b)
+}
+
+/// An alert sent with an emergency override says so, with the reason and
+/// whether a second person has reviewed it yet.
+fn override_note(state: &AppState, a: &alerts::AlertRow) -> String {
+    let Some(reason) = &a.override_reason else {
+        return String::new();
+    };
+    let review = match (&a.reviewed_by, a.reviewed_at) {
+        (Some(by), at) => format!(
+            "Reviewed by {} at {}.",
+            escape(by),
+            escape(&time(state, at))
+        ),
+        _ => "Not reviewed yet: a second person reviews it from the <a href=\"/reviews\">review list</a>.".into(),
+    };
+    format!(
+        "<p class=\"warn\" id=\"override\"><strong>Sent without a second approval</strong> by {}: \u{201c}{}\u{201d}. {review}</p>",
+        escape(a.approved_by.as_deref().unwrap_or(&a.created_by)),
+        escape(reason)
+    )
 }
 
 fn schools_table(rows: &[breakdown::SchoolFigures]) -> String {

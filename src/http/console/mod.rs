@@ -10,6 +10,7 @@
 //! - `events`: the alert view's event stream.
 //! - `lists`: who has not confirmed and the pickup plan: search, pages, CSV.
 //! - `chart`: the server-drawn SVG of hand-over, delivery and confirmation.
+//! - `reviews`: alerts sent without a second approval, for a second person.
 //!
 //! Sign-in and sign-out are `http::session` and `http::oidc`.
 //!
@@ -22,6 +23,7 @@ pub mod chart;
 pub mod events;
 pub mod lists;
 pub mod overview;
+pub mod reviews;
 
 use std::sync::Arc;
 
@@ -49,6 +51,8 @@ pub fn routes() -> Router<Arc<AppState>> {
             "/alerts/{id}/act/{action}",
             get(act::confirm).post(act::act),
         )
+        .route("/reviews", get(reviews::list))
+        .route("/alerts/{id}/review", axum::routing::post(reviews::review))
         .route("/console.js", get(script))
 }
 
@@ -77,7 +81,7 @@ pub fn html(status: StatusCode, body: String) -> Response {
 pub fn page(state: &AppState, op: Option<&Operator>, title: &str, body: &str) -> Response {
     let nav = match op {
         Some(op) => format!(
-            "<header><nav aria-label=\"Console\"><a href=\"/\">Alerts</a>{start}</nav>\
+            "<header><nav aria-label=\"Console\"><a href=\"/\">Alerts</a>{start} <a href=\"/reviews\">Reviews</a></nav>\
 <form method=\"post\" action=\"/logout\" class=\"who\">{csrf}<span>Signed in as {name} ({role}, {scope})</span> \
 <button type=\"submit\" class=\"link\">Sign out</button></form></header>",
             csrf = csrf_input(op),
