@@ -269,3 +269,187 @@ dir = "state"
     assert_eq!(code, "200", "health under fd pressure; log:\n{log}");
     assert!(log.contains("max_connections"), "{log}");
 }
+
+/// The real binary on a free port with `server` settings, its open-file
+/// limit set to `nofile` (soft, hard) between fork and exec when given.
+fn daemon(dir: &Path, server: &str, nofile: Option<(u64, u64)>) -> (std::process::Child, u16) {
+    use std::os::unix::process::CommandExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.join("klaxon.toml"),
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:{port}"
+public_url = "http://127.0.0.1:{port}"
+{server}
+
+[store]
+dir = "state"
+{LOG_PROVIDER}
+"#
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_klaxon"));
+    cmd.arg("--config")
+        .arg(dir.join("klaxon.toml"))
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    if let Some((soft, hard)) = nofile {
+        // SAFETY: only setrlimit, async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let child = cmd.spawn().unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, port)
+}
+
+/// The log without its terminal colours.
+fn plain(log: &[u8]) -> String {
+    let text = String::from_utf8_lossy(log);
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// One `GET /healthz` on a kept-alive connection; its status line.
+fn health_on(s: &mut std::net::TcpStream) -> String {
+    use std::io::{Read, Write};
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return "write failed".into();
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length")
+                        .then(|| v.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return head.lines().next().unwrap_or("").to_string();
+            }
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return "closed".into(),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => return format!("read failed: {e}"),
+        }
+    }
+}
+
+/// Started with a soft open-file limit of 128 and a hard one of 4096, the
+/// daemon raises the soft limit to the hard one, says so, and holds and
+/// serves far more than 128 connections at once.
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit_and_used() {
+    const CONNECTIONS: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, port) = daemon(
+        dir.path(),
+        "header_read_timeout = \"60s\"\nmax_connections = 2000",
+        Some((128, 4096)),
+    );
+    let mut held = Vec::new();
+    for i in 0..CONNECTIONS {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let status = health_on(&mut s);
+        assert_eq!(status, "HTTP/1.1 200 OK", "connection {i}");
+        held.push(s);
+    }
+    // Every one of them is still open and served: none was cut for room.
+    for (i, s) in held.iter_mut().enumerate() {
+        let status = health_on(s);
+        assert_eq!(status, "HTTP/1.1 200 OK", "connection {i}, second request");
+    }
+    drop(held);
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = plain(&out.stderr);
+    assert!(log.contains("open_file_limit=4096"), "{log}");
+    assert!(log.contains("max_connections=2000"), "{log}");
+}
+
+/// The real binary with 200 idle and slowloris connections exits within
+/// `shutdown_grace` (2 s) of SIGTERM, plus a margin for the store to close.
+#[test]
+fn sigterm_with_200_idle_and_slowloris_connections_exits_within_the_grace() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let (child, port) = daemon(
+        dir.path(),
+        "shutdown_grace = \"2s\"\nheader_read_timeout = \"60s\"\nbody_read_timeout = \"60s\"",
+        None,
+    );
+    let mut held = Vec::new();
+    for i in 0..200 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        if i % 2 == 0 {
+            // Kept alive after an answer, then silent.
+            assert_eq!(health_on(&mut s), "HTTP/1.1 200 OK");
+        } else {
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .unwrap();
+        }
+        held.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    // SAFETY: a signal to the child this test started.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let out = child.wait_with_output().unwrap();
+    let took = t.elapsed();
+    let log = plain(&out.stderr);
+    eprintln!("SIGTERM with 200 connections: exited in {took:?}");
+    assert!(out.status.success(), "{:?}\n{log}", out.status);
+    assert!(
+        took < Duration::from_millis(3500),
+        "shutdown took {took:?} against a 2 s grace\n{log}"
+    );
+    drop(held);
+}
