@@ -348,3 +348,71 @@ messages = {{ en = "News. {{{{ message }}}} {{{{ link }}}}" }}
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert!(pages(&app, routine).is_empty());
 }
+
+/// `klaxon ARGS` against the daemon of `ops` with `token`: (success, stdout, stderr).
+async fn cli(ops: &Ops, token: &str, args: &[&str]) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = ops.app.base.trim_start_matches("http://");
+    std::fs::write(
+        dir.path().join("klaxon.toml"),
+        config_text(LOG_PROVIDER).replace("127.0.0.1:0", listen),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_klaxon"))
+        .arg("--config")
+        .arg(dir.path().join("klaxon.toml"))
+        .args(args)
+        .env("KLAXON_TOKEN", token)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_overrides_and_a_second_person_marks_one_reviewed() {
+    let ops = start_with_two_operators().await;
+    let (ok, out, err) = cli(&ops, &ops.bob, &["review", "list"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("Nothing waits for review."), "{out}");
+    let why = "Intruder reported, no second operator answering";
+    let (s, b) = post(
+        &ops,
+        &ops.alice,
+        "/api/v1/alerts",
+        json!({"playbook": "reunification", "audience": {"schools": ["S1"]}, "override_reason": why}),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let id = b["id"].as_i64().unwrap();
+    let (ok, out, err) = cli(&ops, &ops.bob, &["review", "list"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with(&format!("{id}\t")) && out.contains(why) && out.contains("alice"),
+        "{out}"
+    );
+    let id_s = id.to_string();
+    let (ok, _, err) = cli(&ops, &ops.alice, &["review", "done", &id_s]).await;
+    assert!(!ok, "the sender cannot review");
+    assert!(
+        err.contains("403") && err.contains("second person"),
+        "{err}"
+    );
+    let (ok, out, err) = cli(
+        &ops,
+        &ops.bob,
+        &["review", "done", &id_s, "--note", "Checked"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("Alert {id} reviewed by bob.")),
+        "{out}"
+    );
+    let (_, out, _) = cli(&ops, &ops.bob, &["review", "list"]).await;
+    assert!(out.contains("Nothing waits for review."), "{out}");
+}

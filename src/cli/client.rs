@@ -188,3 +188,48 @@ pub async fn action_with(
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `klaxon review list`: overrides waiting for a second person's review.
+pub async fn reviews(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
+    let v: Vec<serde_json::Value> =
+        call(config, reqwest::Method::GET, "/api/v1/reviews", None).await?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if v.is_empty() {
+        outln!("Nothing waits for review.");
+    }
+    for a in &v {
+        let s = |k: &str| a[k].as_str().unwrap_or("").to_string();
+        outln!(
+            "{}\t{} at {}\tsent by {}\treason: {}",
+            a["id"],
+            s("title"),
+            s("place"),
+            a["approved_by"].as_str().unwrap_or(&s("created_by")),
+            s("override_reason")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `klaxon review done ID`: marks an override reviewed.
+pub async fn review(config: &Config, id: i64, note: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let v: serde_json::Value = call(
+        config,
+        reqwest::Method::POST,
+        &format!("/api/v1/alerts/{id}/review"),
+        Some(serde_json::json!({ "note": note })),
+    )
+    .await?;
+    if json {
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        outln!(
+            "Alert {id} reviewed by {}.",
+            v["reviewed_by"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

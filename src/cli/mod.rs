@@ -153,6 +153,9 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Alerts sent without a second approval (an emergency override), reviewed afterwards by another person.
+    #[command(subcommand)]
+    Review(ReviewCommand),
     /// Reports for district staff.
     #[command(subcommand)]
     Report(ReportCommand),
@@ -177,6 +180,27 @@ enum Command {
     /// CAP weather and civil-defence alerts.
     #[command(subcommand)]
     Cap(CapCommand),
+}
+
+#[derive(Subcommand)]
+enum ReviewCommand {
+    /// The overrides waiting for review.
+    #[command(after_help = "Example:\n  klaxon review list")]
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark an override reviewed (not by the one who sent it).
+    #[command(
+        after_help = "Example:\n  klaxon review done 42 --note \"Checked with the principal\""
+    )]
+    Done {
+        alert_id: i64,
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        note: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -465,6 +489,18 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cancel { alert_id, json } => {
             let config = load_config(&cli.config)?;
             client::action(&config, alert_id, "cancel", None, json).await
+        }
+        Command::Review(ReviewCommand::List { json }) => {
+            let config = load_config(&cli.config)?;
+            client::reviews(&config, json).await
+        }
+        Command::Review(ReviewCommand::Done {
+            alert_id,
+            note,
+            json,
+        }) => {
+            let config = load_config(&cli.config)?;
+            client::review(&config, alert_id, &note, json).await
         }
         Command::Report(ReportCommand::Contactability { json }) => {
             let config = load_config(&cli.config)?;
