@@ -36,6 +36,18 @@ fn nws_cap11_blizzard_warning() {
     );
     assert_eq!(i.language, "en-US");
     assert_eq!(i.expires, Some(ts("2021-12-28T00:00:00Z")));
+    assert_eq!(i.effective, Some(ts("2021-12-27T16:08:00Z")));
+    assert_eq!(
+        i.headline.as_deref(),
+        Some(
+            "Blizzard Warning issued December 27 at 10:08AM CST until December 27 at 6:00PM CST by NWS Duluth"
+        )
+    );
+    let desc = i.description.as_deref().unwrap();
+    assert!(
+        desc.starts_with("...BLIZZARD WARNING REMAINS IN EFFECT UNTIL 6 PM CST THIS"),
+        "{desc}"
+    );
     assert_eq!(a.same_event_codes(), vec!["BZW"]);
     assert!(i.parameters.contains(&("UGC".into(), "MNZ020-021".into())));
     assert!(
@@ -64,6 +76,20 @@ fn nws_cap11_severe_thunderstorm_warning_has_its_polygon() {
     assert_eq!(i.event, "Severe Thunderstorm Warning");
     assert_eq!(a.same_event_codes(), vec!["SVR"]);
     assert_eq!(i.expires, Some(ts("2012-03-16T03:30:00Z")));
+    assert_eq!(i.effective, Some(ts("2012-03-16T03:08:00Z")));
+    assert_eq!(
+        i.headline.as_deref(),
+        Some(
+            "Severe Thunderstorm Warning issued March 15 at 10:08PM CDT until March 15 at 10:30PM CDT by NWS Saint Louis"
+        )
+    );
+    let desc = i.description.as_deref().unwrap();
+    assert!(
+        desc.starts_with("...A SEVERE THUNDERSTORM WARNING REMAINS IN EFFECT FOR EAST CENTRAL"),
+        "{desc}"
+    );
+    // `&lt;` in the document is read as the character.
+    assert!(desc.ends_with("...HAIL <50MPH 1.00IN"), "{desc}");
     let poly = &i.areas[0].polygons[0];
     assert_eq!(poly.len(), 11);
     assert_eq!(poly[0], (39.12, -90.69));
@@ -77,6 +103,17 @@ fn nws_cap11_special_weather_statement() {
     let a = &d.alerts[0];
     let i = &a.infos[0];
     assert_eq!(i.event, "Special Weather Statement");
+    assert_eq!(i.effective, Some(ts("2012-03-16T02:18:00Z")));
+    assert_eq!(
+        i.headline.as_deref(),
+        Some("Special Weather Statement issued March 15 at 10:18PM EDT  by NWS Atlanta")
+    );
+    assert!(
+        i.description
+            .as_deref()
+            .unwrap()
+            .starts_with("...SIGNIFICANT WEATHER ADVISORY FOR PEA SIZED HAIL AND 35 MPH WINDS")
+    );
     assert!(
         a.same_event_codes().is_empty(),
         "an empty SAME code is none"
@@ -97,6 +134,17 @@ fn oasis_cap12_severe_thunderstorm() {
     assert_eq!(a.infos[0].event, "SEVERE THUNDERSTORM");
     assert_eq!(a.same_event_codes(), vec!["SVR"]);
     assert_eq!(a.infos[0].expires, Some(ts("2003-06-17T23:00:00Z")));
+    let i = &a.infos[0];
+    assert_eq!(i.headline.as_deref(), Some("SEVERE THUNDERSTORM WARNING"));
+    let desc = i.description.as_deref().unwrap();
+    assert!(
+        desc.starts_with(
+            "AT 254 PM PDT...NATIONAL WEATHER SERVICE DOPPLER RADAR INDICATED A SEVERE"
+        ),
+        "the text is trimmed: {desc:?}"
+    );
+    assert!(desc.ends_with("STORM."), "{desc:?}");
+    assert_eq!(i.effective, None, "the example has no <effective>");
     assert_eq!(a.infos[0].areas[0].polygons[0].len(), 5);
     assert_eq!(a.zones(), vec!["006109", "006009", "006003"]);
 }
@@ -120,6 +168,10 @@ fn oasis_cap12_earthquake_update_with_references_and_circle() {
         (Urgency::Past, Severity::Minor, Certainty::Observed)
     );
     assert_eq!(i.expires, None);
+    assert_eq!(i.headline.as_deref(), Some("EQ 3.4 Imperial County CA"));
+    assert!(i.description.as_deref().unwrap().starts_with(
+        "A minor earthquake measuring 3.4 on the Richter scale occurred near Brawley,"
+    ));
     assert_eq!(
         i.areas[0].circles,
         vec![Circle {
@@ -163,6 +215,14 @@ fn ipaws_required_monthly_test() {
     assert_eq!(a.same_event_codes(), vec!["RMT"]);
     let i = &a.infos[0];
     assert_eq!(i.event, "Required Monthly Test");
+    assert_eq!(i.effective, Some(ts("2019-05-30T15:55:00Z")));
+    assert_eq!(i.headline.as_deref(), Some("Required Monthly Test"));
+    assert_eq!(
+        i.description.as_deref(),
+        Some(
+            "This is an RMT of the Emergency Alert System. THIS IS ONLY A TEST - ESTO ES UNA PRUEBA"
+        )
+    );
     assert_eq!(i.onset, Some(ts("2019-05-30T15:55:00Z")));
     assert_eq!(i.expires, Some(ts("2019-05-30T16:05:00Z")));
     assert!(!i.areas.is_empty());
@@ -183,6 +243,21 @@ fn nws_atom_national_index() {
     let i = &a.infos[0];
     assert_eq!(i.event, "High Wind Warning");
     assert_eq!(i.severity, Severity::Severe);
+    assert_eq!(i.effective, Some(ts("2018-08-15T22:52:00Z")));
+    // The index carries no CAP headline or description: the entry's title
+    // and summary stand in.
+    assert_eq!(
+        i.headline.as_deref(),
+        Some(
+            "High Wind Warning issued August 15 at 2:52PM AKDT until August 16 at 7:00AM AKDT by NWS"
+        )
+    );
+    let desc = i.description.as_deref().unwrap();
+    assert!(
+        desc.starts_with("...HIGH WIND WARNING REMAINS IN EFFECT UNTIL 7 AM AKDT THURSDAY...")
+            && desc.ends_with("Loose objects may be blown away."),
+        "{desc}"
+    );
     assert_eq!(i.expires, Some(ts("2018-08-16T15:00:00Z")));
     // Two pairs in one <cap:geocode>: both read.
     assert_eq!(a.zones(), vec!["002185", "AKZ204"]);
@@ -209,6 +284,19 @@ fn api_weather_gov_two_features() {
     );
     assert_eq!(i.expires, Some(ts("2019-12-21T13:30:00Z")));
     assert_eq!(i.ends, Some(ts("2019-12-22T18:00:00Z")));
+    assert_eq!(i.effective, Some(ts("2019-12-20T21:34:00Z")));
+    assert_eq!(i.onset, Some(ts("2019-12-20T21:34:00Z")));
+    assert_eq!(
+        i.headline.as_deref(),
+        Some(
+            "Flood Watch issued December 20 at 1:34PM PST until December 22 at 10:00AM PST by NWS Portland OR"
+        )
+    );
+    let desc = i.description.as_deref().unwrap();
+    assert!(
+        desc.starts_with("The Flood Watch continues for\n\n* Portions of Northwest Oregon"),
+        "{desc}"
+    );
     let zones = a.zones();
     assert_eq!(zones.len(), 11 + 16);
     assert!(zones.contains(&"ORZ004".to_string()) && zones.contains(&"041005".to_string()));
