@@ -82,6 +82,10 @@ const COUNTERS: &[(&str, &str)] = &[
         "CAP feed polls, by feed and outcome (ok, not-modified, error)",
     ),
     (
+        "klaxon_feed_errors_total",
+        "Failed CAP feed polls, by feed and reason (request, status, too-large, unreadable, wrong-content, not-acted)",
+    ),
+    (
         "klaxon_cap_messages_total",
         "CAP messages handled, by source and outcome",
     ),

@@ -518,6 +518,9 @@ impl Config {
         if let Some(w) = plain_http_listener_warning(&config.server) {
             config.warnings.push(w);
         }
+        config
+            .warnings
+            .extend(crate::trigger::feed::warnings(&config.feeds));
         for (name, pb) in &config.playbooks {
             for lang in pb.templates_without_drill_marker() {
                 config.warnings.push(ConfigIssue {

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::app::AppState;
 use crate::cap::{DocumentKind, parse_document};
-use crate::config::{Dur, Issues};
+use crate::config::{ConfigIssue, Dur, Issues};
 use crate::store::now_ms;
 
 /// What a feed serves.
@@ -29,6 +29,24 @@ pub enum FeedKind {
 }
 
 impl FeedKind {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedKind::NwsApi => "nws-api",
+            FeedKind::Atom => "atom",
+            FeedKind::Cap => "cap",
+        }
+    }
+
+    /// What the kind serves, in words.
+    fn describe(self) -> &'static str {
+        match self {
+            FeedKind::NwsApi => "api.weather.gov GeoJSON",
+            FeedKind::Atom => "an ATOM feed of CAP entries",
+            FeedKind::Cap => "one CAP document",
+        }
+    }
+
     fn accept(self) -> &'static str {
         match self {
             FeedKind::NwsApi => "application/geo+json",
@@ -109,6 +127,32 @@ pub fn validate(feeds: &[FeedConfig], issues: &mut Issues) {
     }
 }
 
+/// The `User-Agent` of a feed without `user_agent`: it names klaxon, no contact.
+pub fn default_user_agent() -> String {
+    format!("klaxon/{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// Warnings for `check-config`: a `cap` or `atom` feed without `user_agent`
+/// (api.weather.gov requires one, see `validate`) sends
+/// `default_user_agent()`, which names no contact. Feed operators block such
+/// clients, and cannot reach the district when its polling misbehaves.
+pub fn warnings(feeds: &[FeedConfig]) -> Vec<ConfigIssue> {
+    feeds
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.user_agent.is_none() && f.kind != FeedKind::NwsApi)
+        .map(|(i, f)| ConfigIssue {
+            key: format!("feeds[{i}].user_agent"),
+            line: None,
+            message: format!(
+                "not set: feed `{}` is polled as \"{}\", which names no contact; feed operators (NWS, IPAWS) block anonymous clients. Set it, e.g. \"klaxon (it@example-isd.org)\"",
+                f.name,
+                default_user_agent()
+            ),
+        })
+        .collect()
+}
+
 /// Bodies larger than this are refused (the national NWS index is < 1 MB).
 const MAX_BODY: usize = crate::cap::parse::MAX_DOCUMENT_BYTES;
 
@@ -152,20 +196,52 @@ struct Validators {
     last_modified: Option<String>,
 }
 
-fn backoff(interval: Duration) -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(interval)
-        .with_max_delay(interval * 10)
-        .with_jitter()
-        .without_max_times()
-        .build()
+/// Longest wait between polls of a failing feed, in intervals (jitter included).
+const MAX_BACKOFF_INTERVALS: u32 = 10;
+
+/// The waits between polls of a failing feed: the first about one interval,
+/// doubling with each failure, never more than `MAX_BACKOFF_INTERVALS`
+/// intervals. Each wait is the doubled delay plus a random share of it (up
+/// to as much again), so klaxons that failed together do not retry together.
+/// A success starts it over.
+pub(crate) struct Backoff {
+    interval: Duration,
+    delays: backon::ExponentialBackoff,
+}
+
+impl Backoff {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Backoff {
+            interval,
+            delays: Self::delays(interval),
+        }
+    }
+
+    fn delays(interval: Duration) -> backon::ExponentialBackoff {
+        // backon adds up to the delay itself as jitter: cap the delay at
+        // half the longest wait.
+        backon::ExponentialBuilder::default()
+            .with_min_delay(interval)
+            .with_max_delay(interval * MAX_BACKOFF_INTERVALS / 2)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+
+    /// A poll failed: how long to wait before the next.
+    pub(crate) fn failed(&mut self) -> Duration {
+        let longest = self.interval * MAX_BACKOFF_INTERVALS;
+        self.delays.next().unwrap_or(longest).min(longest)
+    }
+
+    /// A poll succeeded: the next failure waits about one interval again.
+    pub(crate) fn succeeded(&mut self) {
+        self.delays = Self::delays(self.interval);
+    }
 }
 
 async fn run(state: Arc<AppState>, feed: FeedConfig, mut stop: watch::Receiver<bool>) {
-    let ua = feed
-        .user_agent
-        .clone()
-        .unwrap_or_else(|| format!("klaxon/{}", env!("CARGO_PKG_VERSION")));
+    let ua = feed.user_agent.clone().unwrap_or_else(default_user_agent);
     let client = match reqwest::Client::builder()
         .user_agent(ua)
         .timeout(feed.timeout.0)
@@ -179,7 +255,7 @@ async fn run(state: Arc<AppState>, feed: FeedConfig, mut stop: watch::Receiver<b
     };
     let labels = [("feed", feed.name.as_str())];
     let mut validators = Validators::default();
-    let mut errors = backoff(feed.interval.0);
+    let mut backoff = Backoff::new(feed.interval.0);
     loop {
         let delay = match poll(&state, &feed, &client, &mut validators).await {
             Ok(outcome) => {
@@ -193,7 +269,7 @@ async fn run(state: Arc<AppState>, feed: FeedConfig, mut stop: watch::Receiver<b
                     &labels,
                     now_ms() as f64 / 1000.0,
                 );
-                errors = backoff(feed.interval.0);
+                backoff.succeeded();
                 feed.interval.0
             }
             Err(e) => {
@@ -201,9 +277,13 @@ async fn run(state: Arc<AppState>, feed: FeedConfig, mut stop: watch::Receiver<b
                     "klaxon_feed_polls_total",
                     &[labels[0], ("outcome", "error")],
                 );
+                state.metrics.inc(
+                    "klaxon_feed_errors_total",
+                    &[labels[0], ("reason", e.reason)],
+                );
                 state.metrics.set_gauge("klaxon_feed_up", &labels, 0.0);
-                let delay = errors.next().unwrap_or(feed.interval.0);
-                tracing::warn!(feed = %feed.name, error = %e, retry_in_s = delay.as_secs_f64(), "CAP feed poll failed; backing off.");
+                let delay = backoff.failed();
+                tracing::warn!(feed = %feed.name, reason = e.reason, error = %e.message, retry_in_s = delay.as_secs_f64(), "CAP feed poll failed; backing off.");
                 delay
             }
         };
@@ -214,13 +294,26 @@ async fn run(state: Arc<AppState>, feed: FeedConfig, mut stop: watch::Receiver<b
     }
 }
 
+/// Why a poll failed: `reason` labels `klaxon_feed_errors_total`.
+struct PollError {
+    reason: &'static str,
+    message: String,
+}
+
+fn failed(reason: &'static str, message: impl Into<String>) -> PollError {
+    PollError {
+        reason,
+        message: message.into(),
+    }
+}
+
 /// One poll: fetch, parse, handle each message. `Ok` names the outcome.
 async fn poll(
     state: &AppState,
     feed: &FeedConfig,
     client: &reqwest::Client,
     v: &mut Validators,
-) -> Result<&'static str, String> {
+) -> Result<&'static str, PollError> {
     let mut req = client
         .get(&feed.url)
         .header(header::ACCEPT, feed.kind.accept());
@@ -233,12 +326,15 @@ async fn poll(
     let mut resp = req
         .send()
         .await
-        .map_err(|e| format!("request failed: {e}"))?;
+        .map_err(|e| failed("request", format!("request failed: {e}")))?;
     if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
         return Ok("not-modified");
     }
     if !resp.status().is_success() {
-        return Err(format!("the feed answered {}", resp.status()));
+        return Err(failed(
+            "status",
+            format!("the feed answered {}", resp.status()),
+        ));
     }
     let header_of = |name: header::HeaderName| {
         resp.headers()
@@ -251,26 +347,34 @@ async fn poll(
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| format!("reading the body: {e}"))?
+        .map_err(|e| failed("request", format!("reading the body: {e}")))?
     {
         if body.len() + chunk.len() > MAX_BODY {
-            return Err(format!("the body is larger than {MAX_BODY} bytes"));
+            return Err(failed(
+                "too-large",
+                format!("the body is larger than {MAX_BODY} bytes"),
+            ));
         }
         body.extend_from_slice(&chunk);
     }
-    let doc = parse_document(&body).map_err(|e| format!("the document cannot be read: {e}"))?;
+    let doc = parse_document(&body)
+        .map_err(|e| failed("unreadable", format!("the document cannot be read: {e}")))?;
     if !feed.kind.serves(doc.kind) {
-        return Err(format!(
-            "expected {:?} content, got a {}",
-            feed.kind,
-            doc.kind.describe()
+        return Err(failed(
+            "wrong-content",
+            format!(
+                "a `{}` feed serves {}, but its answer is of another kind ({}); check the feed's kind and url",
+                feed.kind.as_str(),
+                feed.kind.describe(),
+                doc.kind.describe()
+            ),
         ));
     }
     for s in &doc.skipped {
         tracing::warn!(feed = %feed.name, entry = s.index, id = s.id.as_deref().unwrap_or(""), error = %s.error, "CAP feed entry skipped: it cannot be read.");
     }
     let source = format!("feed:{}", feed.name);
-    let mut failed = 0;
+    let mut not_acted = 0;
     for alert in &doc.alerts {
         let handled = super::cap_act::handle(state, alert, &source);
         match crate::store::audit::with_origin(source.as_str(), handled).await {
@@ -281,15 +385,18 @@ async fn poll(
                 tracing::info!(feed = %feed.name, identifier = %alert.identifier, outcome = h.outcome, alert = ?h.alert_id, detail = %h.detail, "CAP message handled.");
             }
             Err(e) => {
-                failed += 1;
+                not_acted += 1;
                 tracing::error!(feed = %feed.name, identifier = %alert.identifier, error = %e, "Cannot act on a CAP message; it is tried again at the next poll.");
             }
         }
     }
-    if failed > 0 {
+    if not_acted > 0 {
         // Forget the validators so the next poll gets the messages again.
         *v = Validators::default();
-        return Err(format!("{failed} message(s) could not be acted on"));
+        return Err(failed(
+            "not-acted",
+            format!("{not_acted} message(s) could not be acted on"),
+        ));
     }
     *v = Validators {
         etag,
@@ -316,4 +423,71 @@ pub fn failing(state: &AppState) -> Vec<String> {
         })
         .map(|f| f.name.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTERVAL: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn the_first_wait_is_about_one_interval_and_varies() {
+        let firsts: Vec<Duration> = (0..200).map(|_| Backoff::new(INTERVAL).failed()).collect();
+        for d in &firsts {
+            assert!(
+                *d >= INTERVAL && *d < INTERVAL * 2,
+                "the first wait after a failure is between one and two intervals: {d:?}"
+            );
+        }
+        // Jitter: 200 feeds failing at once do not all retry at the same moment.
+        let mut distinct = firsts.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert!(distinct.len() > 100, "{} distinct waits", distinct.len());
+    }
+
+    #[test]
+    fn waits_grow_with_failures_up_to_the_cap() {
+        let cap = INTERVAL * MAX_BACKOFF_INTERVALS;
+        for _ in 0..50 {
+            let mut b = Backoff::new(INTERVAL);
+            let waits: Vec<Duration> = (0..30).map(|_| b.failed()).collect();
+            // The n-th wait is the delay doubled n times (at most half the
+            // cap), plus up to as much again.
+            for (n, w) in waits.iter().enumerate() {
+                let base = INTERVAL * 2u32.saturating_pow(n as u32).min(MAX_BACKOFF_INTERVALS / 2);
+                assert!(
+                    *w >= base && *w < base * 2,
+                    "wait {n}: {w:?} (base {base:?})"
+                );
+            }
+            assert!(waits.iter().all(|w| *w <= cap), "{waits:?}");
+            // After many failures the wait stays between half the cap and the cap.
+            for w in &waits[10..] {
+                assert!(*w >= cap / 2 && *w <= cap, "{waits:?}");
+            }
+        }
+        // At the cap the waits still vary.
+        let mut b = Backoff::new(INTERVAL);
+        let late: Vec<Duration> = (0..60).map(|_| b.failed()).skip(20).collect();
+        assert!(late.iter().any(|w| *w != late[0]), "{late:?}");
+    }
+
+    #[test]
+    fn a_success_starts_the_waits_over() {
+        let mut b = Backoff::new(INTERVAL);
+        for _ in 0..8 {
+            b.failed();
+        }
+        assert!(b.failed() >= INTERVAL * 5);
+        b.succeeded();
+        let d = b.failed();
+        assert!(d >= INTERVAL && d < INTERVAL * 2, "{d:?}");
+        let d = b.failed();
+        assert!(
+            d >= INTERVAL * 2 && d < INTERVAL * 4,
+            "the second wait doubles: {d:?}"
+        );
+    }
 }
