@@ -21,13 +21,13 @@ struct Served {
     status: u16,
 }
 
-/// (path, If-None-Match, If-Modified-Since) of one request.
-type Request = (String, Option<String>, Option<String>);
+/// (path, If-None-Match, If-Modified-Since, User-Agent) of one request.
+type Request = (String, Option<String>, Option<String>, Option<String>);
 
 #[derive(Default)]
 struct FeedServer {
     served: Mutex<Served>,
-    /// (path, If-None-Match, If-Modified-Since) of every request.
+    /// (path, If-None-Match, If-Modified-Since, User-Agent) of every request.
     requests: Mutex<Vec<Request>>,
 }
 
@@ -60,6 +60,7 @@ async fn serve(State(s): State<Arc<FeedServer>>, uri: Uri, headers: HeaderMap) -
         uri.path().to_string(),
         inm.clone(),
         h(header::IF_MODIFIED_SINCE),
+        h(header::USER_AGENT),
     ));
     let served = s.served.lock().unwrap();
     if served.status != 200 {
@@ -270,7 +271,7 @@ async fn a_feed_moving_from_test_to_alert_update_and_cancel_sends_exactly_once()
         let reqs = server.requests.lock().unwrap();
         assert!(
             reqs.iter()
-                .any(|(_, inm, ims)| inm.as_deref() == Some("\"v2\"")
+                .any(|(_, inm, ims, _)| inm.as_deref() == Some("\"v2\"")
                     && ims.as_deref() == Some("Mon, 23 Nov 2026 04:00:00 GMT")),
             "{reqs:?}"
         );
@@ -280,6 +281,30 @@ async fn a_feed_moving_from_test_to_alert_update_and_cancel_sends_exactly_once()
             .await
             .contains("klaxon_feed_polls_total{feed=\"nws-a\",outcome=\"not-modified\"}")
     );
+    // Every poll names the install: nws-a with its configured User-Agent and
+    // contact; mirror-b has none configured and sends klaxon's own (which
+    // `check-config` warns about, tests/cap_inspect.rs).
+    {
+        let reqs = server.requests.lock().unwrap();
+        let agents = |path: &str| -> Vec<Option<String>> {
+            reqs.iter()
+                .filter(|r| r.0 == path)
+                .map(|r| r.3.clone())
+                .collect()
+        };
+        let (a, b) = (agents("/a"), agents("/b"));
+        assert!(!a.is_empty() && !b.is_empty());
+        assert!(
+            a.iter()
+                .all(|u| u.as_deref() == Some("klaxon-test (it@example-isd.org)")),
+            "{a:?}"
+        );
+        let default = format!("klaxon/{}", env!("CARGO_PKG_VERSION"));
+        assert!(
+            b.iter().all(|u| u.as_deref() == Some(default.as_str())),
+            "{b:?}"
+        );
+    }
 
     // 3. The same alert served again as new content (another ETag): nothing more.
     server.set(cap("A-1", &sent, "Actual", "Alert", None), "\"v3\"");
@@ -408,5 +433,330 @@ async fn a_feed_moving_from_test_to_alert_update_and_cancel_sends_exactly_once()
         .await
         .unwrap();
     assert_eq!(health.status(), 200, "the daemon keeps running");
+    app.stop().await;
+}
+
+const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/cap");
+
+/// (path, Accept, User-Agent) of one request.
+type Seen = (String, Option<String>, Option<String>);
+
+/// A loopback server with one document per path.
+#[derive(Default)]
+struct Documents {
+    /// path → (Content-Type, body).
+    served: Mutex<std::collections::HashMap<String, (String, String)>>,
+    requests: Mutex<Vec<Seen>>,
+}
+
+impl Documents {
+    fn set(&self, path: &str, content_type: &str, body: String) {
+        self.served
+            .lock()
+            .unwrap()
+            .insert(path.into(), (content_type.into(), body));
+    }
+
+    fn polls(&self, path: &str) -> usize {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.0 == path)
+            .count()
+    }
+}
+
+async fn serve_documents(
+    State(s): State<Arc<Documents>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let h = |n: header::HeaderName| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    s.requests.lock().unwrap().push((
+        uri.path().to_string(),
+        h(header::ACCEPT),
+        h(header::USER_AGENT),
+    ));
+    match s.served.lock().unwrap().get(uri.path()) {
+        Some((ct, body)) => ([(header::CONTENT_TYPE, ct.clone())], body.clone()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+/// Moves `t` (RFC 3339) by `by`, written in UTC.
+fn moved(t: &str, by: jiff::SignedDuration) -> String {
+    let t: jiff::Timestamp = t.trim().parse().unwrap_or_else(|e| panic!("{t}: {e}"));
+    (t + by).to_string()
+}
+
+/// The shared api.weather.gov sample with its times moved so that it was
+/// sent five minutes ago (it is from 2019, long expired).
+fn nws_api_sample_now() -> (String, serde_json::Value) {
+    let path = format!(
+        "{DATA}/api-weather-gov/alerts-active-zone-ORZ004-flood-watch-update-2019-12-20.json"
+    );
+    let mut doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let p = &doc["features"][0]["properties"];
+    let sent: jiff::Timestamp = p["sent"].as_str().unwrap().parse().unwrap();
+    let by = (jiff::Timestamp::now() - jiff::SignedDuration::from_mins(5)).duration_since(sent);
+    let props = doc["features"][0]["properties"].as_object_mut().unwrap();
+    for key in ["sent", "effective", "onset", "expires", "ends"] {
+        let t = props[key].as_str().unwrap().to_string();
+        props.insert(key.into(), moved(&t, by).into());
+    }
+    let props = props.clone().into();
+    (serde_json::to_string(&doc).unwrap(), props)
+}
+
+/// The shared NWS ATOM index (2018) with the times of every entry moved so
+/// that it was published five minutes ago.
+fn atom_sample_now() -> String {
+    let text = std::fs::read_to_string(format!(
+        "{DATA}/nws/atom/nws-us-national-atom-2018-08-15.xml"
+    ))
+    .unwrap();
+    let published: jiff::Timestamp = "2018-08-15T22:57:00Z".parse().unwrap();
+    let by =
+        (jiff::Timestamp::now() - jiff::SignedDuration::from_mins(5)).duration_since(published);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    let tags = [
+        "updated",
+        "published",
+        "cap:effective",
+        "cap:expires",
+        "cap:onset",
+    ];
+    loop {
+        let next = tags
+            .iter()
+            .filter_map(|t| rest.find(&format!("<{t}>")).map(|at| (at, *t)))
+            .min();
+        let Some((at, tag)) = next else {
+            out.push_str(rest);
+            break;
+        };
+        let open = at + tag.len() + 2;
+        let close = open + rest[open..].find(&format!("</{tag}>")).unwrap();
+        out.push_str(&rest[..open]);
+        let value = &rest[open..close];
+        if value.trim().is_empty() {
+            out.push_str(value);
+        } else {
+            out.push_str(&moved(value, by));
+        }
+        rest = &rest[close..];
+    }
+    out
+}
+
+fn sources_extra(addr: std::net::SocketAddr) -> String {
+    format!(
+        r#"{}
+[[feeds]]
+name = "nws-zone"
+kind = "nws-api"
+url = "http://{addr}/alerts/active"
+interval = "200ms"
+user_agent = "klaxon-test (it@example-isd.org)"
+
+[[feeds]]
+name = "nws-index"
+kind = "atom"
+url = "http://{addr}/cap/us.atom"
+interval = "200ms"
+user_agent = "klaxon-test (it@example-isd.org)"
+
+[[feeds]]
+name = "misconfigured"
+kind = "nws-api"
+url = "http://{addr}/wrong"
+interval = "200ms"
+user_agent = "klaxon-test (it@example-isd.org)"
+
+[[rules]]
+name = "flood-watch"
+events = ["Flood Watch"]
+zones = ["ORZ004"]
+playbook = "weather-closure"
+approval = "auto"
+
+[[rules]]
+name = "high-wind"
+events = ["High Wind Warning"]
+zones = ["AKZ204"]
+min_severity = "Severe"
+playbook = "weather-closure"
+approval = "auto"
+"#,
+        common::LOG_PROVIDER
+    )
+}
+
+async fn readyz(app: &common::TestApp) -> (u16, serde_json::Value) {
+    let r = app
+        .http
+        .get(format!("{}/readyz", app.base))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+/// `kind = "nws-api"` and `kind = "atom"` feeds, each serving its shared NWS
+/// sample (times moved to today): each starts the alert its rule names. A
+/// feed serving the wrong kind of document fails, shows in `/metrics` and
+/// `/readyz`, keeps being polled, and recovers once it serves its kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nws_api_and_atom_feeds_start_their_alerts_and_a_wrong_document_is_reported() {
+    let server = Arc::new(Documents::default());
+    let (geojson, props) = nws_api_sample_now();
+    server.set("/alerts/active", "application/geo+json", geojson);
+    server.set("/cap/us.atom", "application/atom+xml", atom_sample_now());
+    // A CAP document where api.weather.gov GeoJSON is expected.
+    let wrong = std::fs::read_to_string(format!(
+        "{DATA}/nws/cap11/nws-blizzard-warning-MNZ020-021-2021-12-27.xml"
+    ))
+    .unwrap();
+    server.set("/wrong", "application/cap+xml", wrong);
+    let router = axum::Router::new()
+        .fallback(serve_documents)
+        .with_state(server.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    let app = common::spawn_app_with(&sources_extra(addr)).await;
+    wait_for("the two alerts", || alerts(&app).len() >= 2).await;
+    let list = alerts(&app);
+    let by_source = |s: &str| list.iter().find(|a| a.2 == s).cloned();
+    // The GeoJSON feature: its id and sender are the CAP identifier and sender.
+    let flood = by_source(&format!(
+        "cap:w-nws.webmaster@noaa.gov:{}",
+        props["id"].as_str().unwrap()
+    ))
+    .unwrap_or_else(|| panic!("no flood watch alert: {list:?}"));
+    assert_eq!(flood.1, "weather-closure");
+    // The ATOM index entry: its id (the CAP link) stands in for the identifier.
+    let wind = by_source(
+        "cap:w-nws.webmaster@noaa.gov:https://alerts.weather.gov/cap/wwacapget.php?x=AK125AB652A170.HighWindWarning.125AB660BDF0AK.AFGNPWNSB.e9d4afdcacb3b7015f58bccc1db60d46",
+    )
+    .unwrap_or_else(|| panic!("no high wind alert: {list:?}"));
+    assert_eq!(wind.1, "weather-closure");
+    let message = |id: i64| -> String {
+        app.db()
+            .query_row("SELECT message FROM alerts WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    let m = message(flood.0);
+    assert!(
+        m.starts_with("Flood Watch for North Oregon Coast; Greater Portland Metro Area"),
+        "{m}"
+    );
+    let m = message(wind.0);
+    assert!(
+        m.starts_with("High Wind Warning for Eastern Beaufort Sea Coast"),
+        "{m}"
+    );
+    // Which feed found each, in the CAP message log.
+    let origin = |id: i64| -> String {
+        app.db()
+            .query_row(
+                "SELECT source FROM cap_messages WHERE alert_id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(origin(flood.0), "feed:nws-zone");
+    assert_eq!(origin(wind.0), "feed:nws-index");
+    {
+        let reqs = server.requests.lock().unwrap();
+        let accept = |p: &str| reqs.iter().find(|r| r.0 == p).unwrap().1.clone();
+        assert_eq!(
+            accept("/alerts/active").as_deref(),
+            Some("application/geo+json")
+        );
+        assert!(
+            accept("/cap/us.atom")
+                .unwrap()
+                .contains("application/atom+xml"),
+            "{reqs:?}"
+        );
+    }
+
+    // The misconfigured feed: failing for more than three intervals, named
+    // by /readyz (alone), counted as wrong content; it recorded nothing.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = readyz(&app).await;
+        if status == 503 {
+            assert_eq!(
+                body["feeds_failing"],
+                serde_json::json!(["misconfigured"]),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "readyz never reported the feed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = metrics(&app).await;
+    assert!(
+        m.contains("klaxon_feed_up{feed=\"misconfigured\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("klaxon_feed_errors_total{feed=\"misconfigured\",reason=\"wrong-content\"}"),
+        "{m}"
+    );
+    assert!(m.contains("klaxon_feed_up{feed=\"nws-zone\"} 1"), "{m}");
+    assert!(m.contains("klaxon_feed_up{feed=\"nws-index\"} 1"), "{m}");
+    let recorded: i64 = app
+        .db()
+        .query_row(
+            "SELECT count(*) FROM cap_messages WHERE source = 'feed:misconfigured'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(recorded, 0);
+
+    // The poller keeps going: once the feed serves GeoJSON, it is up again.
+    let before = server.polls("/wrong");
+    server.set(
+        "/wrong",
+        "application/geo+json",
+        r#"{"type": "FeatureCollection", "features": []}"#.into(),
+    );
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = readyz(&app).await;
+        if status == 200 {
+            assert_eq!(body["feeds_failing"], serde_json::json!([]), "{body}");
+            break;
+        }
+        assert!(Instant::now() < until, "the feed did not recover: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.polls("/wrong") > before);
+    assert!(
+        metrics(&app)
+            .await
+            .contains("klaxon_feed_up{feed=\"misconfigured\"} 1")
+    );
+    assert_eq!(alerts(&app).len(), 2, "{:?}", alerts(&app));
     app.stop().await;
 }
