@@ -1,8 +1,11 @@
 //! `klaxon cap inspect` over every shared CAP file: each is understood, and
 //! the verdicts read as an operator needs them (rule, schools, why not).
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_klaxon");
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/data/cap");
@@ -255,6 +258,201 @@ fn check_config_reads_webhook_secrets() {
     assert!(
         text.contains("webhooks.panic.secret_env")
             && text.contains("KLAXON_TEST_SURELY_UNSET_PANIC"),
+        "{text}"
+    );
+}
+
+/// A `cap` or `atom` feed without `user_agent` is polled as `klaxon/VERSION`,
+/// which names no contact: `check-config` warns (the config stays valid); an
+/// `nws-api` feed without one is refused (api.weather.gov blocks anonymous
+/// clients), and a `user_agent` without a contact is refused for every kind.
+#[test]
+fn check_config_warns_about_a_feed_polled_without_a_contact() {
+    let check = |feeds: &str| -> (Option<i32>, serde_json::Value) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("klaxon.toml"), format!("{CONFIG}\n{feeds}")).unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(dir.path().join("klaxon.toml"))
+            .args(["check-config", "--json"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (
+            out.status.code(),
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}")),
+        )
+    };
+    // The feeds' (the built-in playbooks have warnings of their own).
+    let keys = |v: &serde_json::Value, list: &str| -> Vec<String> {
+        let mut keys: Vec<String> = v[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["key"].as_str().unwrap().to_string())
+            .filter(|k| k.starts_with("feeds"))
+            .collect();
+        keys.sort();
+        keys
+    };
+
+    let (code, v) = check(
+        r#"
+[[feeds]]
+name = "ipaws"
+kind = "atom"
+url = "https://example.org/ipaws.atom"
+
+[[feeds]]
+name = "county"
+kind = "cap"
+url = "https://example.org/county.xml"
+user_agent = "klaxon (it@example-isd.org)"
+"#,
+    );
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(keys(&v, "warnings"), vec!["feeds[0].user_agent"], "{v}");
+    let message = v["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["key"] == "feeds[0].user_agent")
+        .unwrap()["message"]
+        .as_str()
+        .unwrap();
+    assert!(
+        message.contains("`ipaws`")
+            && message.contains(&format!("klaxon/{}", env!("CARGO_PKG_VERSION")))
+            && message.contains("names no contact"),
+        "{message}"
+    );
+
+    let (code, v) = check(
+        r#"
+[[feeds]]
+name = "nws"
+kind = "nws-api"
+url = "https://api.weather.gov/alerts/active?zone=TXZ213"
+
+[[feeds]]
+name = "county"
+kind = "cap"
+url = "https://example.org/county.xml"
+user_agent = "klaxon"
+"#,
+    );
+    assert_eq!(code, Some(2), "{v}");
+    assert_eq!(
+        keys(&v, "problems"),
+        vec!["feeds[0].user_agent", "feeds[1].user_agent"],
+        "{v}"
+    );
+}
+
+/// A Winter Storm Warning for TXZ213, in force for two hours.
+fn storm(id: &str) -> String {
+    let now = jiff::Timestamp::now();
+    let expires = now + jiff::SignedDuration::from_hours(2);
+    format!(
+        r#"<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
+  <identifier>{id}</identifier><sender>w-nws.webmaster@noaa.gov</sender><sent>{now}</sent>
+  <status>Actual</status><msgType>Alert</msgType><scope>Public</scope>
+  <info><event>Winter Storm Warning</event>
+    <urgency>Expected</urgency><severity>Severe</severity><certainty>Likely</certainty>
+    <expires>{expires}</expires>
+    <area><areaDesc>Travis County</areaDesc>
+      <geocode><valueName>UGC</valueName><value>TXZ213</value></geocode></area>
+  </info>
+</alert>"#
+    )
+}
+
+/// With the daemon's own config and store, `cap inspect` tells a message the
+/// daemon already acted on ("already handled", naming the alert), and names
+/// a rule whose zones a real NWS warning does not list ("no zone").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_store_inspect_tells_already_handled_and_no_zone() {
+    let app = common::spawn_app_with(&format!(
+        r#"{}
+[[rules]]
+name = "winter-closure"
+events = ["Winter Storm Warning", "Blizzard Warning"]
+zones = ["TXZ213"]
+playbook = "weather-closure"
+approval = "auto"
+
+[triggers]
+watch_dir = "incoming"
+watch_interval = "100ms"
+"#,
+        common::LOG_PROVIDER
+    ))
+    .await;
+    let doc = app.path().join("storm.xml");
+    std::fs::write(&doc, storm("WS-1")).unwrap();
+    // Before the daemon sees it: it would start the closure.
+    let (code, out, err) = inspect(&app.path(), &[doc.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["store_checked"], true, "{v}");
+    assert_eq!(v["alerts"][0]["action"]["action"], "create", "{v}");
+
+    // The daemon handles it from its drop folder.
+    let incoming = app.path().join("incoming");
+    std::fs::create_dir_all(&incoming).unwrap();
+    std::fs::copy(&doc, incoming.join("storm.xml")).unwrap();
+    let until = Instant::now() + Duration::from_secs(20);
+    let id = loop {
+        let id: Option<i64> = app
+            .db()
+            .query_row(
+                "SELECT alert_id FROM cap_messages WHERE identifier = 'WS-1' AND outcome = 'sent'",
+                [],
+                |r| r.get(0),
+            )
+            .ok()
+            .flatten();
+        if let Some(id) = id {
+            break id;
+        }
+        assert!(Instant::now() < until, "the daemon did not act on the file");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (dir, _, _) = app.stop().await;
+
+    // Against the same config and store: already handled, by that alert.
+    let (code, out, err) = inspect(dir.path(), &[doc.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let a = &v["alerts"][0];
+    assert_eq!(a["action"]["action"], "already-handled", "{v}");
+    assert_eq!(a["action"]["outcome"], "sent", "{v}");
+    assert_eq!(a["action"]["alert_id"], id, "{v}");
+    let (_, text, _) = inspect(dir.path(), &[doc.to_str().unwrap()]);
+    assert!(
+        text.contains(&format!("already handled (sent, alert {id}); nothing more")),
+        "{text}"
+    );
+    assert!(!text.contains("No klaxon store found"), "{text}");
+
+    // The shared blizzard warning names an event of the rule, in zones it
+    // does not list (MNZ020/021, the rule has TXZ213): no zone.
+    let f = format!("{DATA}/nws/cap11/nws-blizzard-warning-MNZ020-021-2021-12-27.xml");
+    let (code, out, _) = inspect(
+        dir.path(),
+        &[&f, "--at", "2021-12-27T12:00:00-06:00", "--json"],
+    );
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let a = &v["alerts"][0];
+    assert_eq!(a["action"]["action"], "skip", "{a}");
+    assert_eq!(a["action"]["reason"], "no-zone", "{a}");
+    assert_eq!(a["rule"], "winter-closure", "{a}");
+    let (_, text, _) = inspect(dir.path(), &[&f, "--at", "2021-12-27T12:00:00-06:00"]);
+    assert!(
+        text.contains(
+            "rule `winter-closure` names this event, but none of its zones is in the alert"
+        ),
         "{text}"
     );
 }
