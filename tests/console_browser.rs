@@ -3,7 +3,8 @@
 //! `tests/support/axe/`), at desktop width, on a 768 px tablet and at the
 //! width 200% zoom leaves (640 CSS px of a 1280 px window), without
 //! horizontal scrolling; the alert view updates its figures live, without
-//! a reload; the operator signs out.
+//! a reload; the operator signs out; a second operator approves a
+//! two-person alert the first one triggered, then gives the all-clear.
 
 mod common;
 mod support;
@@ -269,6 +270,154 @@ async fn the_alert_view_updates_without_a_reload_and_the_operator_signs_out() {
         .await;
 
     // Sign out: the session ends, and the console is closed again.
+    browser.click("header button[type=submit]").await;
+    browser
+        .wait_for(Until::Text("You are signed out"), Duration::from_secs(10))
+        .await;
+    browser.goto(&format!("{}/alerts/{id}", app.base)).await;
+    browser
+        .wait_for(Until::Css("input[name=token]"), Duration::from_secs(10))
+        .await;
+    assert!(browser.url().await.contains("/login?next="));
+    browser.close().await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_operator_approves_a_two_person_alert_then_gives_the_all_clear_and_signs_out() {
+    let Some(browser) = Browser::start().await else {
+        return;
+    };
+    use klaxon::store::tokens::ApiRole;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "{}{}",
+        common::LOG_PROVIDER,
+        r#"
+[playbooks.reunification]
+title = "Reunification"
+severity = "emergency"
+channels = ["sms", "email"]
+approval = "two-person"
+messages = { en = "Reunification at {{ school }}. {{ message }} {{ link }}" }
+"#
+    );
+    std::fs::write(dir.path().join("klaxon.toml"), common::config_text(&extra)).unwrap();
+    common::import(dir.path(), Path::new(common::FIXTURE));
+    let alice = common::make_named_token(dir.path(), "alice", ApiRole::Operator).await;
+    let bob = common::make_named_token(dir.path(), "bob", ApiRole::Operator).await;
+    let admin = common::make_named_token(dir.path(), "admin", ApiRole::Admin).await;
+    let viewer = common::make_named_token(dir.path(), "viewer", ApiRole::Viewer).await;
+    let app = common::start(dir, admin, viewer).await;
+
+    // Alice triggers it from the form: it waits for a second approval.
+    sign_in(&browser, &app, &alice).await;
+    browser.click("nav a[href='/trigger']").await;
+    browser
+        .wait_for(Until::Css("select#playbook"), Duration::from_secs(10))
+        .await;
+    browser.select("select#playbook", "reunification").await;
+    browser.click("input[name=school][value=S1]").await;
+    browser.fill("#message", "At the north gym.").await;
+    browser.submit("form[action='/trigger/preview']").await;
+    browser
+        .wait_for(Until::Text("SMS per language"), Duration::from_secs(10))
+        .await;
+    browser.submit("form[action='/trigger/send']").await;
+    browser
+        .wait_for(
+            Until::Text("needs a second approval"),
+            Duration::from_secs(20),
+        )
+        .await;
+    let url = browser.url().await;
+    let id: i64 = url
+        .rsplit('/')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an alert page: {url}"));
+    assert_eq!(app.status(id).await["state"], "held");
+    assert_eq!(
+        browser
+            .count(&format!("a[href='/alerts/{id}/act/approve']"))
+            .await,
+        1
+    );
+    assert!(
+        browser
+            .page_text()
+            .await
+            .contains("Send now without a second approval"),
+        "the one who triggered it is offered only the override"
+    );
+    // The override page asks for a typed reason, and passes axe.
+    browser
+        .click(&format!("a[href='/alerts/{id}/act/approve']"))
+        .await;
+    browser
+        .wait_for(
+            Until::Css("textarea#override_reason[required]"),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_accessible(&browser, "override confirmation").await;
+    browser.click("header button[type=submit]").await;
+    browser
+        .wait_for(Until::Text("You are signed out"), Duration::from_secs(10))
+        .await;
+    assert_eq!(app.status(id).await["state"], "held", "still held");
+
+    // Bob approves it in the browser, through the confirmation step.
+    sign_in(&browser, &app, &bob).await;
+    browser.goto(&format!("{}/alerts/{id}", app.base)).await;
+    browser
+        .wait_for(Until::Text("Approve and send"), Duration::from_secs(10))
+        .await;
+    browser
+        .click(&format!("a[href='/alerts/{id}/act/approve']"))
+        .await;
+    browser
+        .wait_for(
+            Until::Text("You give the second approval"),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(browser.count("textarea#override_reason").await, 0);
+    browser
+        .submit(&format!("form[action='/alerts/{id}/act/approve']"))
+        .await;
+    browser
+        .wait_for(
+            Until::Css(&format!("a[href='/alerts/{id}/act/all-clear']")),
+            Duration::from_secs(20),
+        )
+        .await;
+    let s = app.wait_settled(id).await;
+    assert_eq!(s["approved_by"], "token:bob", "{s}");
+    assert!(s["override_reason"].is_null(), "{s}");
+
+    // The all-clear, then sign out.
+    browser
+        .click(&format!("a[href='/alerts/{id}/act/all-clear']"))
+        .await;
+    browser
+        .wait_for(Until::Text("exactly the same"), Duration::from_secs(10))
+        .await;
+    browser
+        .submit(&format!("form[action='/alerts/{id}/act/all-clear']"))
+        .await;
+    browser
+        .wait_for(Until::Text("closed (all-clear)"), Duration::from_secs(20))
+        .await;
+    assert_eq!(app.status(id).await["closed_reason"], "all-clear");
+    browser.goto(&format!("{}/reviews", app.base)).await;
+    browser
+        .wait_for(
+            Until::Text("Nothing waits for review."),
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_accessible(&browser, "review list").await;
     browser.click("header button[type=submit]").await;
     browser
         .wait_for(Until::Text("You are signed out"), Duration::from_secs(10))
