@@ -242,6 +242,9 @@ impl Backoff {
 
 async fn run(state: Arc<AppState>, feed: FeedConfig, mut stop: watch::Receiver<bool>) {
     let ua = feed.user_agent.clone().unwrap_or_else(default_user_agent);
+    if feed.user_agent.is_none() {
+        tracing::warn!(feed = %feed.name, user_agent = %ua, "CAP feed has no user_agent: it is polled under a name without a contact, which feed operators may block.");
+    }
     let client = match reqwest::Client::builder()
         .user_agent(ua)
         .timeout(feed.timeout.0)
@@ -472,6 +475,18 @@ mod tests {
         let mut b = Backoff::new(INTERVAL);
         let late: Vec<Duration> = (0..60).map(|_| b.failed()).skip(20).collect();
         assert!(late.iter().any(|w| *w != late[0]), "{late:?}");
+    }
+
+    #[test]
+    fn each_feed_kind_accepts_only_its_documents() {
+        use DocumentKind::*;
+        let all = [Cap11, Cap12, Atom, GeoJson];
+        let accepted = |k: FeedKind| -> Vec<DocumentKind> {
+            all.iter().copied().filter(|d| k.serves(*d)).collect()
+        };
+        assert_eq!(accepted(FeedKind::NwsApi), vec![GeoJson]);
+        assert_eq!(accepted(FeedKind::Atom), vec![Atom]);
+        assert_eq!(accepted(FeedKind::Cap), vec![Cap11, Cap12]);
     }
 
     #[test]
