@@ -89,6 +89,12 @@ pub struct PlaybookConfig {
     /// with a typed reason (an emergency override, put up for review).
     #[serde(default)]
     pub approval: Approval,
+    /// "21:00-07:00": while one of this routine playbook's alerts waits for
+    /// approval, approvers are not paged in these hours (this playbook's own
+    /// `[approval] quiet_hours`). Only routine playbooks: emergencies and
+    /// urgent alerts always page.
+    #[serde(default)]
+    pub quiet_hours: Option<String>,
 }
 
 /// How many people it takes to send.
@@ -169,6 +175,16 @@ impl PlaybookConfig {
                 issues.push(
                     format!("{prefix}.choices[{i}].key"),
                     format!("duplicate choice `{}`", c.key),
+                );
+            }
+        }
+        if let Some(q) = &self.quiet_hours {
+            if let Err(e) = crate::trigger::pager::Window::parse(q) {
+                issues.push(format!("{prefix}.quiet_hours"), e);
+            } else if self.severity != Severity::Routine {
+                issues.push(
+                    format!("{prefix}.quiet_hours"),
+                    "only a routine playbook has quiet hours: emergencies and urgent alerts always page the approvers",
                 );
             }
         }
@@ -288,6 +304,7 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             ]),
             message_languages: Vec::new(),
             approval: Approval::OnePerson,
+            quiet_hours: None,
         },
     );
     m.insert(
@@ -310,6 +327,7 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             ]),
             message_languages: Vec::new(),
             approval: Approval::OnePerson,
+            quiet_hours: None,
         },
     );
     m.insert(
@@ -332,6 +350,7 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             ]),
             message_languages: Vec::new(),
             approval: Approval::OnePerson,
+            quiet_hours: None,
         },
     );
     m.insert(
@@ -359,6 +378,7 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             ]),
             message_languages: Vec::new(),
             approval: Approval::OnePerson,
+            quiet_hours: None,
         },
     );
     m.insert(
@@ -381,6 +401,7 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             ]),
             message_languages: Vec::new(),
             approval: Approval::OnePerson,
+            quiet_hours: None,
         },
     );
     m.insert(
@@ -403,6 +424,7 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             ]),
             message_languages: Vec::new(),
             approval: Approval::OnePerson,
+            quiet_hours: None,
         },
     );
     m.insert(
@@ -425,6 +447,7 @@ pub fn builtin() -> BTreeMap<String, PlaybookConfig> {
             ]),
             message_languages: Vec::new(),
             approval: Approval::OnePerson,
+            quiet_hours: None,
         },
     );
     m
@@ -441,6 +464,27 @@ mod tests {
             pb.validate(&name, &mut issues);
             assert!(issues.is_empty(), "{name}: {:?}", issues.list);
         }
+    }
+
+    #[test]
+    fn quiet_hours_are_a_window_and_only_for_routine_playbooks() {
+        let mut pb = builtin()["weather-closure"].clone();
+        pb.severity = Severity::Routine;
+        pb.quiet_hours = Some("21:00-07:00".into());
+        let mut issues = Issues::default();
+        pb.validate("playbooks.weather-closure", &mut issues);
+        assert!(issues.is_empty(), "{:?}", issues.list);
+        pb.quiet_hours = Some("9pm-7am".into());
+        pb.validate("playbooks.weather-closure", &mut issues);
+        pb.quiet_hours = Some("21:00-07:00".into());
+        pb.severity = Severity::Emergency;
+        pb.validate("playbooks.weather-closure", &mut issues);
+        let keys: Vec<String> = issues.list.iter().map(|i| i.key.clone()).collect();
+        assert_eq!(keys.len(), 2, "{:?}", issues.list);
+        assert!(
+            keys.iter()
+                .all(|k| k == "playbooks.weather-closure.quiet_hours")
+        );
     }
 
     #[test]

@@ -416,3 +416,75 @@ async fn the_cli_lists_overrides_and_a_second_person_marks_one_reviewed() {
     let (_, out, _) = cli(&ops, &ops.bob, &["review", "list"]).await;
     assert!(out.contains("Nothing waits for review."), "{out}");
 }
+
+/// A routine playbook's own `quiet_hours` mute its approver pages, while a
+/// routine playbook without them (and no `[approval] quiet_hours`) pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_routine_playbook_s_own_quiet_hours_mute_its_pages() {
+    let extra = format!(
+        r#"{LOG_PROVIDER}
+[approval]
+approvers = [ {{ name = "First", phone = "+15125550101" }} ]
+
+[playbooks.newsletter]
+title = "Newsletter"
+severity = "routine"
+channels = ["email"]
+quiet_hours = "00:00-24:00"
+messages = {{ en = "News. {{{{ message }}}} {{{{ link }}}}" }}
+
+[playbooks.reminder]
+title = "Reminder"
+severity = "routine"
+channels = ["email"]
+messages = {{ en = "Reminder. {{{{ message }}}} {{{{ link }}}}" }}
+"#
+    );
+    let app = common::spawn_app_full(
+        &extra,
+        Path::new(common::FIXTURE),
+        klaxon::clock::Clock::system(),
+    )
+    .await;
+    let held = |playbook: &'static str| {
+        let app = &app;
+        async move {
+            let r = app
+                .trigger(
+                    json!({"playbook": playbook, "audience": {"schools": ["S1"]}, "hold": true}),
+                )
+                .await;
+            assert_eq!(r.status(), 201);
+            r.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_i64()
+                .unwrap()
+        }
+    };
+    // The quiet one is older: each round of the pager looks at it first.
+    let quiet = held("newsletter").await;
+    let loud = held("reminder").await;
+    let pages = |id: i64| {
+        app.outbox()
+            .into_iter()
+            .filter(|m| m["alert_id"] == id && m["delivery_id"] == 0)
+            .count()
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while pages(loud) < 2 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the reminder pages nobody"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(pages(quiet), 0, "the newsletter's quiet hours");
+    let recorded: i64 = app
+        .db()
+        .query_row(
+            "SELECT count(*) FROM approval_pages WHERE alert_id = ?1",
+            [quiet],
+            |r| r.get(0),
+        )
+        .unwrap_or(-1);
+    assert_eq!(recorded, 0);
+}

@@ -18,7 +18,7 @@ use crate::config::Dur;
 use crate::deliver::message::OutboundMessage;
 use crate::deliver::providers::Provider;
 use crate::domain::Channel;
-use crate::playbook::Severity;
+use crate::playbook::{PlaybookConfig, Severity};
 use crate::services::Services;
 use crate::store::alerts::{self, AlertRow};
 
@@ -154,6 +154,19 @@ pub fn next_to_page(
     })
 }
 
+/// Whether an alert of playbook `pb` waits without paging at `minute`
+/// (after midnight): a routine playbook in its own `quiet_hours`, or, when
+/// it has none, in `[approval] quiet_hours`. Emergencies and urgent alerts
+/// always page.
+pub fn muted(pb: Option<&PlaybookConfig>, global: Option<&str>, minute: u32) -> bool {
+    let routine = pb.is_none_or(|p| p.severity == Severity::Routine);
+    let window = pb.and_then(|p| p.quiet_hours.as_deref()).or(global);
+    routine
+        && window
+            .and_then(|q| Window::parse(q).ok())
+            .is_some_and(|w| w.contains(minute))
+}
+
 /// Runs until `stop`: looks at held alerts every few seconds (and when the
 /// clock is moved) and pages as `next_to_page` says.
 pub async fn run(sv: Arc<Services>, mut stop: watch::Receiver<bool>) {
@@ -193,17 +206,11 @@ async fn round<'a>(
     let held = sv.store.read(alerts::held).await?;
     for alert in held {
         let now = sv.now_ms();
-        let routine = sv
-            .config
-            .playbooks
-            .get(&alert.playbook)
-            .is_none_or(|p| p.severity == Severity::Routine);
-        let quiet = approval
-            .quiet_hours
-            .as_deref()
-            .and_then(|q| Window::parse(q).ok())
-            .is_some_and(|w| w.contains(minute_of_day(now, &sv.config.server.timezone)));
-        if routine && quiet {
+        if muted(
+            sv.config.playbooks.get(&alert.playbook),
+            approval.quiet_hours.as_deref(),
+            minute_of_day(now, &sv.config.server.timezone),
+        ) {
             continue;
         }
         let id = crate::domain::AlertId(alert.id);
@@ -310,6 +317,26 @@ mod tests {
             email: None,
             hours: hours.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn a_routine_playbook_s_own_quiet_hours_come_before_the_global_ones() {
+        let mut routine = crate::playbook::builtin()["weather-closure"].clone();
+        routine.severity = Severity::Routine;
+        let emergency = crate::playbook::builtin()["lockdown"].clone();
+        let (night, noon) = (23 * 60, 12 * 60);
+        let global = Some("21:00-07:00");
+        assert!(muted(Some(&routine), global, night));
+        assert!(!muted(Some(&routine), global, noon));
+        assert!(!muted(Some(&emergency), global, night), "emergencies page");
+        routine.quiet_hours = Some("11:00-13:00".into());
+        assert!(muted(Some(&routine), global, noon), "its own hours");
+        assert!(
+            !muted(Some(&routine), global, night),
+            "instead of the global ones"
+        );
+        assert!(muted(Some(&routine), None, noon));
+        assert!(!muted(Some(&routine), None, night));
     }
 
     #[test]
