@@ -215,6 +215,51 @@ async fn signed_events_move_deliveries_and_feed_the_contactability_report() {
 }
 
 #[tokio::test]
+async fn a_dropped_event_marks_the_delivery_undeliverable_with_the_reason() {
+    let s = setup().await;
+    let sent = send_alert(&s).await;
+    let before = states(&s.app);
+    let dropped = &sent[1];
+    // SendGrid drops a message it will not try (an address on its bounce
+    // or unsubscribe list, invalid SMTPAPI header, ...): no `type`, no status.
+    let body = json!([
+        {"event": "dropped", "reason": "Bounced Address", "email": dropped.1,
+         "delivery_id": dropped.0.to_string(), "sg_message_id": format!("{}.filter0003", dropped.2),
+         "timestamp": now_secs()}
+    ])
+    .to_string();
+    let ts = now_secs().to_string();
+    assert_eq!(
+        post_events(&s.app, &ts, Some(&sign(&s.key, &ts, &body)), &body).await,
+        200
+    );
+    let after = states(&s.app);
+    for (b, a) in before.iter().zip(&after) {
+        if a.0 == dropped.0 {
+            assert_eq!(b.1, "sent", "{b:?}");
+            assert_eq!(a.1, "undeliverable", "{a:?}");
+            assert_eq!(a.2.as_deref(), Some("dropped"), "{a:?}");
+            assert_eq!(a.3.as_deref(), Some("Bounced Address"), "{a:?}");
+        } else {
+            assert_eq!(a, b, "only the dropped delivery moves");
+        }
+    }
+    let report = s.app.get_json("/api/v1/reports/contactability").await;
+    let row = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["address"] == dropped.1.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{} not in {report}", dropped.1));
+    assert_eq!(row["code"], "dropped", "{row}");
+    let m = metrics(&s.app).await;
+    let line =
+        r#"klaxon_email_events_total{source="sendgrid",event="undeliverable",outcome="applied"} 1"#;
+    assert!(m.contains(line), "{line} missing from:\n{m}");
+}
+
+#[tokio::test]
 async fn bad_or_stale_signatures_are_refused_with_nothing_changed() {
     let s = setup().await;
     let sent = send_alert(&s).await;
