@@ -634,7 +634,18 @@ async fn nws_api_and_atom_feeds_start_their_alerts_and_a_wrong_document_is_repor
     tokio::spawn(async move { axum::serve(listener, router).await });
 
     let app = common::spawn_app_with(&sources_extra(addr)).await;
-    wait_for("the two alerts", || alerts(&app).len() >= 2).await;
+    // Recorded against their messages (the alert row is written first).
+    wait_for("the two alerts", || {
+        app.db()
+            .query_row(
+                "SELECT count(*) FROM cap_messages WHERE outcome = 'sent' AND alert_id IS NOT NULL",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap()
+            >= 2
+    })
+    .await;
     let list = alerts(&app);
     let by_source = |s: &str| list.iter().find(|a| a.2 == s).cloned();
     // The GeoJSON feature: its id and sender are the CAP identifier and sender.
