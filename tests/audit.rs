@@ -555,3 +555,151 @@ async fn retention_purges_old_alerts_keeps_their_figures_and_respects_holds() {
     let (_keep, _, _) = app.stop().await;
     assert_eq!(cli(&dir, &["audit", "verify"]).0, 0);
 }
+
+/// The `retention.run` entries' details, oldest first.
+fn retention_runs(db: &rusqlite::Connection) -> Vec<Value> {
+    db.prepare("SELECT detail FROM audit WHERE action = 'retention.run' ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|d| serde_json::from_str(&d.unwrap()).unwrap())
+        .collect()
+}
+
+/// Waits for the daily task's `n`th run (the clock was moved past it).
+async fn wait_runs(db: &rusqlite::Connection, n: usize) -> Vec<Value> {
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let runs = retention_runs(db);
+        if runs.len() >= n {
+            return runs;
+        }
+        assert!(
+            Instant::now() < until,
+            "{} retention runs, not {n}",
+            runs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbox_is_pruned_after_its_time_while_personal_data_stays() {
+    let extra = format!("{LOG_PROVIDER}\n[retention]\npersonal_data = \"30d\"\noutbox = \"1d\"\n");
+    let clock = Clock::system();
+    let app = spawn_app_full(&extra, Path::new(FIXTURE), clock.clone()).await;
+    let a = created(
+        app.trigger(json!({"playbook": "early-dismissal", "audience": {"schools": ["S1"]}, "message": "Power outage."}))
+            .await,
+    )
+    .await;
+    app.wait_settled(a).await;
+    let link = app.link_of("+15555550102", a).expect("Wei's link");
+    assert_eq!(
+        app.post(&format!("/api/v1/alerts/{a}/all-clear"), json!({}))
+            .await
+            .status(),
+        201
+    );
+    app.wait_status(a, "closed", |s| s["state"] == "closed")
+        .await;
+    let before = app.status(a).await;
+    let db = app.db();
+    let with_address = |db: &rusqlite::Connection| -> i64 {
+        db.query_row(
+            "SELECT count(*) FROM deliveries WHERE alert_id = ?1 AND address <> ''",
+            [a],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let deliveries = with_address(&db);
+    assert!(deliveries > 0);
+    let personal = |db: &rusqlite::Connection| -> (i64, i64) {
+        db.query_row(
+            "SELECT count(*), sum(name <> '' AND addresses <> '[]' AND person_id NOT LIKE 'purged:%')
+               FROM recipients WHERE alert_id = ?1",
+            [a],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    let (people, named) = personal(&db);
+    assert!(people > 0 && named > 0);
+
+    // Two days on: past `outbox` (1 day), far from `personal_data` (30).
+    clock.advance(Duration::from_secs(2 * 86_400));
+    let runs = wait_runs(&db, 1).await;
+    let run = runs.last().unwrap();
+    assert_eq!(run["alerts_purged"], 0, "{run}");
+    assert!(
+        run["outbox_pruned"].as_i64().unwrap() >= deliveries,
+        "{run}"
+    );
+    assert_eq!(
+        with_address(&db),
+        0,
+        "every finished delivery's address is gone"
+    );
+    let leftovers: i64 = db
+        .query_row(
+            "SELECT count(*) FROM deliveries WHERE alert_id = ?1
+               AND (error IS NOT NULL OR provider_msg_id IS NOT NULL)",
+            [a],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(leftovers, 0, "nor provider ids or errors");
+    // The alert's people, their addresses and answers stay until `personal_data`.
+    assert_eq!(personal(&db), (people, named));
+    let purged: bool = db
+        .query_row(
+            "SELECT purged_at IS NOT NULL FROM alerts WHERE id = ?1",
+            [a],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(!purged);
+    let page = app.http.get(&link).send().await.unwrap();
+    assert_eq!(page.status(), 200, "the guardian's page still opens");
+    let after = app.status(a).await;
+    for k in ["recipients", "reached", "totals", "channels", "figures"] {
+        assert_eq!(after[k], before[k], "{k} stays after pruning");
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daily_run_gives_free_pages_back_to_the_file_system() {
+    let clock = Clock::system();
+    let app = spawn_app_full(LOG_PROVIDER, Path::new(FIXTURE), clock.clone()).await;
+    let db = app.db();
+    db.busy_timeout(Duration::from_secs(10)).unwrap();
+    let pragma = |db: &rusqlite::Connection, p: &str| -> i64 {
+        db.query_row(&format!("PRAGMA {p}"), [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(pragma(&db, "auto_vacuum"), 2, "incremental");
+    // Space that was used and given up, as purged rows leave behind: with
+    // incremental vacuum nothing returns it but the daily run.
+    db.execute_batch(
+        "CREATE TABLE scratch (x BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)
+         INSERT INTO scratch SELECT randomblob(4000) FROM n;
+         DROP TABLE scratch;",
+    )
+    .unwrap();
+    let (free, pages) = (pragma(&db, "freelist_count"), pragma(&db, "page_count"));
+    assert!(free >= 250, "{free} free pages after the drop");
+
+    // The first daily run is a minute after start.
+    clock.advance(Duration::from_secs(61));
+    wait_runs(&db, 1).await;
+    let (free_after, pages_after) = (pragma(&db, "freelist_count"), pragma(&db, "page_count"));
+    assert_eq!(free_after, 0, "the free pages were given back");
+    assert!(
+        pages_after <= pages - free,
+        "the file shrank: {pages} pages, {free} free, now {pages_after}"
+    );
+    app.stop().await;
+}
