@@ -731,6 +731,44 @@ async fn smtp_server_down_or_bad_password_is_transient() {
     assert!(server.received().is_empty());
 }
 
+/// Microsoft 365's refusals of a password sign-in say what to fix: Basic
+/// authentication retired (5.7.30), SMTP AUTH off for the tenant (5.7.139).
+#[tokio::test]
+async fn smtp_password_refusals_by_microsoft_365_say_what_to_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SmtpServer::start().await;
+    server.require_auth("alerts@example-isd.org", "right");
+    let p = build(
+        dir.path(),
+        &smtp_toml(dir.path(), server.port(), Some("right-but-basic")),
+    );
+    for (n, reply, code, hint) in [
+        (
+            1,
+            "535 5.7.30 Basic authentication is not supported for Client Submission.",
+            "5.7.30",
+            "set auth = \"xoauth2\"",
+        ),
+        (
+            2,
+            "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant. Visit https://aka.ms/smtp_auth_disabled for more information.",
+            "5.7.139",
+            "enable Authenticated SMTP for the sending mailbox",
+        ),
+    ] {
+        server.refuse_passwords_with(reply);
+        let (reason, _) = expect_transient(
+            p.send(&message(Channel::Email, n, "parent@example.com"))
+                .await,
+        );
+        assert!(reason.contains(code), "{reason}");
+        assert!(reason.contains(hint), "{code}: {reason}");
+        // Each code gets its own advice, not the generic sign-in one.
+        assert!(!reason.contains("SMTP.SendAsApp"), "{code}: {reason}");
+    }
+    assert!(server.received().is_empty());
+}
+
 #[tokio::test]
 async fn smtp_invalid_address_is_permanent_without_connecting() {
     let dir = tempfile::tempdir().unwrap();

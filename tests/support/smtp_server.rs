@@ -88,6 +88,8 @@ struct Inner {
     pipelining: std::sync::atomic::AtomicBool,
     /// Connections accepted so far.
     sessions: std::sync::atomic::AtomicUsize,
+    /// The reply to a refused AUTH PLAIN/LOGIN, when not the default 5.7.8.
+    password_refusal: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -219,6 +221,12 @@ impl SmtpServer {
             user.to_string(),
             tokens.iter().map(|t| t.to_string()).collect(),
         ));
+    }
+
+    /// From now on a refused AUTH PLAIN/LOGIN gets this reply, as Microsoft
+    /// 365 words its refusals (`535 5.7.139 Authentication unsuccessful, …`).
+    pub fn refuse_passwords_with(&self, reply: &str) {
+        *lock(&self.inner.password_refusal) = Some(reply.to_string());
     }
 
     /// From now on EHLO offers PIPELINING (as Postfix and Exchange do).
@@ -452,8 +460,13 @@ async fn session(
                         c.reply("235 2.7.0 Authentication successful").await?;
                     }
                     _ => {
-                        c.reply("535 5.7.8 Authentication credentials invalid")
-                            .await?
+                        let refusal = lock(&c.inner.password_refusal).clone();
+                        c.reply(
+                            refusal
+                                .as_deref()
+                                .unwrap_or("535 5.7.8 Authentication credentials invalid"),
+                        )
+                        .await?
                     }
                 }
             }
