@@ -466,6 +466,10 @@ async fn an_operator_previews_and_sends_a_drill_from_the_form() {
     );
     assert!(preview.contains("it fits"), "{preview}");
     assert!(
+        preview.contains("Send now to 4 people") && !preview.contains("id=\"two-person\""),
+        "{preview}"
+    );
+    assert!(
         !preview.contains("name=\"confirm\""),
         "one school: no typed confirmation"
     );
@@ -939,6 +943,26 @@ async fn the_two_person_rule_in_the_console_a_second_operator_approves() {
     let (app, alice, bob) = two_operators().await;
     let (a_cookie, a_csrf) = sign_in(&app, &alice).await;
     let (b_cookie, b_csrf) = sign_in(&app, &bob).await;
+    // The preview says it will wait for a second approval.
+    let preview = post_form(
+        &app,
+        &a_cookie,
+        "/trigger/preview",
+        &[
+            ("csrf", &a_csrf),
+            ("playbook", "reunification"),
+            ("school", "S1"),
+        ],
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    assert!(
+        preview.contains("id=\"two-person\"")
+            && preview.contains("Ask for a second approval to send to"),
+        "{preview}"
+    );
     let id = send_reunification(&app, &a_cookie, &a_csrf).await;
     assert_eq!(app.status(id).await["state"], "held");
 
@@ -1031,6 +1055,11 @@ async fn an_override_needs_a_reason_is_marked_and_another_operator_reviews_it() 
     let s = app.wait_settled(id).await;
     assert_eq!(s["override_reason"], why, "{s}");
     assert!(handed_over(&app, id) > 0);
+    let (_, home) = get_page(&app, &b_cookie, "/").await;
+    assert!(
+        home.contains("1 alert(s) sent without a second approval wait for review"),
+        "{home}"
+    );
     let (_, view) = get_page(&app, &b_cookie, &format!("/alerts/{id}")).await;
     assert!(
         view.contains("Sent without a second approval") && view.contains(why),
@@ -1106,6 +1135,8 @@ async fn an_override_needs_a_reason_is_marked_and_another_operator_reviews_it() 
     assert_eq!(reviewed.as_deref(), Some("token:bob"));
     let (_, his) = get_page(&app, &b_cookie, "/reviews").await;
     assert!(his.contains("Nothing waits for review."), "{his}");
+    let (_, home) = get_page(&app, &b_cookie, "/").await;
+    assert!(!home.contains("id=\"to-review\""), "{home}");
     assert!(
         app.get_json("/api/v1/reviews")
             .await

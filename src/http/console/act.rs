@@ -23,6 +23,7 @@ use crate::audience::AudienceSpec;
 use crate::deliver::sms;
 use crate::domain::{AlertId, AlertState, Channel, Role};
 use crate::http::session::{Operator, check_csrf, csrf_input};
+use crate::playbook::Approval;
 use crate::store::alerts;
 use crate::store::deliveries::Claimed;
 use crate::store::tokens::ApiRole;
@@ -619,9 +620,28 @@ pub async fn preview(
 <input id=\"confirm\" name=\"confirm\" autocomplete=\"off\" required pattern=\"{DISTRICT_WORD}\">"
         );
     }
+    // The same rule `trigger::create` applies: said before, not after.
+    let spec = &req.audience;
+    let whole = spec.schools.is_empty() && spec.grades.is_empty() && spec.groups.is_empty();
+    let two_person = state
+        .config
+        .playbooks
+        .get(&req.playbook)
+        .is_some_and(|pb| pb.approval == Approval::TwoPerson)
+        || (whole && state.config.approval.district_wide == Approval::TwoPerson);
+    if two_person {
+        b.push_str(
+            "<p class=\"warn\" id=\"two-person\">This alert needs a second approval (two-person rule): it waits, held, until another operator approves it. If it cannot wait, you can then send it without a second approval, with a reason.</p>",
+        );
+    }
     let _ = write!(
         b,
-        "<p><button type=\"submit\">Send to {} people now</button> <a href=\"/trigger\">Start over</a></p></form>",
+        "<p><button type=\"submit\">{} {} people</button> <a href=\"/trigger\">Start over</a></p></form>",
+        if two_person {
+            "Ask for a second approval to send to"
+        } else {
+            "Send now to"
+        },
         num(p.recipients as i64)
     );
     page(&state, Some(&op), "Preview the alert", &b)

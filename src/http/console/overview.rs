@@ -31,6 +31,22 @@ pub async fn index(op: Operator, State(state): State<Arc<AppState>>) -> Response
             .allows_schools(&crate::http::scope::schools_of(&a.audience))
     });
     let mut b = String::from("<h1>klaxon: alerts</h1>");
+    // Overrides waiting for a second person, as the review list counts them.
+    let mut to_review = match state.store.read(alerts::to_review).await {
+        Ok(r) => r,
+        Err(e) => return crate::http::ApiError::from(e).into_response(),
+    };
+    to_review.retain(|a| {
+        op.scope
+            .allows_schools(&crate::http::scope::schools_of(&a.audience))
+    });
+    if !to_review.is_empty() {
+        let _ = write!(
+            b,
+            "<p class=\"warn\" id=\"to-review\">{} alert(s) sent without a second approval wait for review: <a href=\"/reviews\">the review list</a>.</p>",
+            num(to_review.len() as i64)
+        );
+    }
 
     // Open alerts first, each with its progress.
     let open: Vec<&alerts::AlertRow> = rows
