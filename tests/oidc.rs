@@ -213,6 +213,13 @@ schools = ["S1"]
 [[console.roles]]
 match_group = "district-admins"
 role = "admin"
+
+[playbooks.reunification]
+title = "Reunification"
+severity = "emergency"
+channels = ["sms", "email"]
+approval = "two-person"
+messages = {{ en = "Reunification at {{{{ school }}}}. {{{{ message }}}} {{{{ link }}}}" }}
 "#,
         provider = common::LOG_PROVIDER
     );
@@ -461,5 +468,119 @@ async fn an_operator_signs_in_and_out_through_the_identity_provider_in_chromium(
         );
     }
     browser.close().await;
+    app.stop().await;
+}
+
+impl Agent {
+    /// The console form's CSRF token of this agent's session.
+    async fn csrf(&mut self) -> String {
+        let (_, home) = self.get(&format!("{}/", self.daemon)).await;
+        common::hidden_input(&home.text().await.unwrap(), "csrf").expect("a csrf field")
+    }
+
+    /// POSTs a console form; the response, redirects not followed.
+    async fn post_form(&mut self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let url = format!("{}{path}", self.daemon);
+        self.send(self.http.post(&url).form(form)).await
+    }
+}
+
+/// The two-person rule between people signed in through the identity
+/// provider: Alice cannot approve her own alert, Bob can; her override is
+/// reviewed by Bob, never by her.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn people_from_the_identity_provider_are_the_two_persons() {
+    if skip() {
+        return;
+    }
+    let idp = oidc_provider::start(
+        "klaxon",
+        SECRET,
+        &format!("{PUBLIC}/auth/callback"),
+        &json!({
+            "alice": {"email": "alice@example.org", "email_verified": true, "name": "Alice Principal", "groups": ["staff"]},
+            "bob": {"email": "bob@example.org", "email_verified": true, "name": "Bob IT", "groups": ["district-admins"]},
+        }),
+    )
+    .await;
+    let app = daemon(&idp.issuer).await;
+    let mut alice = Agent::new(&app.base);
+    assert_eq!(alice.sign_in("alice").await.1.status(), 200);
+    let mut bob = Agent::new(&app.base);
+    assert_eq!(bob.sign_in("bob").await.1.status(), 200);
+    let (a_csrf, b_csrf) = (alice.csrf().await, bob.csrf().await);
+    let trigger = [
+        ("csrf", a_csrf.as_str()),
+        ("playbook", "reunification"),
+        ("school", "S1"),
+        ("drill", "on"),
+    ];
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let mut f = trigger.to_vec();
+        if !ids.is_empty() {
+            f.push(("confirm_duplicate", "on"));
+        }
+        let r = alice.post_form("/trigger/send", &f).await;
+        assert_eq!(r.status(), 303);
+        let id: i64 = r.headers()["location"]
+            .to_str()
+            .unwrap()
+            .trim_start_matches("/alerts/")
+            .parse()
+            .unwrap();
+        let s = app.status(id).await;
+        assert_eq!(s["state"], "held", "{s}");
+        assert_eq!(s["created_by"], "oidc:alice@example.org");
+        ids.push(id);
+    }
+    let (first, second) = (ids[0], ids[1]);
+
+    // Alice cannot approve her own; Bob, another person, can.
+    let r = alice
+        .post_form(
+            &format!("/alerts/{first}/act/approve"),
+            &[("csrf", &a_csrf)],
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    assert_eq!(app.status(first).await["state"], "held");
+    let r = bob
+        .post_form(
+            &format!("/alerts/{first}/act/approve"),
+            &[("csrf", &b_csrf)],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    let s = app.wait_settled(first).await;
+    assert_eq!(s["approved_by"], "oidc:bob@example.org", "{s}");
+
+    // Her override of the second is reviewed by Bob, not by her.
+    let why = "Fire alarm; the second approver is in the drill.";
+    let r = alice
+        .post_form(
+            &format!("/alerts/{second}/act/approve"),
+            &[("csrf", &a_csrf), ("override_reason", why)],
+        )
+        .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(app.wait_settled(second).await["override_reason"], why);
+    let r = alice
+        .post_form(&format!("/alerts/{second}/review"), &[("csrf", &a_csrf)])
+        .await;
+    assert_eq!(r.status(), 403);
+    let r = bob
+        .post_form(&format!("/alerts/{second}/review"), &[("csrf", &b_csrf)])
+        .await;
+    assert_eq!(r.status(), 303);
+    let reviewed: Option<String> = app
+        .db()
+        .query_row(
+            "SELECT reviewed_by FROM alerts WHERE id = ?1",
+            [second],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(reviewed.as_deref(), Some("oidc:bob@example.org"));
     app.stop().await;
 }
