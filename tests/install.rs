@@ -125,3 +125,108 @@ fn the_package_ships_unit_sysusers_tmpfiles_and_example_config() {
         "{tmpfiles}"
     );
 }
+
+/// Builds the .deb with `cargo deb` from the binary this test run built (in
+/// a target folder of its own, so no release build is needed) and lists it
+/// with `dpkg -c`. Skips when cargo-deb is not installed: it is not part of
+/// CI (`cargo install cargo-deb --locked` takes about three and a half
+/// minutes on the CI machine).
+#[test]
+fn the_deb_built_by_cargo_deb_holds_the_binary_unit_sysusers_tmpfiles_and_example_config() {
+    let has = |cmd: &[&str]| {
+        Command::new(cmd[0])
+            .args(&cmd[1..])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has(&["cargo", "deb", "--version"]) {
+        eprintln!("skipped: cargo-deb is not installed (cargo install cargo-deb --locked)");
+        return;
+    }
+    if !has(&["dpkg-deb", "--version"]) {
+        eprintln!("skipped: dpkg is not installed");
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let release = work.path().join("target/release");
+    std::fs::create_dir_all(&release).unwrap();
+    let bin = release.join("klaxon");
+    // A stripped copy packs in seconds; the unstripped one if strip is missing.
+    let stripped = Command::new("strip")
+        .arg("-o")
+        .arg(&bin)
+        .arg(env!("CARGO_BIN_EXE_klaxon"))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !stripped {
+        std::fs::copy(env!("CARGO_BIN_EXE_klaxon"), &bin).unwrap();
+    }
+    let deb = work.path().join("klaxon.deb");
+    let out = Command::new("cargo")
+        .args([
+            "deb",
+            "--no-build",
+            "--no-strip",
+            "--fast",
+            "--manifest-path",
+        ])
+        .arg(Path::new(ROOT).join("Cargo.toml"))
+        .arg("-o")
+        .arg(&deb)
+        .env("CARGO_TARGET_DIR", work.path().join("target"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo deb failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = Command::new("dpkg").arg("-c").arg(&deb).output().unwrap();
+    assert!(list.status.success());
+    let list = String::from_utf8_lossy(&list.stdout);
+    // `dpkg -c` prints `mode owner size date time ./path`.
+    let entries: Vec<(&str, &str)> = list
+        .lines()
+        .filter_map(|l| {
+            let mode = l.split_whitespace().next()?;
+            let path = l.split_whitespace().last()?;
+            Some((mode, path))
+        })
+        .collect();
+    for (path, mode) in [
+        ("./usr/bin/klaxon", "-rwxr-xr-x"),
+        ("./lib/systemd/system/klaxon.service", "-rw-r--r--"),
+        ("./usr/lib/sysusers.d/klaxon.conf", "-rw-r--r--"),
+        ("./usr/lib/tmpfiles.d/klaxon.conf", "-rw-r--r--"),
+        ("./usr/share/doc/klaxon/klaxon.example.toml", "-rw-r--r--"),
+    ] {
+        assert!(
+            entries.contains(&(mode, path)),
+            "{path} ({mode}) is not in the package:\n{list}"
+        );
+    }
+    // The unit in the package is the one in the tree.
+    let unit = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "dpkg-deb --fsys-tarfile '{}' | tar -xOf - ./lib/systemd/system/klaxon.service",
+            deb.display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&unit.stdout),
+        std::fs::read_to_string(Path::new(ROOT).join("systemd/klaxon.service")).unwrap()
+    );
+    let depends = Command::new("dpkg-deb")
+        .args(["-f"])
+        .arg(&deb)
+        .arg("Depends")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&depends.stdout).contains("systemd"),
+        "{}",
+        String::from_utf8_lossy(&depends.stdout)
+    );
+}
