@@ -431,11 +431,11 @@ messages = { en = "Quick at {{ school }}. {{ message }} {{ link }}" }
     // What the alert row held at the moment each delivery was claimed.
     app.db()
         .execute_batch(
-            "CREATE TABLE claim_probe (delivery INTEGER, warning TEXT);
+            "CREATE TABLE claim_probe (delivery INTEGER, warning TEXT, estimate_ms INTEGER);
              CREATE TRIGGER claim_probe AFTER UPDATE OF state ON deliveries
                WHEN NEW.state = 'sending' AND OLD.state <> 'sending'
              BEGIN
-               INSERT INTO claim_probe SELECT NEW.id, warning FROM alerts WHERE id = NEW.alert_id;
+               INSERT INTO claim_probe SELECT NEW.id, warning, estimate_ms FROM alerts WHERE id = NEW.alert_id;
              END;",
         )
         .unwrap();
@@ -471,15 +471,16 @@ messages = { en = "Quick at {{ school }}. {{ message }} {{ link }}" }
         .unwrap();
     assert_eq!(estimate_ms, Some((estimate * 1000.0).round() as i64));
 
-    // Every delivery claimed so far was claimed with the warning (and the
-    // estimate in it) already stored on the alert.
+    // Every delivery claimed so far was claimed with the warning and the
+    // estimate already stored on the alert.
     let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let probes: Vec<(i64, Option<String>)> = loop {
-        let probes: Vec<(i64, Option<String>)> = app
+    type Probe = (i64, Option<String>, Option<i64>);
+    let probes: Vec<Probe> = loop {
+        let probes: Vec<Probe> = app
             .db()
-            .prepare("SELECT delivery, warning FROM claim_probe")
+            .prepare("SELECT delivery, warning, estimate_ms FROM claim_probe")
             .unwrap()
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
@@ -489,11 +490,15 @@ messages = { en = "Quick at {{ school }}. {{ message }} {{ link }}" }
         assert!(std::time::Instant::now() < until, "nothing was claimed");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
-    for (delivery, warning) in &probes {
+    for (delivery, warning, at_claim) in &probes {
         assert_eq!(
             warning.as_deref(),
             Some(w),
             "delivery {delivery} was claimed before the warning was stored"
+        );
+        assert_eq!(
+            *at_claim, estimate_ms,
+            "delivery {delivery} was claimed before the estimate was stored"
         );
     }
 

@@ -429,6 +429,18 @@ pub fn add_follow_up_chunk(
     Ok((last, n))
 }
 
+/// Records the capacity estimate made before the alert was stored, in the
+/// transaction that stores it (so it is there before any delivery is claimed).
+pub fn set_estimate(
+    conn: &Connection,
+    alert_id: AlertId,
+    estimate_ms: i64,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("UPDATE alerts SET estimate_ms = ?2 WHERE id = ?1")?
+        .execute(params![alert_id.0, estimate_ms])?;
+    Ok(())
+}
+
 /// Marks an alert fully materialized and records its counts and warning.
 /// Settles it at once if everything was already handed over.
 pub fn finish(

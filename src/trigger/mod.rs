@@ -437,7 +437,8 @@ async fn create_now(
             warning: (!notes.is_empty()).then(|| notes.join("; ")),
             snapshot: Some(snapshot.display().to_string()),
         };
-        let id = start(sv, &pb, new, first).await?;
+        let estimate_ms = (capacity.seconds * 1000.0).round().min(i64::MAX as f64) as i64;
+        let id = start(sv, &pb, new, first, estimate_ms).await?;
         Ok((id, pre.plan, capacity, untranslated))
     }
     .await;
@@ -575,6 +576,7 @@ async fn start(
     pb: &PlaybookConfig,
     new: NewAlert,
     first: Vec<Recipient>,
+    estimate_ms: i64,
 ) -> Result<AlertId, TriggerError> {
     let f = fanout(sv, pb, new.priority);
     let now = sv.now_ms();
@@ -583,6 +585,8 @@ async fn start(
         .store
         .write(move |c| {
             let id = alerts::insert(c, now, &new)?;
+            // The pre-flight's estimate, there before any delivery is claimed.
+            alerts::set_estimate(c, id, estimate_ms)?;
             let added = alerts::add_recipients(c, id, now, &f, &key, &first)?;
             Ok((id, added))
         })
