@@ -127,6 +127,10 @@ impl Store {
         // The writer keeps the hot pages of the outbox and its indexes in
         // memory during a fan-out (grows on demand, up to 64 MiB).
         conn.pragma_update(None, "cache_size", -65536)?;
+        // Every write runs in a savepoint of its own; the pages it changes
+        // are first copied to the statement journal. In a file (the default
+        // beyond 64 KiB) that was a fifth of the writer's time in pwrite.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         schema::migrate(&mut conn)?;
         guard::tighten_files(dir)?;
 

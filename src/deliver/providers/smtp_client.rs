@@ -618,14 +618,23 @@ async fn read_reply<S: AsyncBufReadExt + Unpin>(
 /// ending with CRLF "." CRLF.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 64);
-    let mut at_line_start = true;
-    for &b in data {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
+    // Copy whole runs between the lines that start with a dot: most
+    // messages have none, and this runs once per message.
+    let mut from = 0;
+    if data.first() == Some(&b'.') {
+        out.push(b'.');
     }
+    let mut i = 0;
+    while let Some(n) = data[i..].iter().position(|&b| b == b'\n') {
+        let at = i + n + 1;
+        if data.get(at) == Some(&b'.') {
+            out.extend_from_slice(&data[from..at]);
+            out.push(b'.');
+            from = at;
+        }
+        i = at;
+    }
+    out.extend_from_slice(&data[from..]);
     if !out.ends_with(b"\r\n") {
         out.extend_from_slice(b"\r\n");
     }
@@ -641,6 +650,45 @@ mod tests {
     fn dot_stuffing_doubles_leading_dots_and_terminates() {
         assert_eq!(dot_stuff(b".a\r\nb\r\n..c"), b"..a\r\nb\r\n...c\r\n.\r\n");
         assert_eq!(dot_stuff(b"x\r\n"), b"x\r\n.\r\n");
+        assert_eq!(dot_stuff(b""), b"\r\n.\r\n");
+        assert_eq!(dot_stuff(b"."), b"..\r\n.\r\n");
+        assert_eq!(dot_stuff(b"a\r\n.\r\n.\r\n"), b"a\r\n..\r\n..\r\n.\r\n");
+    }
+
+    /// The run-copying version against the byte-at-a-time rule it replaced,
+    /// on every short string over the bytes that matter.
+    #[test]
+    fn dot_stuffing_agrees_with_the_byte_rule() {
+        fn reference(data: &[u8]) -> Vec<u8> {
+            let mut out = Vec::new();
+            let mut at_line_start = true;
+            for &b in data {
+                if at_line_start && b == b'.' {
+                    out.push(b'.');
+                }
+                out.push(b);
+                at_line_start = b == b'\n';
+            }
+            if !out.ends_with(b"\r\n") {
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b".\r\n");
+            out
+        }
+        let alphabet = [b'.', b'\r', b'\n', b'x'];
+        for len in 0..=6u32 {
+            for n in 0..4usize.pow(len) {
+                let mut k = n;
+                let data: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let b = alphabet[k % 4];
+                        k /= 4;
+                        b
+                    })
+                    .collect();
+                assert_eq!(dot_stuff(&data), reference(&data), "{data:?}");
+            }
+        }
     }
 
     #[test]
