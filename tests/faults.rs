@@ -155,15 +155,11 @@ fn a_second_daemon_on_the_same_store_refuses_and_touches_nothing() {
     again.wait().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_last_provider_down_for_a_while_pauses_sends_without_spending_attempts() {
-    let tw = TwilioServer::start(SID, "tok").await;
-    tw.faults().set_down(true);
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("twilio.token"), "tok").unwrap();
-    // max_attempts = 3 would end every delivery `failed` within a second
-    // if retries were bounded by a count; the 15-minute window bounds them.
-    let extra = format!(
+/// One Twilio provider for SMS and voice at `url`, retries bounded by
+/// `max_attempts = 3` (which a window-bounded retry must outlast), a breaker
+/// that opens after 2 failures for `cooldown`, and an SMS-only playbook.
+fn only_provider(url: &str, cooldown: &str) -> String {
+    format!(
         r#"
 [[providers]]
 name = "only"
@@ -181,7 +177,7 @@ retry_initial = "50ms"
 retry_max = "200ms"
 max_attempts = 3
 breaker_failures = 2
-breaker_cooldown = "300ms"
+breaker_cooldown = "{cooldown}"
 
 [playbooks.sms-only]
 title = "Lockdown"
@@ -192,8 +188,19 @@ ack_within = "15m"
 [playbooks.sms-only.messages]
 en = "LOCKDOWN at {{{{ school }}}}. Confirm: {{{{ link }}}}"
 "#,
-        tw.url()
-    );
+        url
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_provider_down_for_a_while_pauses_sends_without_spending_attempts() {
+    let tw = TwilioServer::start(SID, "tok").await;
+    tw.faults().set_down(true);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("twilio.token"), "tok").unwrap();
+    // max_attempts = 3 would end every delivery `failed` within a second
+    // if retries were bounded by a count; the 15-minute window bounds them.
+    let extra = only_provider(&tw.url(), "300ms");
     std::fs::write(dir.path().join("klaxon.toml"), config_text(&extra)).unwrap();
     import(dir.path(), Path::new(common::FIXTURE));
     let admin = make_token(dir.path(), ApiRole::Admin).await;
@@ -243,37 +250,7 @@ async fn retries_while_the_last_provider_is_down_are_bounded_by_the_window_not_a
     std::fs::write(dir.path().join("twilio.token"), "tok").unwrap();
     // One delivery (Roosevelt's one family with a phone), so every probe of
     // the paused provider is an attempt of that delivery.
-    let extra = format!(
-        r#"
-[[providers]]
-name = "only"
-kind = "twilio"
-channels = ["sms", "voice"]
-api_base = "{}"
-account_sid = "{SID}"
-auth_token_file = "twilio.token"
-from = ["+15555550100"]
-per_sender_per_second = 1000
-
-[delivery]
-request_timeout = "1s"
-retry_initial = "50ms"
-retry_max = "200ms"
-max_attempts = 3
-breaker_failures = 2
-breaker_cooldown = "200ms"
-
-[playbooks.sms-only]
-title = "Lockdown"
-severity = "emergency"
-channels = ["sms"]
-roles = ["guardian", "staff"]
-ack_within = "15m"
-[playbooks.sms-only.messages]
-en = "LOCKDOWN at {{{{ school }}}}. Confirm: {{{{ link }}}}"
-"#,
-        tw.url()
-    );
+    let extra = only_provider(&tw.url(), "200ms");
     std::fs::write(dir.path().join("klaxon.toml"), config_text(&extra)).unwrap();
     import(dir.path(), Path::new(common::FIXTURE));
     let admin = make_token(dir.path(), ApiRole::Admin).await;

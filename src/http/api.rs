@@ -44,8 +44,20 @@ fn parse_json<T: for<'de> Deserialize<'de>>(body: &Bytes) -> Result<T, ApiError>
         return serde_json::from_slice(b"{}")
             .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {e}")));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        // Well-formed JSON naming a value klaxon does not know (a role such
+        // as "teacher") is a request it understood and cannot act on: 422,
+        // like a school or grade the SIS lacks. Bad JSON or an unknown
+        // field stays 400.
+        let status = if e.classify() == serde_json::error::Category::Data
+            && e.to_string().starts_with("unknown variant")
+        {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, format!("request body: {e}"))
+    })
 }
 
 pub async fn create_alert(
