@@ -576,6 +576,7 @@ async fn an_alert_interrupted_while_its_audience_was_written_is_completed_at_sta
                     parent_id: None,
                     warning: None,
                     snapshot: Some(snap_s),
+                    estimate_ms: None,
                 },
             )
         })

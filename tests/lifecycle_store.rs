@@ -54,6 +54,7 @@ fn new_alert(held: bool) -> NewAlert {
         parent_id: None,
         warning: None,
         snapshot: None,
+        estimate_ms: None,
     }
 }
 

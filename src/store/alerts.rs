@@ -84,6 +84,9 @@ pub struct NewAlert {
     /// Frozen copy (hard link) of the SIS file the audience is resolved
     /// from, kept until the alert is fully materialized.
     pub snapshot: Option<String>,
+    /// The pre-flight's capacity estimate for the hand-over, stored with the
+    /// row so it is there before any delivery is claimed.
+    pub estimate_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -137,9 +140,9 @@ pub fn insert(conn: &Connection, now: i64, new: &NewAlert) -> Result<AlertId, St
         "INSERT INTO alerts (playbook, title, priority, audience, message, drill, state, source, created_by,
                              created_at, released_at, notify_deadline, ack_deadline, parent_id,
                              warning, place, materialized, snapshot, kind, confirm, escalate_until, close_at, messages,
-                             approval, override_reason)
+                             approval, override_reason, estimate_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, 0, ?17, ?18, ?19, ?20, ?21, ?22,
-                 ?23, ?24)",
+                 ?23, ?24, ?25)",
     )?
     .execute(params![
         new.playbook,
@@ -166,6 +169,7 @@ pub fn insert(conn: &Connection, now: i64, new: &NewAlert) -> Result<AlertId, St
         new.messages,
         new.two_person.then_some("two-person"),
         new.override_reason,
+        new.estimate_ms,
     ])?;
     let alert_id = AlertId(conn.last_insert_rowid());
     if let Some(reason) = &new.override_reason {
@@ -427,18 +431,6 @@ pub fn add_follow_up_chunk(
         }
     }
     Ok((last, n))
-}
-
-/// Records the capacity estimate made before the alert was stored, in the
-/// transaction that stores it (so it is there before any delivery is claimed).
-pub fn set_estimate(
-    conn: &Connection,
-    alert_id: AlertId,
-    estimate_ms: i64,
-) -> Result<(), StoreError> {
-    conn.prepare_cached("UPDATE alerts SET estimate_ms = ?2 WHERE id = ?1")?
-        .execute(params![alert_id.0, estimate_ms])?;
-    Ok(())
 }
 
 /// Marks an alert fully materialized and records its counts and warning.

@@ -30,6 +30,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::audience::{AudienceSpec, Recipient};
+use crate::config::Config;
 use crate::domain::text::MessageText;
 use crate::domain::{AlertId, AlertState, Channel, CloseReason};
 use crate::playbook::{Approval, PlaybookConfig, Severity};
@@ -346,12 +347,7 @@ async fn create_now(
     if !req.confirm_duplicate {
         refuse_duplicate(sv, &req.playbook, req.drill, &spec).await?;
     }
-    let district_wide = spec.schools.is_empty()
-        && spec.classes.is_empty()
-        && spec.groups.is_empty()
-        && spec.grades.is_empty();
-    let two_person = pb.approval == Approval::TwoPerson
-        || (district_wide && sv.config.approval.district_wide == Approval::TwoPerson);
+    let two_person = needs_two_person(&sv.config, &pb, &spec);
     let override_reason = match &req.override_reason {
         Some(r) if two_person => Some(reason(r)?),
         Some(_) => {
@@ -436,9 +432,9 @@ async fn create_now(
             parent_id: None,
             warning: (!notes.is_empty()).then(|| notes.join("; ")),
             snapshot: Some(snapshot.display().to_string()),
+            estimate_ms: Some((capacity.seconds * 1000.0).round().min(i64::MAX as f64) as i64),
         };
-        let estimate_ms = (capacity.seconds * 1000.0).round().min(i64::MAX as f64) as i64;
-        let id = start(sv, &pb, new, first, estimate_ms).await?;
+        let id = start(sv, &pb, new, first).await?;
         Ok((id, pre.plan, capacity, untranslated))
     }
     .await;
@@ -576,7 +572,6 @@ async fn start(
     pb: &PlaybookConfig,
     new: NewAlert,
     first: Vec<Recipient>,
-    estimate_ms: i64,
 ) -> Result<AlertId, TriggerError> {
     let f = fanout(sv, pb, new.priority);
     let now = sv.now_ms();
@@ -585,8 +580,6 @@ async fn start(
         .store
         .write(move |c| {
             let id = alerts::insert(c, now, &new)?;
-            // The pre-flight's estimate, there before any delivery is claimed.
-            alerts::set_estimate(c, id, estimate_ms)?;
             let added = alerts::add_recipients(c, id, now, &f, &key, &first)?;
             Ok((id, added))
         })
@@ -803,8 +796,19 @@ pub async fn approve(
 /// Whether two actors are one person: the same token acts as `NAME` on the
 /// API and `token:NAME` in a console session begun with it.
 pub fn same_person(a: &str, b: &str) -> bool {
-    let person = |x: &str| x.strip_prefix("token:").unwrap_or(x).to_string();
-    person(a) == person(b)
+    a.strip_prefix("token:").unwrap_or(a) == b.strip_prefix("token:").unwrap_or(b)
+}
+
+/// Whether an alert of playbook `pb` for `spec` waits for a second
+/// operator: the playbook says so, or it reaches the whole district (no
+/// school, grade, class or group named) and `[approval] district_wide` says so.
+pub fn needs_two_person(config: &Config, pb: &PlaybookConfig, spec: &AudienceSpec) -> bool {
+    let district_wide = spec.schools.is_empty()
+        && spec.classes.is_empty()
+        && spec.groups.is_empty()
+        && spec.grades.is_empty();
+    pb.approval == Approval::TwoPerson
+        || (district_wide && config.approval.district_wide == Approval::TwoPerson)
 }
 
 /// A second person's review of an alert sent with an emergency override
@@ -982,6 +986,7 @@ async fn follow_up(
         parent_id: Some(id),
         warning: note,
         snapshot: None,
+        estimate_ms: None,
     };
     let now = sv.now_ms();
     let actor_s = actor.to_string();

@@ -23,7 +23,6 @@ use crate::audience::AudienceSpec;
 use crate::deliver::sms;
 use crate::domain::{AlertId, AlertState, Channel, Role};
 use crate::http::session::{Operator, check_csrf, csrf_input};
-use crate::playbook::Approval;
 use crate::store::alerts;
 use crate::store::deliveries::Claimed;
 use crate::store::tokens::ApiRole;
@@ -620,15 +619,12 @@ pub async fn preview(
 <input id=\"confirm\" name=\"confirm\" autocomplete=\"off\" required pattern=\"{DISTRICT_WORD}\">"
         );
     }
-    // The same rule `trigger::create` applies: said before, not after.
-    let spec = &req.audience;
-    let whole = spec.schools.is_empty() && spec.grades.is_empty() && spec.groups.is_empty();
+    // The rule `trigger::create` applies: said before, not after.
     let two_person = state
         .config
         .playbooks
         .get(&req.playbook)
-        .is_some_and(|pb| pb.approval == Approval::TwoPerson)
-        || (whole && state.config.approval.district_wide == Approval::TwoPerson);
+        .is_some_and(|pb| trigger::needs_two_person(&state.config, pb, &req.audience));
     if two_person {
         b.push_str(
             "<p class=\"warn\" id=\"two-person\">This alert needs a second approval (two-person rule): it waits, held, until another operator approves it. If it cannot wait, you can then send it without a second approval, with a reason.</p>",
