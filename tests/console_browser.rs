@@ -326,7 +326,9 @@ messages = { en = "Reunification at {{ school }}. {{ message }} {{ link }}" }
     browser.submit("form[action='/trigger/send']").await;
     browser
         .wait_for(
-            Until::Text("needs a second approval"),
+            // The alert view's own words: the preview also says the alert
+            // "needs a second approval", and may still be on screen.
+            Until::Text("nothing is sent until an operator other than"),
             Duration::from_secs(20),
         )
         .await;
