@@ -232,7 +232,14 @@ fn join_names(names: Vec<&str>) -> String {
 
 /// Collapses the runs of spaces an empty template variable leaves behind.
 fn squeeze(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let mut out = String::with_capacity(s.len());
+    for word in s.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
 }
 
 /// A voice call cannot follow a link: drop the trailing "Confirm:" that
@@ -250,6 +257,16 @@ fn speech_text(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn squeeze_leaves_single_spaces_between_words() {
+        assert_eq!(
+            squeeze("  Lincoln \n\t  Elementary:  "),
+            "Lincoln Elementary:"
+        );
+        assert_eq!(squeeze(""), "");
+        assert_eq!(squeeze("one"), "one");
+    }
 
     fn claimed(lang: &str, students: &str) -> Claimed {
         Claimed {

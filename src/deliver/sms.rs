@@ -45,6 +45,14 @@ const GSM7_EXTENSION: &str = "\u{000C}^{}\\[~]|€";
 
 /// Septets one character takes in GSM-7, or `None` if it is not in the alphabet.
 fn gsm7_cost(c: char) -> Option<usize> {
+    // ASCII by table: this runs for every character of every text sent, and
+    // searching the alphabet strings was a quarter of rendering an SMS.
+    if c.is_ascii() {
+        return match ASCII_COST[c as usize] {
+            0 => None,
+            n => Some(n as usize),
+        };
+    }
     if GSM7_BASIC.contains(c) {
         Some(1)
     } else if GSM7_EXTENSION.contains(c) {
@@ -53,6 +61,28 @@ fn gsm7_cost(c: char) -> Option<usize> {
         None
     }
 }
+
+/// GSM-7 septets of each ASCII character (0: not in the alphabet), built
+/// from the two alphabet strings at compile time.
+const ASCII_COST: [u8; 128] = {
+    let mut t = [0u8; 128];
+    let (basic, ext) = (GSM7_BASIC.as_bytes(), GSM7_EXTENSION.as_bytes());
+    let mut i = 0;
+    while i < ext.len() {
+        if ext[i] < 128 {
+            t[ext[i] as usize] = 2;
+        }
+        i += 1;
+    }
+    i = 0;
+    while i < basic.len() {
+        if basic[i] < 128 {
+            t[basic[i] as usize] = 1;
+        }
+        i += 1;
+    }
+    t
+};
 
 /// Measures `text` as an SMS.
 pub fn segments(text: &str) -> SmsLength {
@@ -93,6 +123,24 @@ pub fn segments(text: &str) -> SmsLength {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_table_agrees_with_the_alphabet_strings() {
+        for b in 0u8..128 {
+            let c = b as char;
+            let by_search = if GSM7_BASIC.contains(c) {
+                Some(1)
+            } else if GSM7_EXTENSION.contains(c) {
+                Some(2)
+            } else {
+                None
+            };
+            assert_eq!(gsm7_cost(c), by_search, "{b:#04x}");
+        }
+        assert_eq!(gsm7_cost('€'), Some(2));
+        assert_eq!(gsm7_cost('é'), Some(1));
+        assert_eq!(gsm7_cost('á'), None);
+    }
 
     #[test]
     fn the_basic_table_has_all_127_characters() {
