@@ -218,6 +218,22 @@ fn rss_kb(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) a process has used so far: on a shared
+/// machine whose wall-clock figures swing by half from run to run, the work
+/// per delivery is the steadier measure of what a change did.
+fn cpu_seconds(pid: u32) -> f64 {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name, which may hold spaces.
+            let rest = &s[s.rfind(')')? + 2..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -852,6 +868,7 @@ async fn smtp_scenarios(
     // 5. klaxon vs smtp-source into the same sink, same session count
     // (KLAXON_BENCH_ONLY=district skips it and runs 6 alone).
     let (mut ours, mut theirs, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cpu_per = Vec::new();
     let only_district = std::env::var("KLAXON_BENCH_ONLY").as_deref() == Ok("district");
     for run in 0..if only_district { 0 } else { runs } {
         let sink = start_smtp_sink();
@@ -860,8 +877,15 @@ async fn smtp_scenarios(
         })
         .await;
         let (t0, handed) = fanout_db(&d, http).await;
+        let cpu = cpu_seconds(d.child.id());
+        let sink_cpu = cpu_seconds(sink.child.id());
         drop(d);
         let email = &handed.iter().find(|(c, _)| c == "email").unwrap().1;
+        println!(
+            "  run {run}: klaxon used {cpu:.1} CPU s ({:.0} µs per email), smtp-sink {sink_cpu:.1} CPU s",
+            cpu * 1e6 / email.count as f64
+        );
+        cpu_per.push(cpu * 1e6 / email.count as f64);
         let span = (email.last_ms - email.first_ms).max(1) as f64 / 1000.0;
         let k = email.count as f64 / span;
         println!(
@@ -882,15 +906,17 @@ async fn smtp_scenarios(
     }
     if !only_district {
         println!(
-            "SMTP, {SMTP_SESSIONS} sessions into smtp-sink: klaxon median {:.0}/s, smtp-source median {:.0}/s, ratio median {:.2} (target ≥ 0.7)",
+            "SMTP, {SMTP_SESSIONS} sessions into smtp-sink: klaxon median {:.0}/s, smtp-source median {:.0}/s, ratio median {:.2} (target ≥ 0.7); klaxon CPU median {:.0} µs per email",
             median(ours),
             median(theirs),
-            median(ratio)
+            median(ratio),
+            median(cpu_per)
         );
     }
 
     // 6. The whole district, SMS and email together.
     let (mut all, mut sms_s, mut email_s) = (Vec::new(), Vec::new(), Vec::new());
+    let mut district_cpu = Vec::new();
     let mut total = 0;
     for run in 0..runs {
         let sink = start_smtp_sink();
@@ -899,6 +925,7 @@ async fn smtp_scenarios(
         })
         .await;
         let (t0, handed) = fanout_db(&d, http).await;
+        let cpu = cpu_seconds(d.child.id());
         drop(d);
         let secs = |h: &Handed| (h.last_ms - t0) as f64 / 1000.0;
         let last = handed.iter().map(|(_, h)| secs(h)).fold(0.0, f64::max);
@@ -917,15 +944,21 @@ async fn smtp_scenarios(
             email.count,
             secs(email)
         );
+        println!(
+            "  run {run}: klaxon used {cpu:.1} CPU s ({:.0} µs per delivery)",
+            cpu * 1e6 / total as f64
+        );
+        district_cpu.push(cpu * 1e6 / total as f64);
         all.push(last);
         sms_s.push(secs(sms));
         email_s.push(secs(email));
     }
     println!(
-        "whole district, SMS (HTTP) + email (SMTP), {total} deliveries: all handed over median {:.2} s (target ≤ 20); sms median {:.2} s, email median {:.2} s",
+        "whole district, SMS (HTTP) + email (SMTP), {total} deliveries: all handed over median {:.2} s (target ≤ 20); sms median {:.2} s, email median {:.2} s; klaxon CPU median {:.0} µs per delivery",
         median(all),
         median(sms_s),
-        median(email_s)
+        median(email_s),
+        median(district_cpu)
     );
 }
 
