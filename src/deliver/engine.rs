@@ -32,6 +32,12 @@ use crate::supervise::TaskHealth;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 
+/// How long the recorder gathers outcomes into one write. Each commit costs
+/// WAL frames for every index page it touched and an fsync; a longer window
+/// writes a hot page once for more outcomes. Sends do not wait for it (their
+/// permits are freed at the provider's answer), only the outcome's commit.
+const RECORD_WINDOW: Duration = Duration::from_millis(20);
+
 /// Pace a little under the configured rate, so that network jitter between
 /// us and the provider never puts R+1 requests into one of its 1 s windows.
 const PACING_MARGIN: f64 = 0.98;
@@ -720,7 +726,7 @@ impl Engine {
         let mut batch = Vec::with_capacity(2048);
         while let Some(first) = rx.recv().await {
             batch.push(first);
-            let until = tokio::time::Instant::now() + Duration::from_millis(5);
+            let until = tokio::time::Instant::now() + RECORD_WINDOW;
             while batch.len() < 2048 {
                 match tokio::time::timeout_at(until, rx.recv()).await {
                     Ok(Some(o)) => batch.push(o),
