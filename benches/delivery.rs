@@ -43,6 +43,12 @@ use klaxon::store::tokens::{self, ApiRole};
 use klaxon::store::{Store, now_ms};
 
 const BIN: &str = env!("CARGO_BIN_EXE_klaxon");
+
+/// The daemon to measure: `KLAXON_BENCH_BIN` names another build (an older
+/// commit's, for an A/B in the same minutes on a noisy machine).
+fn daemon_bin() -> String {
+    std::env::var("KLAXON_BENCH_BIN").unwrap_or_else(|_| BIN.to_string())
+}
 const SID: &str = "AC0123456789abcdef0123456789abcdef";
 
 /// The loopback provider: answers Twilio's Messages.json and SendGrid's
@@ -288,7 +294,7 @@ async fn daemon_with(
         .await
         .unwrap();
     store.close();
-    let child = Command::new(BIN)
+    let child = Command::new(daemon_bin())
         .arg("--config")
         .arg(dir.join("klaxon.toml"))
         .arg("run")

@@ -38,6 +38,9 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 /// permits are freed at the provider's answer), only the outcome's commit.
 const RECORD_WINDOW: Duration = Duration::from_millis(20);
 
+/// Longest a busy lane waits for more free permits before it claims.
+const CLAIM_GATHER: Duration = Duration::from_millis(4);
+
 /// Pace a little under the configured rate, so that network jitter between
 /// us and the provider never puts R+1 requests into one of its 1 s windows.
 const PACING_MARGIN: f64 = 0.98;
@@ -467,6 +470,15 @@ impl Engine {
                     _ = shutdown.changed() => {}
                 }
                 continue;
+            }
+            // Under load the permits come back one send at a time; a claim per
+            // permit was a writer job (savepoint, often a commit) for a row or
+            // two. Wait a moment for a quarter of them, so claims come in
+            // batches. An idle lane has them all and claims at once.
+            let batch = (concurrency / 4).max(1);
+            let gather = Instant::now() + CLAIM_GATHER;
+            while permits.available_permits() + 1 < batch && Instant::now() < gather {
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             let limit = (permits.available_permits() as i64 + 1).min(max_claim);
             // "Due" is judged when the claim runs on the writer, so a row
