@@ -887,11 +887,11 @@ async fn smtp_scenarios(
         let sink_cpu = cpu_seconds(sink.child.id());
         drop(d);
         let email = &handed.iter().find(|(c, _)| c == "email").unwrap().1;
+        let per_email = cpu * 1e6 / email.count as f64;
         println!(
-            "  run {run}: klaxon used {cpu:.1} CPU s ({:.0} µs per email), smtp-sink {sink_cpu:.1} CPU s",
-            cpu * 1e6 / email.count as f64
+            "  run {run}: klaxon used {cpu:.1} CPU s ({per_email:.0} µs per email), smtp-sink {sink_cpu:.1} CPU s"
         );
-        cpu_per.push(cpu * 1e6 / email.count as f64);
+        cpu_per.push(per_email);
         let span = (email.last_ms - email.first_ms).max(1) as f64 / 1000.0;
         let k = email.count as f64 / span;
         println!(
@@ -950,11 +950,9 @@ async fn smtp_scenarios(
             email.count,
             secs(email)
         );
-        println!(
-            "  run {run}: klaxon used {cpu:.1} CPU s ({:.0} µs per delivery)",
-            cpu * 1e6 / total as f64
-        );
-        district_cpu.push(cpu * 1e6 / total as f64);
+        let per_delivery = cpu * 1e6 / total as f64;
+        println!("  run {run}: klaxon used {cpu:.1} CPU s ({per_delivery:.0} µs per delivery)");
+        district_cpu.push(per_delivery);
         all.push(last);
         sms_s.push(secs(sms));
         email_s.push(secs(email));
