@@ -871,6 +871,95 @@ async fn smtp_pipelines_over_a_few_kept_connections() {
     assert_eq!(t.iter().filter(|l| *l == "RSET").count(), 1);
 }
 
+/// Under load the next message's MAIL, RCPT and DATA go in the same write
+/// as the last one's body (RFC 2920), and a refusal in a carried envelope
+/// touches only its own message.
+#[tokio::test]
+async fn smtp_writes_the_next_envelope_behind_each_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SmtpServer::start().await;
+    server.offer_pipelining();
+    server.reject_recipient("nobody@example.com");
+    let p = std::sync::Arc::new(build(
+        dir.path(),
+        &format!(
+            "{}\nconnections = 1",
+            smtp_toml(dir.path(), server.port(), None)
+        ),
+    ));
+    let mut sends = tokio::task::JoinSet::new();
+    for id in 1..=20 {
+        let p = p.clone();
+        let to = if id == 10 {
+            "nobody@example.com".to_string()
+        } else {
+            format!("parent{id}@example.com")
+        };
+        sends.spawn(async move { (id, p.send(&message(Channel::Email, id, &to)).await) });
+    }
+    while let Some(r) = sends.join_next().await {
+        let (id, r) = r.unwrap();
+        if id == 10 {
+            let (code, reason) = expect_permanent(r);
+            assert_eq!(code, "smtp-5xx", "{reason}");
+        } else {
+            r.expect("accepted");
+        }
+    }
+    let got = server.received();
+    assert_eq!(got.len(), 19);
+    assert_eq!(server.sessions(), 1);
+    let mut to: Vec<&str> = got.iter().map(|m| m.rcpt_to[0].as_str()).collect();
+    to.sort();
+    to.dedup();
+    assert_eq!(to.len(), 19, "each message once");
+    let carried = got.iter().filter(|m| m.carried).count();
+    assert!(
+        carried >= 15,
+        "{carried} of 19 envelopes written behind the previous body"
+    );
+    let t = server.transcript();
+    assert_eq!(t.iter().filter(|l| *l == "RSET").count(), 1);
+}
+
+/// A relay that ends a session after a few messages (421 to the next MAIL):
+/// the message whose envelope met the 421 is sent on a new session, not
+/// failed, and nothing is sent twice; with and without PIPELINING.
+#[tokio::test]
+async fn smtp_session_closed_by_the_relay_loses_nothing() {
+    for pipelining in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = SmtpServer::start().await;
+        if pipelining {
+            server.offer_pipelining();
+        }
+        server.limit_messages_per_session(3);
+        let p = std::sync::Arc::new(build(
+            dir.path(),
+            &format!(
+                "{}\nconnections = 1",
+                smtp_toml(dir.path(), server.port(), None)
+            ),
+        ));
+        let mut sends = tokio::task::JoinSet::new();
+        for id in 1..=10 {
+            let p = p.clone();
+            let to = format!("parent{id}@example.com");
+            sends.spawn(async move { p.send(&message(Channel::Email, id, &to)).await });
+        }
+        while let Some(r) = sends.join_next().await {
+            r.unwrap().expect("accepted");
+        }
+        let got = server.received();
+        let mut to: Vec<&str> = got.iter().map(|m| m.rcpt_to[0].as_str()).collect();
+        to.sort();
+        to.dedup();
+        assert_eq!(to.len(), 10, "pipelining {pipelining}: each message once");
+        assert_eq!(got.len(), 10, "pipelining {pipelining}");
+        assert_eq!(server.sessions(), 4, "pipelining {pipelining}");
+    }
+}
+
 #[tokio::test]
 async fn smtp_mail_manners() {
     let dir = tempfile::tempdir().unwrap();

@@ -47,6 +47,10 @@ pub struct ReceivedMail {
     /// Whether RCPT had already arrived when MAIL was read (the client
     /// pipelined its commands).
     pub pipelined: bool,
+    /// Whether MAIL had already arrived when the previous message's
+    /// end-of-data line was read (the client wrote this envelope behind that
+    /// body, RFC 2920).
+    pub carried: bool,
     /// Which connection (1, 2, …) carried the message.
     pub session: usize,
 }
@@ -90,6 +94,9 @@ struct Inner {
     sessions: std::sync::atomic::AtomicUsize,
     /// The reply to a refused AUTH PLAIN/LOGIN, when not the default 5.7.8.
     password_refusal: Mutex<Option<String>>,
+    /// Messages a session may carry before the next MAIL is answered with
+    /// 421 and the connection closed; 0 for no limit.
+    per_session: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -236,6 +243,15 @@ impl SmtpServer {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// From now on a session takes `n` messages; the next MAIL gets 421 and
+    /// the connection is closed (as relays that limit messages per
+    /// connection do).
+    pub fn limit_messages_per_session(&self, n: usize) {
+        self.inner
+            .per_session
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Connections accepted so far.
     pub fn sessions(&self) -> usize {
         self.inner
@@ -308,6 +324,9 @@ async fn session(
         inner,
     };
     let mut pipelined = false;
+    let mut carried = false;
+    let mut next_buffered = false;
+    let mut taken = 0usize;
     let mut encrypted = false;
     if *lock(&c.inner.mode) == SmtpMode::Unavailable {
         return c
@@ -479,6 +498,15 @@ async fn session(
                     c.reply("501 5.5.4 Syntax: MAIL FROM:<address>").await?;
                     continue;
                 };
+                let limit = c
+                    .inner
+                    .per_session
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                if limit > 0 && taken >= limit {
+                    return c
+                        .reply("421 4.7.0 loopback.test Too many messages, closing channel")
+                        .await;
+                }
                 if helo.is_empty() {
                     c.reply("503 5.5.1 EHLO or HELO first").await?;
                 } else if lock(&c.inner.credentials).is_some() && auth.is_none() {
@@ -491,6 +519,7 @@ async fn session(
                 } else {
                     // Already buffered: the client sent RCPT without waiting.
                     pipelined = !c.stream.buffer().is_empty();
+                    carried = std::mem::take(&mut next_buffered);
                     mail_from = Some(from);
                     rcpt.clear();
                     c.reply("250 2.1.0 Ok").await?;
@@ -529,6 +558,7 @@ async fn session(
                         return Ok(()); // client went away mid-message: nothing is stored
                     };
                     if line == "." {
+                        next_buffered = !c.stream.buffer().is_empty();
                         break;
                     }
                     // RFC 5321 4.5.2: a leading dot was doubled by the client.
@@ -544,8 +574,10 @@ async fn session(
                     data: lines.join("\r\n"),
                     tls: encrypted,
                     pipelined,
+                    carried,
                     session: session_no,
                 };
+                taken += 1;
                 let id = {
                     let mut received = lock(&c.inner.received);
                     received.push(mail);

@@ -464,7 +464,7 @@ impl SmtpProvider {
         let return_path = self.return_path(msg);
         match self
             .client
-            .send(&return_path, to.email.as_ref(), &data)
+            .send(&return_path, to.email.as_ref(), data)
             .await
         {
             Ok(_) => Ok(Accepted {

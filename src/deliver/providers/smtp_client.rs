@@ -5,17 +5,19 @@
 //!
 //! Why not lettre's transport: lettre 0.11 sends MAIL, RCPT and DATA one
 //! round trip at a time and checks every pooled connection with a NOOP before
-//! each message, five round trips a message. Here a message costs two: MAIL +
-//! RCPT + DATA in one write (with PIPELINING), then the body. lettre still
-//! builds the MIME message.
+//! each message, five round trips a message. Here, with PIPELINING, a lone
+//! message costs two (MAIL + RCPT + DATA in one write, then the body), and
+//! under load one: each body is written together with the next waiting
+//! message's envelope, and its reply read together with that envelope's.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine as _;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufStream};
 use tokio::net::TcpStream;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Semaphore, oneshot};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -150,165 +152,289 @@ struct Session {
     pipelining: bool,
     eight_bit: bool,
     smtputf8: bool,
-    idle_since: Instant,
 }
 
-/// The pool: at most `connections` sessions, idle ones reused last-in
-/// first-out (the warmest connection first).
+/// One message waiting for a session, and the caller waiting for its reply.
+struct Job {
+    from: String,
+    to: String,
+    data: Vec<u8>,
+    /// Put back once already after its session died before the relay
+    /// answered its envelope; a second time it fails.
+    retried: bool,
+    done: oneshot::Sender<Result<Reply, ClientError>>,
+}
+
+impl Job {
+    fn finish(self, result: Result<Reply, ClientError>) {
+        let _ = self.done.send(result);
+    }
+}
+
+/// The client: messages queue here and up to `connections` session tasks
+/// take them. A task that has written one message's body and finds another
+/// message waiting writes that one's MAIL, RCPT and DATA in the same write
+/// (RFC 2920 lets a pipelining client send the next envelope without waiting
+/// for the end-of-data reply), so under load a message costs one write and
+/// one read. A lone message is never held back waiting for company.
 pub struct SmtpClient {
+    pool: Arc<Pool>,
+}
+
+struct Pool {
     cfg: ClientConfig,
-    idle: Mutex<Vec<Session>>,
-    permits: Semaphore,
+    state: std::sync::Mutex<PoolState>,
+    /// One permit per queued job; closed when the client is dropped, which
+    /// ends the session tasks.
+    ready: Semaphore,
+}
+
+struct PoolState {
+    jobs: VecDeque<Job>,
+    /// Session tasks running, at most `connections`.
+    live: usize,
+    /// Of those, the ones waiting for a job.
+    waiting: usize,
+}
+
+impl Drop for SmtpClient {
+    fn drop(&mut self) {
+        self.pool.ready.close();
+    }
+}
+
+/// What a transaction left the session fit for.
+enum Fate {
+    /// In step and ready for the next MAIL; carrying the job whose envelope
+    /// was written behind the last body, if any.
+    Keep(Option<Job>),
+    /// Out of step or gone: closed.
+    Drop,
 }
 
 impl SmtpClient {
     pub fn new(cfg: ClientConfig) -> SmtpClient {
-        let permits = Semaphore::new(cfg.connections.max(1));
         SmtpClient {
-            cfg,
-            idle: Mutex::new(Vec::new()),
-            permits,
+            pool: Arc::new(Pool {
+                cfg,
+                state: std::sync::Mutex::new(PoolState {
+                    jobs: VecDeque::new(),
+                    live: 0,
+                    waiting: 0,
+                }),
+                ready: Semaphore::new(0),
+            }),
         }
     }
 
     /// Sends one message to one recipient. `data` is the message with CRLF
     /// line ends, not yet dot-stuffed. Returns the relay's final reply.
-    pub async fn send(&self, from: &str, to: &str, data: &[u8]) -> Result<Reply, ClientError> {
-        let _permit = self
-            .permits
-            .acquire()
+    pub async fn send(&self, from: &str, to: &str, data: Vec<u8>) -> Result<Reply, ClientError> {
+        let (done, reply) = oneshot::channel();
+        self.pool.push(
+            Job {
+                from: from.to_string(),
+                to: to.to_string(),
+                data,
+                retried: false,
+                done,
+            },
+            false,
+        );
+        reply
             .await
-            .map_err(|_| ClientError::Protocol("the SMTP client is closed".into()))?;
-        let reused = self.take_idle().await;
-        let was_reused = reused.is_some();
-        let mut session = match reused {
-            Some(s) => s,
-            None => self.open().await?,
+            .unwrap_or_else(|_| Err(ClientError::Protocol("the SMTP client is closed".into())))
+    }
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        // The state is a queue and two counters, consistent at every unlock.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a job (at the front when it is being retried) and starts a
+    /// session task when every running one is busy.
+    fn push(self: &Arc<Self>, job: Job, front: bool) {
+        let spawn = {
+            let mut st = self.lock();
+            if front {
+                st.jobs.push_front(job);
+            } else {
+                st.jobs.push_back(job);
+            }
+            // Under the lock, so a task deciding to stop sees the permit.
+            self.ready.add_permits(1);
+            let spawn = st.live < self.cfg.connections.max(1) && st.jobs.len() > st.waiting;
+            if spawn {
+                st.live += 1;
+            }
+            spawn
         };
-        match self.transaction(&mut session, from, to, data).await {
-            Ok(reply) => {
-                self.put_back(session).await;
-                Ok(reply)
-            }
-            // A reused session the relay closed while it sat idle: nothing was
-            // accepted, so one fresh session may try again.
-            Err(Attempt::Unused(_)) if was_reused => {
-                let mut session = self.open().await?;
-                match self.transaction(&mut session, from, to, data).await {
-                    Ok(reply) => {
-                        self.put_back(session).await;
-                        Ok(reply)
-                    }
-                    Err(e) => Err(self.after_failure(session, e).await),
-                }
-            }
-            Err(e) => Err(self.after_failure(session, e).await),
+        if spawn {
+            tokio::spawn(self.clone().session_task());
         }
     }
 
-    async fn take_idle(&self) -> Option<Session> {
-        let mut idle = self.idle.lock().await;
-        while let Some(s) = idle.pop() {
-            if s.idle_since.elapsed() < MAX_IDLE {
-                return Some(s);
+    /// Takes a queued job whose caller still waits, if there is one now.
+    fn try_job(&self) -> Option<Job> {
+        let mut st = self.lock();
+        Self::take(&mut st, &self.ready)
+    }
+
+    fn take(st: &mut PoolState, ready: &Semaphore) -> Option<Job> {
+        while let Ok(permit) = ready.try_acquire() {
+            permit.forget();
+            match st.jobs.pop_front() {
+                // A caller that gave up (its future dropped) is not sent.
+                Some(job) if job.done.is_closed() => continue,
+                job => return job,
             }
-            // Too old: dropped (closed) without a round trip.
         }
         None
     }
 
-    async fn put_back(&self, mut session: Session) {
-        session.idle_since = Instant::now();
-        self.idle.lock().await.push(session);
-    }
-
-    /// After a refused transaction the session is reset (RSET) and kept; after
-    /// a broken one it is dropped.
-    async fn after_failure(&self, mut session: Session, e: Attempt) -> ClientError {
-        match e {
-            Attempt::Refused(err) => {
-                let keep = err.reply().is_some_and(|(_, r)| r.code != 421)
-                    && self.reset(&mut session).await.is_ok();
-                if keep {
-                    self.put_back(session).await;
+    /// Waits for a job; `None` when none came for `MAX_IDLE` or the client
+    /// was dropped, and the task should end (closing its session).
+    async fn next_job(&self) -> Option<Job> {
+        loop {
+            self.lock().waiting += 1;
+            let waited = tokio::time::timeout(MAX_IDLE, self.ready.acquire()).await;
+            let mut st = self.lock();
+            st.waiting -= 1;
+            match waited {
+                Ok(Ok(permit)) => {
+                    // Give the permit back and take it with the job, under
+                    // the lock, so permits and jobs stay one to one.
+                    drop(permit);
+                    if let Some(job) = Self::take(&mut st, &self.ready) {
+                        return Some(job);
+                    }
                 }
-                err
+                Ok(Err(_)) | Err(_) => {
+                    // Ending: a job queued as the wait ended is still taken.
+                    let job = Self::take(&mut st, &self.ready);
+                    if job.is_none() {
+                        st.live -= 1;
+                    }
+                    return job;
+                }
             }
-            Attempt::Unused(err) | Attempt::Broken(err) => err,
         }
     }
 
-    async fn reset(&self, s: &mut Session) -> Result<(), ClientError> {
-        s.stream.write_all(b"RSET\r\n").await?;
-        s.stream.flush().await?;
-        let r = self.read_reply(s).await?;
-        if r.code == 250 {
-            Ok(())
+    /// A session task: opens a session when it has a job and keeps it for
+    /// the next, until the queue stays empty for `MAX_IDLE` (relays drop idle
+    /// sessions; Postfix after 300 s).
+    async fn session_task(self: Arc<Self>) {
+        let mut session: Option<Session> = None;
+        let mut carried: Option<Job> = None;
+        loop {
+            // A carried job's envelope is already on the wire.
+            let (job, written) = match carried.take() {
+                Some(job) => (job, true),
+                None => match self.next_job().await {
+                    Some(job) => (job, false),
+                    None => return,
+                },
+            };
+            let (mut s, fresh) = match session.take() {
+                Some(s) => (s, false),
+                None => match self.open().await {
+                    Ok(s) => (s, true),
+                    Err(e) => {
+                        job.finish(Err(e));
+                        continue;
+                    }
+                },
+            };
+            match self.transaction(&mut s, job, written, fresh).await {
+                Fate::Keep(next) => {
+                    session = Some(s);
+                    carried = next;
+                }
+                Fate::Drop => {}
+            }
+        }
+    }
+
+    /// A job whose envelope got no answer at all: nothing was accepted, so
+    /// on a session that may have gone stale (reused, or written behind the
+    /// last body) it is put back once for a fresh session; else it fails.
+    fn unanswered(self: &Arc<Self>, mut job: Job, e: ClientError, may_retry: bool) -> Fate {
+        if may_retry && !job.retried {
+            job.retried = true;
+            self.push(job, true);
         } else {
-            Err(ClientError::Protocol(format!("RSET answered {r}")))
+            job.finish(Err(e));
         }
+        Fate::Drop
     }
 
-    /// MAIL, RCPT and DATA (one write with PIPELINING), then the body.
+    /// One message on `s`: its envelope (unless `written` behind the last
+    /// body), then its body, with the next waiting job's envelope behind it
+    /// when the relay pipelines. The job's result goes to its caller.
     async fn transaction(
-        &self,
+        self: &Arc<Self>,
         s: &mut Session,
-        from: &str,
-        to: &str,
-        data: &[u8],
-    ) -> Result<Reply, Attempt> {
-        let mut params = String::new();
-        if !data.is_ascii() {
-            if !s.eight_bit {
-                return Err(Attempt::Refused(ClientError::Protocol(
-                    "the message has 8-bit content but the relay does not offer 8BITMIME".into(),
-                )));
-            }
-            params.push_str(" BODY=8BITMIME");
-        }
-        if !from.is_ascii() || !to.is_ascii() {
-            if !s.smtputf8 {
-                return Err(Attempt::Refused(ClientError::Protocol(
-                    "the address is not ASCII but the relay does not offer SMTPUTF8".into(),
-                )));
-            }
-            params.push_str(" SMTPUTF8");
-        }
-        let mail = format!("MAIL FROM:<{from}>{params}\r\n");
-        let rcpt = format!("RCPT TO:<{to}>\r\n");
-        // Until the first reply arrives nothing has been accepted: an error
-        // then is `Unused`, and a stale pooled session may be replaced.
-        let mut first = true;
-        let wrap = |first: bool, e: ClientError| {
-            if first {
-                Attempt::Unused(e)
-            } else {
-                Attempt::Broken(e)
+        job: Job,
+        written: bool,
+        fresh: bool,
+    ) -> Fate {
+        let cmds = if written {
+            Vec::new()
+        } else {
+            match envelope(s, &job) {
+                Ok(c) => c,
+                Err(e) => {
+                    job.finish(Err(e));
+                    return Fate::Keep(None);
+                }
             }
         };
-        let mut replies = Vec::with_capacity(3);
-        if s.pipelining {
-            let mut cmds = Vec::with_capacity(mail.len() + rcpt.len() + 6);
-            cmds.extend_from_slice(mail.as_bytes());
-            cmds.extend_from_slice(rcpt.as_bytes());
-            cmds.extend_from_slice(b"DATA\r\n");
-            self.write(s, &cmds).await.map_err(|e| wrap(true, e))?;
-            for _ in 0..3 {
-                let r = self.read_reply(s).await.map_err(|e| wrap(first, e))?;
-                first = false;
-                replies.push(r);
-            }
-        } else {
-            for cmd in [mail.as_bytes(), rcpt.as_bytes(), b"DATA\r\n"] {
-                self.write(s, cmd).await.map_err(|e| wrap(first, e))?;
-                let r = self.read_reply(s).await.map_err(|e| wrap(first, e))?;
-                first = false;
-                let ok = r.code / 100 == 2 || r.code == 354;
-                replies.push(r);
-                if !ok {
-                    break;
+        let replies = if s.pipelining {
+            if !written {
+                if let Err(e) = self.write(s, &cmds).await {
+                    return self.unanswered(job, e, !fresh);
                 }
             }
+            let mut replies = Vec::with_capacity(3);
+            for _ in 0..3 {
+                match self.read_reply(s).await {
+                    // The relay is closing: the rest will not come.
+                    Ok(r) if r.code == 421 => {
+                        replies.push(r);
+                        break;
+                    }
+                    Ok(r) => replies.push(r),
+                    Err(e) if replies.is_empty() => {
+                        return self.unanswered(job, e, !fresh || written);
+                    }
+                    Err(e) => {
+                        job.finish(Err(e));
+                        return Fate::Drop;
+                    }
+                }
+            }
+            replies
+        } else {
+            match self.envelope_step_by_step(s, &cmds).await {
+                Ok(r) => r,
+                Err((e, false)) => return self.unanswered(job, e, !fresh),
+                Err((e, true)) => {
+                    job.finish(Err(e));
+                    return Fate::Drop;
+                }
+            }
+        };
+        // A relay that closes a kept session (a limit on messages or time per
+        // connection) answers the next MAIL with 421: nothing was accepted.
+        if let Some(r) = replies.first().filter(|r| r.code == 421) {
+            let e = ClientError::Refused {
+                step: Step::Mail,
+                reply: r.clone(),
+            };
+            return self.unanswered(job, e, !fresh || written);
         }
         for (i, step) in [Step::Mail, Step::Rcpt, Step::Data].into_iter().enumerate() {
             let Some(r) = replies.get(i) else { break };
@@ -322,32 +448,105 @@ impl SmtpClient {
                 // does not reject DATA without recipients), the session is in
                 // the data phase: drop it rather than send an empty message.
                 let data_open = replies.get(2).is_some_and(|r| r.code == 354);
-                let err = ClientError::Refused {
+                let closing = r.code == 421;
+                job.finish(Err(ClientError::Refused {
                     step,
                     reply: r.clone(),
-                };
-                return Err(if data_open || r.code == 421 {
-                    Attempt::Broken(err)
-                } else {
-                    Attempt::Refused(err)
-                });
+                }));
+                if data_open || closing || self.reset(s).await.is_err() {
+                    return Fate::Drop;
+                }
+                return Fate::Keep(None);
             }
         }
-        let body = dot_stuff(data);
-        self.write(s, &body).await.map_err(Attempt::Broken)?;
-        let r = self.read_reply(s).await.map_err(Attempt::Broken)?;
-        if r.code / 100 == 2 {
-            Ok(r)
+        let mut out = dot_stuff(&job.data);
+        let next = if s.pipelining {
+            self.carry(s, &mut out)
         } else {
-            let err = ClientError::Refused {
-                step: Step::Message,
-                reply: r.clone(),
-            };
-            Err(if r.code == 421 {
-                Attempt::Broken(err)
-            } else {
-                Attempt::Refused(err)
-            })
+            None
+        };
+        let reply = match self.write(s, &out).await {
+            Ok(()) => self.read_reply(s).await,
+            Err(e) => Err(e),
+        };
+        match reply {
+            Ok(r) if r.code / 100 == 2 => {
+                job.finish(Ok(r));
+                Fate::Keep(next)
+            }
+            Ok(r) => {
+                let closing = r.code == 421;
+                job.finish(Err(ClientError::Refused {
+                    step: Step::Message,
+                    reply: r.clone(),
+                }));
+                match next {
+                    Some(n) if closing => self.unanswered(
+                        n,
+                        ClientError::Refused {
+                            step: Step::Message,
+                            reply: r,
+                        },
+                        true,
+                    ),
+                    _ if closing => Fate::Drop,
+                    next => Fate::Keep(next),
+                }
+            }
+            Err(e) => {
+                if let Some(n) = next {
+                    let again = ClientError::Protocol(format!("the session ended: {e}"));
+                    self.unanswered(n, again, true);
+                }
+                job.finish(Err(e));
+                Fate::Drop
+            }
+        }
+    }
+
+    /// Appends the envelope of the next waiting job (one the session can
+    /// carry) to `out`, and returns that job.
+    fn carry(&self, s: &Session, out: &mut Vec<u8>) -> Option<Job> {
+        loop {
+            let job = self.try_job()?;
+            match envelope(s, &job) {
+                Ok(cmds) => {
+                    out.extend_from_slice(&cmds);
+                    return Some(job);
+                }
+                Err(e) => job.finish(Err(e)),
+            }
+        }
+    }
+
+    /// Without PIPELINING: MAIL, RCPT and DATA one at a time, stopping at
+    /// the first refusal. The error says whether the relay answered anything.
+    async fn envelope_step_by_step(
+        &self,
+        s: &mut Session,
+        cmds: &[u8],
+    ) -> Result<Vec<Reply>, (ClientError, bool)> {
+        let mut replies = Vec::with_capacity(3);
+        for cmd in cmds.split_inclusive(|&b| b == b'\n') {
+            let answered = !replies.is_empty();
+            self.write(s, cmd).await.map_err(|e| (e, answered))?;
+            let r = self.read_reply(s).await.map_err(|e| (e, answered))?;
+            let ok = r.code / 100 == 2 || r.code == 354;
+            replies.push(r);
+            if !ok {
+                break;
+            }
+        }
+        Ok(replies)
+    }
+
+    async fn reset(&self, s: &mut Session) -> Result<(), ClientError> {
+        self.write(s, b"RSET\r\n").await?;
+        let r = self.read_reply(s).await?;
+        if r.code == 250 {
+            Ok(())
+        } else {
+            Err(ClientError::Protocol(format!("RSET answered {r}")))
         }
     }
 
@@ -365,7 +564,6 @@ impl SmtpClient {
     async fn read_reply(&self, s: &mut Session) -> Result<Reply, ClientError> {
         read_reply(&mut s.stream, self.cfg.timeout).await
     }
-
     /// Connects, greets, secures and signs in.
     async fn open(&self) -> Result<Session, ClientError> {
         let cfg = &self.cfg;
@@ -415,7 +613,6 @@ impl SmtpClient {
             pipelining: ext.has("PIPELINING"),
             eight_bit: ext.has("8BITMIME"),
             smtputf8: ext.has("SMTPUTF8"),
-            idle_since: Instant::now(),
         })
     }
 
@@ -510,14 +707,34 @@ impl SmtpClient {
     }
 }
 
-/// How far a failed attempt got, which decides what happens to the session.
-enum Attempt {
-    /// Failed before the relay answered anything in this transaction.
-    Unused(ClientError),
-    /// The relay refused; the session is still in step (RSET and reuse it).
-    Refused(ClientError),
-    /// The session is out of step or gone; drop it.
-    Broken(ClientError),
+/// MAIL FROM, RCPT TO and DATA for `job`, as written to the relay.
+fn envelope(s: &Session, job: &Job) -> Result<Vec<u8>, ClientError> {
+    let eight_bit = !job.data.is_ascii();
+    if eight_bit && !s.eight_bit {
+        return Err(ClientError::Protocol(
+            "the message has 8-bit content but the relay does not offer 8BITMIME".into(),
+        ));
+    }
+    let utf8 = !job.from.is_ascii() || !job.to.is_ascii();
+    if utf8 && !s.smtputf8 {
+        return Err(ClientError::Protocol(
+            "the address is not ASCII but the relay does not offer SMTPUTF8".into(),
+        ));
+    }
+    let mut cmds = Vec::with_capacity(job.from.len() + job.to.len() + 64);
+    cmds.extend_from_slice(b"MAIL FROM:<");
+    cmds.extend_from_slice(job.from.as_bytes());
+    cmds.push(b'>');
+    if eight_bit {
+        cmds.extend_from_slice(b" BODY=8BITMIME");
+    }
+    if utf8 {
+        cmds.extend_from_slice(b" SMTPUTF8");
+    }
+    cmds.extend_from_slice(b"\r\nRCPT TO:<");
+    cmds.extend_from_slice(job.to.as_bytes());
+    cmds.extend_from_slice(b">\r\nDATA\r\n");
+    Ok(cmds)
 }
 
 /// EHLO keywords, upper-cased, with their parameters.
