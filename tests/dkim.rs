@@ -205,7 +205,7 @@ async fn signed_mail_verifies_with_an_independent_verifier() {
     );
     // A changed signed header or body must fail; whitespace a relay may
     // add must not (relaxed canonicalisation).
-    let forged_subject = raw.replacen("Escuela Lincoln =?utf-8", "Escuela Roosevelt =?utf-8", 1);
+    let forged_subject = raw.replacen("\r\nSubject: ", "\r\nSubject: Re: ", 1);
     let forged_body = raw.replacen("cerrada", "abierta", 1);
     let relayed = raw
         .replacen("\r\nSubject: ", "\r\nSubject:   ", 1)

@@ -999,6 +999,70 @@ async fn smtp_mail_manners() {
     );
 }
 
+/// The message as a mail reader sees it: Python's own `email` package
+/// (the standard library's RFC 5322 / MIME parser, not ours) reads what the
+/// server received and gives back the decoded subject, sender and parts.
+#[tokio::test]
+async fn smtp_messages_read_back_with_an_independent_mime_parser() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SmtpServer::start().await;
+    let p = build(dir.path(), &smtp_toml(dir.path(), server.port(), None));
+    let mut msg = message(Channel::Email, 9, "parent@example.com");
+    msg.language = "es".into();
+    msg.subject =
+        "Cierre de emergencia: Escuela Lincoln — confirme que recibió este aviso, por favor".into();
+    msg.body = format!(
+        "La escuela está cerrada.\n.Una línea con punto.\nUna línea muy larga: {}\n\nConfirme: {PUBLIC}/a/tok9",
+        "niños a salvo ".repeat(12)
+    );
+    p.send(&msg).await.expect("accepted");
+    let raw = server.received()[0].data.clone();
+    let script = r#"
+import sys, json, email, email.policy
+m = email.message_from_string(sys.stdin.read(), policy=email.policy.default)
+print(json.dumps({
+    "subject": str(m["subject"]),
+    "from": str(m["from"]),
+    "defects": len(m.defects) + sum(len(p.defects) for p in m.walk()),
+    "text": m.get_body(("plain",)).get_content(),
+    "html": m.get_body(("html",)).get_content(),
+}))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(raw.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["subject"], msg.subject.as_str());
+    assert_eq!(got["from"], "Example ISD Alerts <alerts@example-isd.org>");
+    assert_eq!(got["defects"], 0, "{raw}");
+    assert_eq!(
+        got["text"]
+            .as_str()
+            .unwrap()
+            .replace("\r\n", "\n")
+            .trim_end(),
+        msg.body
+    );
+    let html = got["html"].as_str().unwrap();
+    assert!(html.contains("<p>La escuela está cerrada.<br>"), "{html}");
+    assert!(
+        html.contains(&format!("href=\"{PUBLIC}/a/tok9\"")),
+        "{html}"
+    );
+}
+
 fn xoauth2_toml(dir: &Path, smtp_port: u16, token_url: &str, grant: &str) -> String {
     format!(
         r#"{}

@@ -107,7 +107,7 @@ impl DkimSigner {
     }
 
     /// The message with a DKIM-Signature header in front. `message` is the
-    /// whole message with CRLF line ends, as lettre formats it.
+    /// whole message with CRLF line ends, as `mime` formats it.
     pub fn sign(&self, message: &[u8], now_secs: i64) -> Result<Vec<u8>, String> {
         let text = std::str::from_utf8(message).map_err(|_| "the message is not UTF-8")?;
         let (head, body) = match text.find("\r\n\r\n") {

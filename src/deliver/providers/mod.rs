@@ -7,6 +7,7 @@
 
 pub mod dkim;
 pub mod log;
+pub mod mime;
 pub mod sendgrid;
 pub mod smtp;
 pub mod smtp_client;

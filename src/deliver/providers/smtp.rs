@@ -11,9 +11,7 @@ use std::path::PathBuf;
 
 use std::sync::Arc;
 
-use lettre::Message;
-use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::Mailbox;
 use serde::Deserialize;
 use tokio_rustls::rustls;
 
@@ -21,6 +19,7 @@ use crate::config::{Dur, Issues, relative_to};
 use crate::deliver::bounce::{BounceMailbox, BouncesConfig, ImapLogin, ImapTls, RETURN_PATH_LOCAL};
 use crate::deliver::message::{Accepted, OutboundMessage, SendError};
 use crate::deliver::providers::dkim::DkimSigner;
+use crate::deliver::providers::mime;
 use crate::deliver::providers::smtp_client::{
     ClientConfig, ClientError, Login, Security, SmtpClient, Step,
 };
@@ -489,56 +488,28 @@ pub fn build_message(
     to: Mailbox,
     message_id: &str,
 ) -> Result<Vec<u8>, SendError> {
-    let html = msg.html.clone().unwrap_or_else(|| render_html(msg));
-    let raw = |name: &'static str, value: String| {
-        HeaderValue::new(HeaderName::new_from_ascii_str(name), value)
+    let html = match &msg.html {
+        Some(h) => std::borrow::Cow::Borrowed(h.as_str()),
+        None => std::borrow::Cow::Owned(render_html(msg)),
     };
-    // The envelope given, not derived: deriving it parses the From and To
-    // headers back out of their text, a sixth of the per-message work.
-    // (Our SMTP client sends its own MAIL FROM and RCPT TO.)
-    let envelope = lettre::address::Envelope::new(Some(from.email.clone()), vec![to.email.clone()])
-        .map_err(|e| SendError::Permanent {
-            code: "invalid-address".into(),
-            reason: format!("cannot address the email: {e}"),
-        })?;
-    let mut builder = Message::builder()
-        .envelope(envelope)
-        .from(from.clone())
-        .to(to)
-        .subject(msg.subject.clone())
-        .message_id(Some(message_id.to_string()))
-        // RFC 3834: automatic replies (out-of-office) must not answer this.
-        .raw_header(raw("Auto-Submitted", "auto-generated".into()));
-    if is_language_tag(&msg.language) {
-        builder = builder.raw_header(raw("Content-Language", msg.language.clone()));
+    // RFC 2369 / 8058 ask bulk senders for it; an emergency notice must
+    // never look like something one can unsubscribe from.
+    let unsubscribe = (msg.severity == Severity::Routine)
+        .then(|| format!("<mailto:{}?subject=unsubscribe>", from.email));
+    let from_header = mime::mailbox(from.name.as_deref(), from.email.as_ref());
+    let to_header = mime::mailbox(to.name.as_deref(), to.email.as_ref());
+    Ok(mime::Mime {
+        from: &from_header,
+        to: &to_header,
+        subject: &msg.subject,
+        message_id,
+        language: is_language_tag(&msg.language).then_some(msg.language.as_str()),
+        list_unsubscribe: unsubscribe.as_deref(),
+        text: &msg.body,
+        html: &html,
+        date: crate::store::now_ms() / 1000,
     }
-    if msg.severity == Severity::Routine {
-        // RFC 2369 / 8058 ask bulk senders for it; an emergency notice must
-        // never look like something one can unsubscribe from.
-        builder = builder.raw_header(raw(
-            "List-Unsubscribe",
-            format!("<mailto:{}?subject=unsubscribe>", from.email),
-        ));
-    }
-    let email = builder
-        .multipart(
-            MultiPart::alternative()
-                .singlepart(
-                    SinglePart::builder()
-                        .header(ContentType::TEXT_PLAIN)
-                        .body(msg.body.clone()),
-                )
-                .singlepart(
-                    SinglePart::builder()
-                        .header(ContentType::TEXT_HTML)
-                        .body(html),
-                ),
-        )
-        .map_err(|e| SendError::Permanent {
-            code: "invalid-message".into(),
-            reason: format!("cannot build the email: {e}"),
-        })?;
-    Ok(email.formatted())
+    .render())
 }
 
 /// A BCP 47 tag as we store them ("en", "es-MX", "zh-Hant"): letters, digits
