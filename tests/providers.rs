@@ -922,6 +922,42 @@ async fn smtp_writes_the_next_envelope_behind_each_body() {
     assert_eq!(t.iter().filter(|l| *l == "RSET").count(), 1);
 }
 
+/// Sessions left idle after a burst wait for the next message; one sent
+/// after the lull goes out at once on a kept session (no new connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_a_message_after_a_lull_goes_out_on_a_kept_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = SmtpServer::start().await;
+    server.offer_pipelining();
+    let p = std::sync::Arc::new(build(
+        dir.path(),
+        &format!(
+            "{}\nconnections = 4",
+            smtp_toml(dir.path(), server.port(), None)
+        ),
+    ));
+    for round in 0..3 {
+        let mut sends = tokio::task::JoinSet::new();
+        for i in 0..12 {
+            let p = p.clone();
+            let id = round * 100 + i;
+            let to = format!("parent{id}@example.com");
+            sends.spawn(async move { p.send(&message(Channel::Email, id, &to)).await });
+        }
+        while let Some(r) = sends.join_next().await {
+            r.unwrap().expect("accepted");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let lone = message(Channel::Email, round * 100 + 99, "late@example.com");
+        tokio::time::timeout(Duration::from_secs(5), p.send(&lone))
+            .await
+            .expect("sent within 5 s of a lull")
+            .expect("accepted");
+    }
+    assert_eq!(server.received().len(), 39);
+    assert!(server.sessions() <= 4, "{} sessions", server.sessions());
+}
+
 /// A relay that ends a session after a few messages (421 to the next MAIL):
 /// the message whose envelope met the 421 is sent on a new session, not
 /// failed, and nothing is sent twice; with and without PIPELINING.

@@ -304,11 +304,12 @@ impl Pool {
             st.waiting -= 1;
             match waited {
                 Ok(Ok(permit)) => {
-                    // Give the permit back and take it with the job, under
-                    // the lock, so permits and jobs stay one to one.
-                    drop(permit);
-                    if let Some(job) = Self::take(&mut st, &self.ready) {
-                        return Some(job);
+                    // Spent with its job. (Dropping it instead would hand it
+                    // to the next waiting task, not back to us.)
+                    permit.forget();
+                    match st.jobs.pop_front() {
+                        Some(job) if !job.done.is_closed() => return Some(job),
+                        _ => continue,
                     }
                 }
                 Ok(Err(_)) | Err(_) => {
