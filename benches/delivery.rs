@@ -13,7 +13,9 @@
 //! 5. SMTP: klaxon's `smtp` provider against Postfix's `smtp-sink`, beside
 //!    Postfix's own `smtp-source` into the same sink with the same session
 //!    count (target ≥ 0.7 × smtp-source), and the cost of building one
-//!    message (MIME);
+//!    message (MIME); then klaxon's SMTP client alone (messages built in the
+//!    benchmark process, no store, no engine) beside smtp-source again, to
+//!    tell the transport's share from the rest;
 //! 6. the whole district through a Twilio-shaped HTTP server (SMS) and
 //!    `smtp-sink` (email) together: trigger → last hand-over (target ≤ 20 s).
 //!
@@ -22,8 +24,9 @@
 //!
 //! Each scenario runs several times on a fresh store; medians are reported.
 //! Set `KLAXON_BENCH_STUDENTS` and `KLAXON_BENCH_RUNS` to scale it down,
-//! `KLAXON_BENCH_ONLY=smtp` to run parts 5 and 6 alone (`district`: 6 alone), `KLAXON_BENCH_ONLY=rate`
-//! part 3 (the rate limit and the capacity estimate's error) alone.
+//! `KLAXON_BENCH_ONLY=smtp` to run parts 5 and 6 alone (`district`: 6 alone,
+//! `transport`: the SMTP client alone), `KLAXON_BENCH_ONLY=rate` part 3 (the
+//! rate limit and the capacity estimate's error) alone.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -455,10 +458,10 @@ async fn main() {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    // KLAXON_BENCH_ONLY=smtp runs parts 5 and 6 alone, =district part 6.
+    // KLAXON_BENCH_ONLY=smtp runs parts 5 and 6 alone, =district part 6, =transport the SMTP client alone.
     if matches!(
         std::env::var("KLAXON_BENCH_ONLY").as_deref(),
-        Ok("smtp" | "district")
+        Ok("smtp" | "district" | "transport")
     ) {
         smtp_scenarios(root.path(), &sis_db, sink_addr, &http, runs).await;
         return;
@@ -854,6 +857,58 @@ fn mime_cost() -> (f64, usize) {
     (t.elapsed().as_secs_f64() * 1e6 / n as f64, size)
 }
 
+/// Messages per second klaxon's SMTP client alone (no store, no engine)
+/// hands to the sink: `n` messages built by `build_message` for one
+/// recipient each, 64 sends at once over `SMTP_SESSIONS` sessions, as the
+/// daemon's email lane does. The transport's share of part 5.
+async fn smtp_client_rate(port: u16, n: usize) -> f64 {
+    use klaxon::deliver::message::OutboundMessage;
+    use klaxon::deliver::providers::smtp::build_message;
+    use klaxon::deliver::providers::smtp_client::{ClientConfig, Login, Security, SmtpClient};
+    let client = Arc::new(SmtpClient::new(ClientConfig {
+        host: "127.0.0.1".into(),
+        port,
+        security: Security::Plain,
+        login: Login::None,
+        helo_name: "bench.example".into(),
+        timeout: Duration::from_secs(20),
+        connections: SMTP_SESSIONS,
+    }));
+    let from: lettre::message::Mailbox = "Bench ISD <alerts@bench.example>".parse().unwrap();
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    let t = Instant::now();
+    let mut sends = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let permit = limit.clone().acquire_owned().await.unwrap();
+        let (client, from) = (client.clone(), from.clone());
+        sends.spawn(async move {
+            let to = format!("parent{i}@bench.example");
+            let msg = OutboundMessage {
+                delivery_id: i as i64,
+                alert_id: 1,
+                channel: klaxon::domain::Channel::Email,
+                to: to.clone(),
+                language: "en".into(),
+                subject: "Bench: Lincoln Elementary".into(),
+                body: format!("LOCKDOWN at Lincoln Elementary. Students are safe inside; doors stay locked until police clear the building. Do not come to the school. Confirm: http://127.0.0.1/a/{i:032x}"),
+                html: None,
+                ack_url: format!("http://127.0.0.1/a/{i:032x}"),
+                speech: String::new(),
+                severity: klaxon::playbook::Severity::Emergency,
+                bounce_tag: None,
+            };
+            let data = build_message(&msg, &from, to.parse().unwrap(), &format!("<klaxon.1.{i}@bench.example>")).unwrap();
+            let r = client.send("alerts@bench.example", &to, data).await;
+            drop(permit);
+            r.expect("smtp-sink accepts")
+        });
+    }
+    while let Some(r) = sends.join_next().await {
+        r.unwrap();
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
 /// Parts 5 and 6 (see the module comment).
 async fn smtp_scenarios(
     root: &Path,
@@ -870,11 +925,33 @@ async fn smtp_scenarios(
     }
     let (us, size) = mime_cost();
     println!("MIME assembly: {us:.1} µs per message ({size} bytes)");
+    // KLAXON_BENCH_ONLY=transport: the SMTP client alone beside
+    // smtp-source, `runs` times, nothing else.
+    if std::env::var("KLAXON_BENCH_ONLY").as_deref() == Ok("transport") {
+        let n = 77_921;
+        let mut r = Vec::new();
+        for run in 0..runs {
+            let sink = start_smtp_sink();
+            let c = smtp_client_rate(sink.port, n).await;
+            let src = smtp_source_rate(sink.port, n, size);
+            println!(
+                "  run {run}: klaxon's SMTP client {c:.0}/s, smtp-source {src:.0}/s, ratio {:.2}",
+                c / src
+            );
+            r.push(c / src);
+        }
+        println!(
+            "SMTP transport alone: ratio to smtp-source median {:.2}",
+            median(r)
+        );
+        return;
+    }
 
     // 5. klaxon vs smtp-source into the same sink, same session count
     // (KLAXON_BENCH_ONLY=district skips it and runs 6 alone).
     let (mut ours, mut theirs, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
     let mut cpu_per = Vec::new();
+    let (mut client_rate, mut client_ratio) = (Vec::new(), Vec::new());
     let only_district = std::env::var("KLAXON_BENCH_ONLY").as_deref() == Ok("district");
     for run in 0..if only_district { 0 } else { runs } {
         let sink = start_smtp_sink();
@@ -909,6 +986,15 @@ async fn smtp_scenarios(
         ours.push(k);
         theirs.push(src);
         ratio.push(k / src);
+        // The transport alone, then smtp-source again, same sink.
+        let c = smtp_client_rate(sink.port, email.count).await;
+        let src2 = smtp_source_rate(sink.port, email.count, size);
+        println!(
+            "  run {run}: klaxon's SMTP client alone (no store) {c:.0}/s, smtp-source {src2:.0}/s, ratio {:.2}",
+            c / src2
+        );
+        client_ratio.push(c / src2);
+        client_rate.push(c);
     }
     if !only_district {
         println!(
@@ -917,6 +1003,11 @@ async fn smtp_scenarios(
             median(theirs),
             median(ratio),
             median(cpu_per)
+        );
+        println!(
+            "SMTP transport alone ({SMTP_SESSIONS} sessions, messages built in the benchmark, no store): klaxon's client median {:.0}/s, ratio to smtp-source median {:.2}",
+            median(client_rate),
+            median(client_ratio)
         );
     }
 
