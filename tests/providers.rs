@@ -821,8 +821,10 @@ async fn smtp_starttls_with_private_ca_and_auth() {
     assert_eq!(server.received().len(), 1);
 }
 
-#[tokio::test]
-async fn smtp_pipelines_over_a_few_kept_connections() {
+/// Twenty sends at once over `connections` sessions of a pipelining
+/// server that refuses the tenth recipient: that one fails as permanent,
+/// the others are accepted. Returns the server to look at.
+async fn twenty_sends_one_refused(connections: usize) -> SmtpServer {
     let dir = tempfile::tempdir().unwrap();
     let server = SmtpServer::start().await;
     server.offer_pipelining();
@@ -830,7 +832,7 @@ async fn smtp_pipelines_over_a_few_kept_connections() {
     let p = std::sync::Arc::new(build(
         dir.path(),
         &format!(
-            "{}\nconnections = 2",
+            "{}\nconnections = {connections}",
             smtp_toml(dir.path(), server.port(), None)
         ),
     ));
@@ -856,19 +858,33 @@ async fn smtp_pipelines_over_a_few_kept_connections() {
     }
     let got = server.received();
     assert_eq!(got.len(), 19);
+    let mut to: Vec<&str> = got.iter().map(|m| m.rcpt_to[0].as_str()).collect();
+    to.sort();
+    to.dedup();
+    assert_eq!(to.len(), 19, "each message once");
+    // One RSET, after the refused recipient; none between good messages.
+    let t = server.transcript();
+    assert_eq!(t.iter().filter(|l| *l == "RSET").count(), 1);
+    assert!(!t.iter().any(|l| l == "NOOP"), "no NOOP per message");
+    server
+}
+
+#[tokio::test]
+async fn smtp_pipelines_over_a_few_kept_connections() {
+    let server = twenty_sends_one_refused(2).await;
     assert!(
-        got.iter().all(|m| m.pipelined),
+        server.received().iter().all(|m| m.pipelined),
         "MAIL, RCPT, DATA in one write"
     );
     assert!(server.sessions() <= 2, "{} sessions", server.sessions());
-    let t = server.transcript();
     assert_eq!(
-        t.iter().filter(|l| l.starts_with("EHLO")).count(),
+        server
+            .transcript()
+            .iter()
+            .filter(|l| l.starts_with("EHLO"))
+            .count(),
         server.sessions()
     );
-    assert!(!t.iter().any(|l| l == "NOOP"), "no NOOP per message");
-    // One RSET, after the refused recipient; none between good messages.
-    assert_eq!(t.iter().filter(|l| *l == "RSET").count(), 1);
 }
 
 /// Under load the next message's MAIL, RCPT and DATA go in the same write
@@ -876,86 +892,13 @@ async fn smtp_pipelines_over_a_few_kept_connections() {
 /// touches only its own message.
 #[tokio::test]
 async fn smtp_writes_the_next_envelope_behind_each_body() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SmtpServer::start().await;
-    server.offer_pipelining();
-    server.reject_recipient("nobody@example.com");
-    let p = std::sync::Arc::new(build(
-        dir.path(),
-        &format!(
-            "{}\nconnections = 1",
-            smtp_toml(dir.path(), server.port(), None)
-        ),
-    ));
-    let mut sends = tokio::task::JoinSet::new();
-    for id in 1..=20 {
-        let p = p.clone();
-        let to = if id == 10 {
-            "nobody@example.com".to_string()
-        } else {
-            format!("parent{id}@example.com")
-        };
-        sends.spawn(async move { (id, p.send(&message(Channel::Email, id, &to)).await) });
-    }
-    while let Some(r) = sends.join_next().await {
-        let (id, r) = r.unwrap();
-        if id == 10 {
-            let (code, reason) = expect_permanent(r);
-            assert_eq!(code, "smtp-5xx", "{reason}");
-        } else {
-            r.expect("accepted");
-        }
-    }
-    let got = server.received();
-    assert_eq!(got.len(), 19);
+    let server = twenty_sends_one_refused(1).await;
     assert_eq!(server.sessions(), 1);
-    let mut to: Vec<&str> = got.iter().map(|m| m.rcpt_to[0].as_str()).collect();
-    to.sort();
-    to.dedup();
-    assert_eq!(to.len(), 19, "each message once");
-    let carried = got.iter().filter(|m| m.carried).count();
+    let carried = server.received().iter().filter(|m| m.carried).count();
     assert!(
         carried >= 15,
         "{carried} of 19 envelopes written behind the previous body"
     );
-    let t = server.transcript();
-    assert_eq!(t.iter().filter(|l| *l == "RSET").count(), 1);
-}
-
-/// Sessions left idle after a burst wait for the next message; one sent
-/// after the lull goes out at once on a kept session (no new connection).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn smtp_a_message_after_a_lull_goes_out_on_a_kept_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = SmtpServer::start().await;
-    server.offer_pipelining();
-    let p = std::sync::Arc::new(build(
-        dir.path(),
-        &format!(
-            "{}\nconnections = 4",
-            smtp_toml(dir.path(), server.port(), None)
-        ),
-    ));
-    for round in 0..3 {
-        let mut sends = tokio::task::JoinSet::new();
-        for i in 0..12 {
-            let p = p.clone();
-            let id = round * 100 + i;
-            let to = format!("parent{id}@example.com");
-            sends.spawn(async move { p.send(&message(Channel::Email, id, &to)).await });
-        }
-        while let Some(r) = sends.join_next().await {
-            r.unwrap().expect("accepted");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let lone = message(Channel::Email, round * 100 + 99, "late@example.com");
-        tokio::time::timeout(Duration::from_secs(5), p.send(&lone))
-            .await
-            .expect("sent within 5 s of a lull")
-            .expect("accepted");
-    }
-    assert_eq!(server.received().len(), 39);
-    assert!(server.sessions() <= 4, "{} sessions", server.sessions());
 }
 
 /// A relay that ends a session after a few messages (421 to the next MAIL):

@@ -356,6 +356,7 @@ fn load_config(path: &Option<PathBuf>) -> anyhow::Result<Config> {
 /// Entry point for `main`: runs the command, prints an error in one
 /// readable paragraph (never a backtrace) and maps it to an exit code.
 pub fn main() -> ExitCode {
+    crate::store::configure_sqlite();
     std::panic::set_hook(Box::new(|info| {
         eprintln!(
             "klaxon: internal error: {info}\nThis is a bug; please report it with the command you ran."
