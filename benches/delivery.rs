@@ -691,6 +691,11 @@ fn smtp_source_rate(port: u16, n: usize, length: usize) -> f64 {
 /// Twilio-shaped sink when `sms` is set.
 fn smtp_config(dir: &Path, port: u16, sink: SocketAddr, smtp_port: u16, sms: bool) -> String {
     let sync = std::env::var("KLAXON_BENCH_SYNC").unwrap_or_else(|_| "full".into());
+    // `[delivery] concurrency` for parts 5 and 6 (sends in flight per provider).
+    let concurrency: usize = std::env::var("KLAXON_BENCH_CONCURRENCY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128);
     std::fs::write(dir.join("twilio.token"), "bench-token").unwrap();
     let (channels, twilio) = if sms {
         (
@@ -722,7 +727,7 @@ dir = "state"
 synchronous = "{sync}"
 
 [delivery]
-concurrency = 128
+concurrency = {concurrency}
 {twilio}
 [[providers]]
 name = "relay-bench"
