@@ -90,7 +90,8 @@ pub struct SmtpConfig {
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// SMTP sessions kept open to the relay at once; each carries one message
-    /// at a time, pipelined where the relay offers PIPELINING.
+    /// at a time and, where the relay offers PIPELINING, writes the next
+    /// waiting message's envelope behind the current body.
     #[serde(default = "default_connections")]
     pub connections: usize,
     /// `"password"` (default) or `"xoauth2"`.
