@@ -831,25 +831,33 @@ async fn fanout_db(d: &Daemon, http: &reqwest::Client) -> (i64, Vec<(String, Han
     (t0, per_channel)
 }
 
-/// Microseconds to build one email (MIME, text and HTML parts).
-fn mime_cost() -> (f64, usize) {
-    use klaxon::deliver::message::OutboundMessage;
-    use klaxon::deliver::providers::smtp::build_message;
-    let from: lettre::message::Mailbox = "Bench ISD <alerts@bench.example>".parse().unwrap();
-    let msg = OutboundMessage {
-        delivery_id: 1,
+/// The email the SMTP parts measure, for recipient `i`: a lockdown notice
+/// with a 128-bit link, the size of the daemon's.
+fn bench_email(i: usize) -> klaxon::deliver::message::OutboundMessage {
+    let link = format!("http://127.0.0.1/a/{i:032x}");
+    klaxon::deliver::message::OutboundMessage {
+        delivery_id: i as i64,
         alert_id: 1,
         channel: klaxon::domain::Channel::Email,
-        to: "parent@bench.example".into(),
+        to: format!("parent{i}@bench.example"),
         language: "en".into(),
         subject: "Bench: Lincoln Elementary".into(),
-        body: "LOCKDOWN at Lincoln Elementary. Students are safe inside; doors stay locked until police clear the building. Do not come to the school. Confirm: http://127.0.0.1/a/0123456789abcdef0123456789abcdef".into(),
+        body: format!(
+            "LOCKDOWN at Lincoln Elementary. Students are safe inside; doors stay locked until police clear the building. Do not come to the school. Confirm: {link}"
+        ),
         html: None,
-        ack_url: "http://127.0.0.1/a/0123456789abcdef0123456789abcdef".into(),
+        ack_url: link,
         speech: String::new(),
         severity: klaxon::playbook::Severity::Emergency,
         bounce_tag: None,
-    };
+    }
+}
+
+/// Microseconds to build one email (MIME, text and HTML parts).
+fn mime_cost() -> (f64, usize) {
+    use klaxon::deliver::providers::smtp::build_message;
+    let from: lettre::message::Mailbox = "Bench ISD <alerts@bench.example>".parse().unwrap();
+    let msg = bench_email(1);
     let n = 20_000;
     let t = Instant::now();
     let mut size = 0;
@@ -867,7 +875,6 @@ fn mime_cost() -> (f64, usize) {
 /// recipient each, 64 sends at once over `SMTP_SESSIONS` sessions, as the
 /// daemon's email lane does. The transport's share of part 5.
 async fn smtp_client_rate(port: u16, n: usize) -> f64 {
-    use klaxon::deliver::message::OutboundMessage;
     use klaxon::deliver::providers::smtp::build_message;
     use klaxon::deliver::providers::smtp_client::{ClientConfig, Login, Security, SmtpClient};
     let client = Arc::new(SmtpClient::new(ClientConfig {
@@ -887,22 +894,15 @@ async fn smtp_client_rate(port: u16, n: usize) -> f64 {
         let permit = limit.clone().acquire_owned().await.unwrap();
         let (client, from) = (client.clone(), from.clone());
         sends.spawn(async move {
-            let to = format!("parent{i}@bench.example");
-            let msg = OutboundMessage {
-                delivery_id: i as i64,
-                alert_id: 1,
-                channel: klaxon::domain::Channel::Email,
-                to: to.clone(),
-                language: "en".into(),
-                subject: "Bench: Lincoln Elementary".into(),
-                body: format!("LOCKDOWN at Lincoln Elementary. Students are safe inside; doors stay locked until police clear the building. Do not come to the school. Confirm: http://127.0.0.1/a/{i:032x}"),
-                html: None,
-                ack_url: format!("http://127.0.0.1/a/{i:032x}"),
-                speech: String::new(),
-                severity: klaxon::playbook::Severity::Emergency,
-                bounce_tag: None,
-            };
-            let data = build_message(&msg, &from, to.parse().unwrap(), &format!("<klaxon.1.{i}@bench.example>")).unwrap();
+            let msg = bench_email(i);
+            let to = msg.to.clone();
+            let data = build_message(
+                &msg,
+                &from,
+                to.parse().unwrap(),
+                &format!("<klaxon.1.{i}@bench.example>"),
+            )
+            .unwrap();
             let r = client.send("alerts@bench.example", &to, data).await;
             drop(permit);
             r.expect("smtp-sink accepts")

@@ -565,6 +565,7 @@ impl Pool {
     async fn read_reply(&self, s: &mut Session) -> Result<Reply, ClientError> {
         read_reply(&mut s.stream, self.cfg.timeout).await
     }
+
     /// Connects, greets, secures and signs in.
     async fn open(&self) -> Result<Session, ClientError> {
         let cfg = &self.cfg;
