@@ -130,10 +130,7 @@ impl AckToken {
 
     /// What the store keeps: SHA-256, hex.
     pub fn hash(&self) -> String {
-        Sha256::digest(self.0.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        super::text::hex(&Sha256::digest(self.0.as_bytes()))
     }
 }
 

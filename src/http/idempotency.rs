@@ -24,7 +24,7 @@ const MAX_KEY: usize = 255;
 const MAX_BODY: usize = 1 << 20;
 
 fn hex(d: impl AsRef<[u8]>) -> String {
-    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::domain::text::hex(d.as_ref())
 }
 
 pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {

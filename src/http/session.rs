@@ -314,7 +314,7 @@ impl FromRequestParts<Arc<AppState>> for Operator {
                             .chain_update(state.ack_key.as_bytes())
                             .chain_update(bearer.as_bytes())
                             .finalize();
-                        d.iter().map(|b| format!("{b:02x}")).collect()
+                        crate::domain::text::hex(&d)
                     },
                 }),
                 _ => Err(message_page(

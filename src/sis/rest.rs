@@ -585,7 +585,7 @@ impl Puller {
                     let ts = jiff::Timestamp::now().as_second().max(0) as u64;
                     let mut nonce = [0u8; 16];
                     let _ = getrandom::fill(&mut nonce);
-                    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+                    let nonce: String = crate::domain::text::hex(&nonce);
                     oauth1_header(
                         &parsed,
                         &self.cfg.client_id,

@@ -169,7 +169,7 @@ pub fn entry_hash(e: &AuditEntry) -> String {
         h.update(f.as_bytes());
         h.update(b",");
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    crate::domain::text::hex(&h.finalize())
 }
 
 /// Appends an entry to the chain.

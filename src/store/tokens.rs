@@ -48,7 +48,7 @@ pub struct Caller {
 
 pub fn hash(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    crate::domain::text::hex(&digest)
 }
 
 /// A new random token: `klx_` and 32 random bytes, base64url (256 bits).

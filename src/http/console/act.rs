@@ -429,6 +429,7 @@ async fn preview_of(state: &AppState, req: &TriggerRequest) -> Result<Preview, S
             language: lang.clone(),
             students_json: "[]".into(),
             escalation: false,
+            priority: 0,
         };
         *segs = state
             .engine
