@@ -319,9 +319,14 @@ pub fn add_recipients(
         "INSERT OR IGNORE INTO recipients (id, alert_id, person_id, role, name, language, students, addresses, token)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    let mut upd_r = conn.prepare_cached(
-        "UPDATE recipients SET students = ?3 WHERE alert_id = ?1 AND person_id = ?2 RETURNING id",
+    // A person already there (the first wave, or a chunk written again):
+    // read their row, and rewrite the children only when they changed. No
+    // `UPDATE … RETURNING`: SQLite runs RETURNING as a trigger, with a
+    // statement journal per row inside our savepoints.
+    let mut had_r = conn.prepare_cached(
+        "SELECT id, students FROM recipients WHERE alert_id = ?1 AND person_id = ?2",
     )?;
+    let mut upd_r = conn.prepare_cached("UPDATE recipients SET students = ?2 WHERE id = ?1")?;
     // The children again as rows, for the console's lists and breakdown.
     let mut ins_s = conn.prepare_cached(
         "INSERT OR IGNORE INTO alert_students (alert_id, student_id, recipient_id, name, school_id, school_name, grade)
@@ -360,9 +365,14 @@ pub fn add_recipients(
             token.hash()
         ])?;
         if inserted == 0 {
-            let rid: i64 =
-                upd_r.query_row(params![alert_id.0, r.person_id, students], |row| row.get(0))?;
-            children(rid, r)?;
+            let (rid, had): (i64, String) = had_r
+                .query_row(params![alert_id.0, r.person_id], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+            if had != students {
+                upd_r.execute(params![rid, students])?;
+                children(rid, r)?;
+            }
             continue;
         }
         let rid = next_id;
