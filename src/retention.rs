@@ -105,7 +105,7 @@ pub async fn run_once(sv: &Services, now: i64) -> Result<RunReport, StoreError> 
     loop {
         let n = sv
             .store
-            .write(move |c| retention::prune_outbox(c, outbox_cutoff, CHUNK * 5))
+            .write_bulk(move |c| retention::prune_outbox(c, outbox_cutoff, CHUNK * 5))
             .await?;
         report.outbox += n;
         if n < CHUNK * 5 {
@@ -145,7 +145,7 @@ async fn purge_alert(sv: &Services, alert: i64, now: i64) -> Result<Purged, Stor
     loop {
         let p = sv
             .store
-            .write(move |c| retention::purge_chunk(c, alert, CHUNK))
+            .write_bulk(move |c| retention::purge_chunk(c, alert, CHUNK))
             .await?;
         total.add(p);
         if p.recipients < CHUNK {

@@ -217,7 +217,7 @@ fn freeze(store_dir: &Path) -> Result<PathBuf, TriggerError> {
     let name = format!(
         "alert-{}-{}.db",
         crate::clock::Clock::system().now_ms(),
-        rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        crate::domain::text::hex(&rnd)
     );
     let snap = dir.join(name);
     if std::fs::hard_link(&current, &snap).is_err() {
@@ -628,7 +628,7 @@ async fn complete(
         let (f, key, now, store) = (f.clone(), sv.ack_key.clone(), sv.now_ms(), sv.store.clone());
         in_flight.push_back(tokio::spawn(async move {
             store
-                .write(move |c| alerts::add_recipients(c, id, now, &f, &key, &chunk))
+                .write_bulk(move |c| alerts::add_recipients(c, id, now, &f, &key, &chunk))
                 .await
         }));
         if in_flight.len() >= WRITES_IN_FLIGHT {
@@ -644,8 +644,10 @@ async fn complete(
 /// Chunk writes queued at the store at once. One at a time, each chunk
 /// waited for its own commit (a round trip behind the lanes' claims and
 /// outcomes) before the next was sent, and writing a district's audience
-/// took 20 s; queued together, the writer commits them in its batches.
-/// Each is idempotent and checks for a cancel, so their order does not matter.
+/// took 20 s; queued together, the writer always has the next one. They
+/// are bulk writes: the writer runs one between its batches of claims,
+/// outcomes and acknowledgements, which wait for one chunk at most. Each is
+/// idempotent and checks for a cancel, so their order does not matter.
 const WRITES_IN_FLIGHT: usize = 4;
 
 type ChunkWrite = tokio::task::JoinHandle<Result<(i64, i64), StoreError>>;
@@ -1039,7 +1041,7 @@ async fn complete_follow_up(
         let (f2, now) = (f.clone(), sv.now_ms());
         let (last, added) = sv
             .store
-            .write(move |c| {
+            .write_bulk(move |c| {
                 alerts::add_follow_up_chunk(c, follow, original, after, CHUNK as i64, now, &f2)
             })
             .await?;
