@@ -479,3 +479,88 @@ en = "Newsletter: {{ link }}"
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_puts_rows_claimed_ahead_back_in_the_queue() {
+    // Two sends in flight, each answered after 1.5 s: the lane claims two
+    // more ahead of them, which are not sent when the daemon stops.
+    let export = generated_export(40, 9);
+    let tw = TwilioServer::start(SID, "tok").await;
+    tw.faults().set_delay(Duration::from_millis(1500));
+    let secrets = tempfile::tempdir().unwrap();
+    let tf = token_file(secrets.path(), "t", "tok");
+    let dir = tempfile::tempdir().unwrap();
+    // A messaging service and no `max_per_second`: a lane without a rate
+    // limit, the kind that claims ahead.
+    let provider = twilio_section("twilio-main", SID, &tw.url(), &tf, "+15555550100", None)
+        .replace(
+            "from = [\"+15555550100\"]",
+            "messaging_service_sid = \"MG0123456789abcdef0123456789abcdef\"",
+        )
+        .replace("channels = [\"sms\", \"voice\"]", "channels = [\"sms\"]");
+    assert!(provider.contains("messaging_service_sid"));
+    let config = format!(
+        "{}{}",
+        provider,
+        SMS_ONLY
+            .replace(
+                "[delivery]\nrequest_timeout = \"1s\"",
+                "[delivery]\nconcurrency = 2\nrequest_timeout = \"5s\""
+            )
+            .replace("escalate = \"voice\"\n", "")
+    );
+    assert!(config.contains("concurrency = 2"));
+    std::fs::write(dir.path().join("klaxon.toml"), config_text(&config)).unwrap();
+    import(dir.path(), export.path());
+    let admin = make_token(dir.path(), ApiRole::Admin).await;
+    let viewer = make_token(dir.path(), ApiRole::Viewer).await;
+    let app = start(dir, admin, viewer).await;
+    let id = trigger_sms(&app, json!({})).await;
+    let claimed = || -> i64 {
+        app.db()
+            .query_row(
+                "SELECT count(*) FROM deliveries WHERE alert_id = ?1 AND state = 'sending'",
+                [id],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while claimed() < 4 {
+        assert!(
+            std::time::Instant::now() < until,
+            "the lane never claimed ahead"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (dir, _, _) = app.stop().await;
+    let db = rusqlite::Connection::open(dir.path().join("state/klaxon.db")).unwrap();
+    let count = |state: &str| -> i64 {
+        db.query_row(
+            "SELECT count(*) FROM deliveries WHERE alert_id = ?1 AND state = ?2",
+            rusqlite::params![id, state],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        count("sending"),
+        0,
+        "nothing stays claimed after a clean stop"
+    );
+    let sent = count("sent");
+    assert_eq!(
+        sent as usize,
+        tw.requests().len(),
+        "what went out is recorded, and only that"
+    );
+    let total: i64 = db
+        .query_row(
+            "SELECT count(*) FROM deliveries WHERE alert_id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(total > sent + 2, "{sent} of {total} sent");
+    assert_eq!(count("queued"), total - sent, "the rest waits in the queue");
+}

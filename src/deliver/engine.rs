@@ -6,7 +6,7 @@
 //! Invariant: the engine keeps no state that matters after a crash. Claims and
 //! outcomes are rows; breakers and limiters are rebuilt at start-up.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,8 +26,8 @@ use crate::deliver::providers::Provider;
 use crate::deliver::render::Renderer;
 use crate::domain::Channel;
 use crate::metrics::Metrics;
-use crate::store::Store;
 use crate::store::deliveries::{self, Claimed, Outcome};
+use crate::store::{Store, StoreError};
 use crate::supervise::TaskHealth;
 
 type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
@@ -38,8 +38,8 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 /// permits are freed at the provider's answer), only the outcome's commit.
 const RECORD_WINDOW: Duration = Duration::from_millis(20);
 
-/// Longest a busy lane waits for more free permits before it claims.
-const CLAIM_GATHER: Duration = Duration::from_millis(4);
+/// Most rows one claim takes.
+const MAX_CLAIM: usize = 500;
 
 /// Pace a little under the configured rate, so that network jitter between
 /// us and the provider never puts R+1 requests into one of its 1 s windows.
@@ -450,88 +450,124 @@ impl Engine {
             concurrency = concurrency.min(((rate * 0.5).ceil() as usize).max(2));
         }
         let permits = Arc::new(Semaphore::new(concurrency));
-        let max_claim = concurrency.min(500) as i64;
+        // Claimed rows wait here for a permit. The next claim runs on the
+        // writer while these are sent: a lane that claimed only when its
+        // permits came back sat idle for every claim's round trip, and
+        // during a fan-out's materialization that round trip is long.
+        // At most `ahead` more rows than can be in flight are claimed: as
+        // many again on a channel without rate limits, none on a rate-limited
+        // one, whose limiter is its pace anyway (there, rows claimed ahead
+        // were only more work to go out after a cancel).
+        let ahead = if all_limited { 0 } else { concurrency };
+        let budget = concurrency + ahead;
+        let mut ready: VecDeque<Claimed> = VecDeque::with_capacity(budget);
+        let mut claiming: Option<JoinHandle<Result<Vec<Claimed>, StoreError>>> = None;
+        // The last claim found nothing due: wait for a kick or the next due row.
+        let mut dry: Option<Instant> = None;
+        let batch = (budget / 4).max(1);
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            while tasks.try_join_next().is_some() {}
-            let first = tokio::select! {
-                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                _ = shutdown.changed() => continue,
-            };
-            // Every provider of the channel is cooling off: leave the rows
-            // queued (no attempt spent) until the first one reopens.
-            if let Some(until) = Self::all_blocked_until(&slots, Instant::now()) {
-                drop(first);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(until) => {}
-                    _ = shutdown.changed() => {}
+            let in_flight = concurrency - permits.available_permits();
+            let room = budget.saturating_sub(in_flight + ready.len());
+            // Claim in batches: a claim per returned permit was a writer
+            // job (savepoint, often a commit) for a row or two.
+            if claiming.is_none()
+                && dry.is_none()
+                && (room >= batch || (room > 0 && ready.is_empty()))
+            {
+                // Every provider of the channel is cooling off: leave the rows
+                // queued (no attempt spent) until the first one reopens.
+                if let Some(until) = Self::all_blocked_until(&slots, Instant::now()) {
+                    if ready.is_empty() {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(until) => {}
+                            _ = shutdown.changed() => {}
+                        }
+                        continue;
+                    }
+                } else {
+                    let limit = room.clamp(1, MAX_CLAIM) as i64;
+                    // "Due" is judged when the claim runs on the writer, so a row
+                    // committed just before it is never missed.
+                    let (store, clock) = (self.store.clone(), self.clock.clone());
+                    claiming = Some(tokio::spawn(async move {
+                        store
+                            .write(move |c| deliveries::claim(c, channel, clock.now_ms(), limit))
+                            .await
+                    }));
                 }
-                continue;
             }
-            // Under load the permits come back one send at a time; a claim per
-            // permit was a writer job (savepoint, often a commit) for a row or
-            // two. Wait a moment for a quarter of them, so claims come in
-            // batches. An idle lane has them all and claims at once.
-            let batch = (concurrency / 4).max(1);
-            let gather = Instant::now() + CLAIM_GATHER;
-            while permits.available_permits() + 1 < batch && Instant::now() < gather {
-                tokio::time::sleep(Duration::from_millis(1)).await;
+            tokio::select! {
+                r = async { claiming.as_mut().expect("guarded").await }, if claiming.is_some() => {
+                    claiming = None;
+                    match r {
+                        Ok(Ok(rows)) if rows.is_empty() => {
+                            let next = self
+                                .store
+                                .read(move |c| deliveries::next_due(c, channel))
+                                .await
+                                .ok()
+                                .flatten();
+                            let wait = next
+                                .map(|t| Duration::from_millis((t - self.clock.now_ms()).clamp(0, 1000) as u64))
+                                .unwrap_or(Duration::from_secs(1));
+                            dry = Some(Instant::now() + wait);
+                        }
+                        Ok(Ok(rows)) => {
+                            // An emergency claimed now goes ahead of the
+                            // routine rows already waiting (a stable sort:
+                            // each priority keeps its order).
+                            ready.extend(rows);
+                            ready.make_contiguous().sort_by_key(|c| c.priority);
+                        }
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, %channel, "Cannot claim deliveries; retrying in 1 s.");
+                            dry = Some(Instant::now() + Duration::from_secs(1));
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, %channel, "A claim stopped; retrying in 1 s.");
+                            dry = Some(Instant::now() + Duration::from_secs(1));
+                        }
+                    }
+                }
+                p = permits.clone().acquire_owned(), if !ready.is_empty() => {
+                    let Ok(permit) = p else { break };
+                    let c = ready.pop_front().expect("guarded");
+                    let engine = self.clone();
+                    let slots = slots.clone();
+                    let results = results.clone();
+                    tasks.spawn(async move {
+                        let outcome = engine.send_one(&slots, &c).await;
+                        let _ = results.send((c.id, outcome));
+                        drop(permit);
+                    });
+                }
+                // A send finished: its permit is back, so there may be room.
+                _ = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = wake.notified(), if dry.is_some() => dry = None,
+                _ = tokio::time::sleep_until(dry.unwrap_or_else(Instant::now)), if dry.is_some() => dry = None,
+                _ = shutdown.changed() => {}
             }
-            let limit = (permits.available_permits() as i64 + 1).min(max_claim);
-            // "Due" is judged when the claim runs on the writer, so a row
-            // committed just before it is never missed.
-            let clock = self.clock.clone();
-            let claimed = match self
+        }
+        // Rows claimed but not sent go back to the queue now, not at the
+        // next start's recovery; a claim still running is waited for first.
+        if let Some(h) = claiming.take()
+            && let Ok(Ok(rows)) = h.await
+        {
+            ready.extend(rows);
+        }
+        if !ready.is_empty() {
+            let ids: Vec<i64> = ready.iter().map(|c| c.id).collect();
+            let now = self.clock.now_ms();
+            if let Err(e) = self
                 .store
-                .write(move |c| deliveries::claim(c, channel, clock.now_ms(), limit))
+                .write(move |c| deliveries::unclaim(c, &ids, now))
                 .await
             {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, %channel, "Cannot claim deliveries; retrying in 1 s.");
-                    drop(first);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
-                }
-            };
-            if claimed.is_empty() {
-                drop(first);
-                let next = self
-                    .store
-                    .read(move |c| deliveries::next_due(c, channel))
-                    .await
-                    .ok()
-                    .flatten();
-                let wait = next
-                    .map(|t| Duration::from_millis((t - self.clock.now_ms()).clamp(0, 1000) as u64))
-                    .unwrap_or(Duration::from_secs(1));
-                tokio::select! {
-                    _ = wake.notified() => {}
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.changed() => {}
-                }
-                continue;
-            }
-            let mut first = Some(first);
-            for c in claimed {
-                let permit = match first.take() {
-                    Some(p) => p,
-                    None => match permits.clone().acquire_owned().await {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                };
-                let engine = self.clone();
-                let slots = slots.clone();
-                let results = results.clone();
-                tasks.spawn(async move {
-                    let outcome = engine.send_one(&slots, &c).await;
-                    let _ = results.send((c.id, outcome));
-                    drop(permit);
-                });
+                tracing::warn!(error = %e, %channel, "Claimed rows not sent stay claimed until the next start puts them back.");
             }
         }
         // Finish what is in flight so its outcome is recorded, not re-sent.

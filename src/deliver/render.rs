@@ -287,6 +287,7 @@ mod tests {
             language: lang.into(),
             students_json: students.into(),
             escalation: false,
+            priority: 0,
         }
     }
 

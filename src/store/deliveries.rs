@@ -44,6 +44,8 @@ pub struct Claimed {
     pub language: String,
     pub students_json: String,
     pub escalation: bool,
+    /// The alert's priority (lower goes first), to order rows claimed ahead.
+    pub priority: i64,
 }
 
 /// One row marked by `claim`, before its alert and recipient are joined in.
@@ -187,9 +189,24 @@ pub fn claim(
             language,
             students_json,
             escalation: row.escalation,
+            priority: row.priority,
         });
     }
     Ok(out)
+}
+
+/// Puts claimed rows that were never sent back in the queue: a lane that
+/// stops with rows in hand. Returns how many went back.
+pub fn unclaim(conn: &Connection, ids: &[i64], now: i64) -> Result<usize, StoreError> {
+    let mut back = conn.prepare_cached(
+        "UPDATE deliveries SET state = 'queued', next_attempt_at = ?2, updated_at = ?2
+         WHERE id = ?1 AND state = 'sending'",
+    )?;
+    let mut n = 0;
+    for id in ids {
+        n += back.execute(params![id, now])?;
+    }
+    Ok(n)
 }
 
 /// The earliest time a queued delivery of this channel becomes due.
