@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 
 use super::ApiError;
 use crate::app::AppState;
+use crate::domain::text::hex;
 use crate::store::idempotency::{self, Slot};
 
 /// Longest key accepted (the IETF draft's keys are UUIDs).
@@ -22,10 +23,6 @@ const MAX_KEY: usize = 255;
 
 /// Largest request or answer body handled here; the API's bodies are small.
 const MAX_BODY: usize = 1 << 20;
-
-fn hex(d: impl AsRef<[u8]>) -> String {
-    crate::domain::text::hex(d.as_ref())
-}
 
 pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(raw) = req.headers().get("idempotency-key") else {
@@ -56,14 +53,14 @@ pub async fn layer(State(state): State<Arc<AppState>>, req: Request, next: Next)
                 .into_response();
         }
     };
-    let slot_key = hex(Sha256::new()
+    let slot_key = hex(&Sha256::new()
         .chain_update(&who)
         .chain_update([0])
         .chain_update(route.as_bytes())
         .chain_update([0])
         .chain_update(key.as_bytes())
         .finalize());
-    let fingerprint = hex(Sha256::new()
+    let fingerprint = hex(&Sha256::new()
         .chain_update(route.as_bytes())
         .chain_update([0])
         .chain_update(&body)

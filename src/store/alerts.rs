@@ -322,7 +322,7 @@ pub fn add_recipients(
     // A person already there (the first wave, or a chunk written again):
     // read their row, and rewrite the children only when they changed. No
     // `UPDATE … RETURNING`: SQLite runs RETURNING as a trigger, with a
-    // statement journal per row inside our savepoints.
+    // statement journal per row.
     let mut had_r = conn.prepare_cached(
         "SELECT id, students FROM recipients WHERE alert_id = ?1 AND person_id = ?2",
     )?;

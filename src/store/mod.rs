@@ -248,9 +248,11 @@ impl Store {
     }
 
     /// As `write`, for a large write nobody waits on in a hurry (an
-    /// audience chunk). The writer runs at most one such write per
-    /// transaction, after the others queued, so claims, outcomes and
-    /// acknowledgements are not held behind a fan-out's materialization.
+    /// audience chunk). The writer runs such writes one at a time, each
+    /// alone in a transaction of its own, between batches of the others, so
+    /// claims, outcomes and acknowledgements are not held behind a
+    /// fan-out's materialization. `f` runs without a savepoint; if it fails,
+    /// its whole transaction is rolled back.
     pub async fn write_bulk<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -457,7 +459,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, behavior: Tran
     use std::collections::VecDeque;
     let mut ordinary: VecDeque<JobFn> = VecDeque::with_capacity(MAX_BATCH);
     let mut bulk: VecDeque<JobFn> = VecDeque::new();
-    let mut batch: VecDeque<JobFn> = VecDeque::with_capacity(MAX_BATCH + 1);
+    let mut alone: VecDeque<JobFn> = VecDeque::with_capacity(1);
     let take = |j: Job, ordinary: &mut VecDeque<JobFn>, bulk: &mut VecDeque<JobFn>| {
         if j.bulk {
             bulk.push_back(j.run)
@@ -478,16 +480,13 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, behavior: Tran
                 Err(_) => break,
             }
         }
-        let n = ordinary.len().min(MAX_BATCH);
-        batch.extend(ordinary.drain(..n));
-        while !batch.is_empty() {
-            run_batch(&mut conn, &mut batch, behavior, false);
+        // At most MAX_BATCH ordinary writes are ever queued here.
+        while !ordinary.is_empty() {
+            run_batch(&mut conn, &mut ordinary, behavior, false);
         }
-        if let Some(b) = bulk.pop_front() {
-            batch.push_back(b);
-            while !batch.is_empty() {
-                run_batch(&mut conn, &mut batch, behavior, true);
-            }
+        alone.extend(bulk.pop_front());
+        while !alone.is_empty() {
+            run_batch(&mut conn, &mut alone, behavior, true);
         }
     }
 }
@@ -533,26 +532,25 @@ fn run_batch(
             break;
         }
     }
-    let committed = if lost {
+    // `unplanned`: a failure the operator should hear about.
+    let (committed, unplanned) = if lost {
         drop(txn);
-        Err("SQLite rolled the whole transaction back (disk full or I/O error)".to_string())
+        let why = "SQLite rolled the whole transaction back (disk full or I/O error)";
+        (Err(why.to_string()), true)
     } else if undo {
         // The write failed half-way: keep none of it. Its caller already
         // holds its own error; the completion's argument is not read.
         if let Err(e) = txn.rollback() {
             tracing::error!(error = %e, "Rolling a failed write back failed.");
         }
-        return finish_batch(completions, Err("rolled back".into()), false);
+        (Err("rolled back".to_string()), false)
     } else {
-        txn.commit().map_err(|e| e.to_string())
+        let c = txn.commit().map_err(|e| e.to_string());
+        let failed = c.is_err();
+        (c, failed)
     };
-    finish_batch(completions, committed, true);
-}
-
-/// Tells each caller of a batch how its transaction ended.
-fn finish_batch(completions: Vec<Completion>, committed: Result<(), String>, report: bool) {
     if let Err(e) = &committed
-        && report
+        && unplanned
     {
         tracing::error!(error = %e, writes = completions.len(), "Store commit failed; callers are told nothing was saved.");
     }
