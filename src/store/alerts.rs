@@ -362,7 +362,7 @@ pub fn add_recipients(
             r.language,
             students,
             addresses,
-            token.hash()
+            token.stored(RecipientId(next_id))
         ])?;
         if inserted == 0 {
             let (rid, had): (i64, String) = had_r
@@ -1115,15 +1115,20 @@ pub fn recipient_by_token(
     if let Some((token, id)) = AckToken::verify(key, presented) {
         return Ok(conn
             .prepare_cached(&format!(
-                "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE id = ?1 AND token = ?2"
+                "SELECT {RECIPIENT_COLUMNS} FROM recipients WHERE id = ?1 AND token IN (?2, ?3)"
             ))?
-            .query_row(params![id.0, token.hash()], recipient_from_row)
+            .query_row(
+                params![id.0, token.stored(id), token.hash()],
+                recipient_from_row,
+            )
             .optional()?);
     }
     // Links from before derived tokens were stored as they were sent. What is
-    // stored now is a SHA-256 (64 hex digits): presenting that must open
+    // stored now is a SHA-256 (64 hex digits), with the recipient id in front
+    // (80) since the token index was ordered: presenting either must open
     // nothing, or a copy of the database would hand out working links.
-    let looks_like_hash = presented.len() == 64 && presented.bytes().all(|b| b.is_ascii_hexdigit());
+    let looks_like_hash = matches!(presented.len(), 64 | 80)
+        && presented.bytes().all(|b| b.is_ascii_hexdigit());
     if looks_like_hash {
         return Ok(None);
     }
