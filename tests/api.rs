@@ -626,8 +626,8 @@ async fn the_stored_hash_of_a_link_is_not_a_link() {
         .expect("a link was sent");
     // A link carries its recipient's id in its first 8 bytes.
     let token = sent.rsplit('/').next().unwrap();
-    let raw = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token)
-        .unwrap();
+    let raw =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, token).unwrap();
     let rid = i64::from_be_bytes(raw[..8].try_into().unwrap());
     let hash: String = app
         .db()

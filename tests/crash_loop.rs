@@ -229,14 +229,15 @@ path = "outbox.jsonl"
     assert!(duplicates <= in_flight_bound, "{duplicates} duplicates");
     for link in &answered {
         let t = link.rsplit('/').next().unwrap();
-        // The store keeps only the token's SHA-256.
+        // The store keeps only the token's SHA-256, after the recipient id
+        // (16 hex digits).
         let hash: String = sha2::Sha256::digest(t.as_bytes())
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
         let at: Option<i64> = db
             .query_row(
-                "SELECT acked_at FROM recipients WHERE token = ?1",
+                "SELECT acked_at FROM recipients WHERE substr(token, 17) = ?1",
                 [hash],
                 |r| r.get(0),
             )

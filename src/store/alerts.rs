@@ -1127,8 +1127,8 @@ pub fn recipient_by_token(
     // stored now is a SHA-256 (64 hex digits), with the recipient id in front
     // (80) since the token index was ordered: presenting either must open
     // nothing, or a copy of the database would hand out working links.
-    let looks_like_hash = matches!(presented.len(), 64 | 80)
-        && presented.bytes().all(|b| b.is_ascii_hexdigit());
+    let looks_like_hash =
+        matches!(presented.len(), 64 | 80) && presented.bytes().all(|b| b.is_ascii_hexdigit());
     if looks_like_hash {
         return Ok(None);
     }

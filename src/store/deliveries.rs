@@ -514,7 +514,7 @@ pub fn contactability(conn: &Connection) -> Result<Vec<ContactProblem>, StoreErr
          GROUP BY r.person_id, d.channel, d.address
          UNION ALL
          SELECT r.person_id, r.name, 'sms', o.address, 'opt-out', 'replied STOP: no SMS (emergencies still call and email)', o.at, 0
-         FROM opt_outs o JOIN recipients r ON r.id = (SELECT d.recipient_id FROM deliveries d WHERE d.address = o.address ORDER BY d.id DESC LIMIT 1)
+         FROM opt_outs o JOIN recipients r ON r.id = (SELECT d.recipient_id FROM deliveries d WHERE d.address = o.address AND d.channel IN ('sms', 'voice') ORDER BY d.id DESC LIMIT 1)
          UNION ALL
          SELECT r.person_id, r.name, 'email', c.address, c.code, coalesce(c.reason, 'marked an alert as spam: their mail provider may hide the next one'), c.at, 0
          FROM email_complaints c JOIN deliveries d ON d.id = c.delivery_id JOIN recipients r ON r.id = d.recipient_id

@@ -43,14 +43,15 @@ pub fn sharing(
 ) -> Result<Vec<RecipientId>, StoreError> {
     let mut st = conn.prepare_cached(
         "SELECT DISTINCT d.recipient_id FROM deliveries d JOIN recipients r ON r.id = d.recipient_id
-         WHERE r.alert_id = ?1 AND d.address = ?2 ORDER BY d.recipient_id",
+         WHERE r.alert_id = ?1 AND d.address = ?2 AND d.channel IN ('sms', 'voice') ORDER BY d.recipient_id",
     )?;
     let rows = st.query_map(params![alert.0, phone], |r| Ok(RecipientId(r.get(0)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// The newest alert (any state) that sent to `address`, with the recipient
-/// it was for: where a message that is not a confirmation is filed.
+/// The newest alert (any state) that sent to the phone number `address`, with
+/// the recipient it was for: where a message that is not a confirmation is
+/// filed.
 pub fn latest_for(
     conn: &Connection,
     address: &str,
@@ -58,7 +59,7 @@ pub fn latest_for(
     Ok(conn
         .prepare_cached(
             "SELECT r.alert_id, d.recipient_id FROM deliveries d JOIN recipients r ON r.id = d.recipient_id
-             WHERE d.address = ?1 ORDER BY r.alert_id DESC, d.id DESC LIMIT 1",
+             WHERE d.address = ?1 AND d.channel IN ('sms', 'voice') ORDER BY r.alert_id DESC, d.id DESC LIMIT 1",
         )?
         .query_row([address], |r| Ok((AlertId(r.get(0)?), RecipientId(r.get(1)?))))
         .optional()?)

@@ -362,6 +362,16 @@ const MIGRATIONS: &[&str] = &[
     -- Answers per choice and students in conflict, from the index alone.
     CREATE INDEX pickups_choice ON pickups (alert_id, student_id, choice);
     "#,
+    // 15 (email at district scale, issue 11): addresses arrive in no order,
+    // so an index on every delivery's address put one random page in the
+    // WAL for each delivery written. Only phone numbers are looked up by
+    // address (replies, shared phones, opt-outs); an address is otherwise
+    // asked about only once it proved undeliverable, and few do.
+    r#"
+    DROP INDEX deliveries_address;
+    CREATE INDEX deliveries_phone ON deliveries (address) WHERE channel IN ('sms', 'voice');
+    CREATE INDEX deliveries_undeliverable ON deliveries (address) WHERE state = 'undeliverable';
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -408,6 +418,43 @@ mod tests {
             plan.iter().any(|p| p.contains("deliveries_provider_msg")),
             "{plan:?}"
         );
+    }
+
+    fn plan(conn: &Connection, sql: &str) -> String {
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
+            .join("; ")
+    }
+
+    /// Every lookup by address has an index, though only phone numbers and
+    /// undeliverable addresses are indexed: each query names the index's
+    /// condition, or SQLite would scan every delivery.
+    #[test]
+    fn lookups_by_address_use_the_narrow_indexes() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        for (sql, index) in [
+            (
+                "SELECT r.alert_id FROM deliveries d JOIN recipients r ON r.id = d.recipient_id \
+                 WHERE d.address = 'x' AND d.channel IN ('sms', 'voice') ORDER BY r.alert_id DESC LIMIT 1",
+                "deliveries_phone",
+            ),
+            (
+                "SELECT d.recipient_id FROM deliveries d WHERE d.address = 'x' AND d.channel IN ('sms', 'voice') ORDER BY d.id DESC LIMIT 1",
+                "deliveries_phone",
+            ),
+            (
+                "SELECT 1 FROM deliveries WHERE address = 'x' AND state = 'undeliverable' LIMIT 1",
+                "deliveries_undeliverable",
+            ),
+        ] {
+            let p = plan(&conn, sql);
+            assert!(p.contains(index), "{sql}: {p}");
+        }
     }
 
     #[test]
