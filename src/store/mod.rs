@@ -195,8 +195,12 @@ impl Store {
         )?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // The writer keeps the hot pages of the outbox and its indexes in
-        // memory during a fan-out (grows on demand, up to 64 MiB).
-        conn.pragma_update(None, "cache_size", -65536)?;
+        // memory during a fan-out (grows on demand, up to 16 MiB). Not more:
+        // when a b-tree split reorders its new pages, SQLite parks one at a
+        // page number far past the end of the file, and the commit then
+        // walks the whole page-cache hash to drop it, a walk as long as the
+        // cache is large (9% of the writer with 64 MiB).
+        conn.pragma_update(None, "cache_size", -16384)?;
         // Every write runs in a savepoint of its own; the pages it changes
         // are first copied to the statement journal. In a file (the default
         // beyond 64 KiB) that was a fifth of the writer's time in pwrite.
