@@ -58,7 +58,6 @@ struct ClaimRow {
     last_provider: Option<String>,
     escalation: bool,
     priority: i64,
-    due: i64,
 }
 
 /// The alert fields a claimed delivery needs, read once per alert and batch.
@@ -86,15 +85,16 @@ pub fn claim(
     now: i64,
     limit: i64,
 ) -> Result<Vec<Claimed>, StoreError> {
-    // One statement marks the batch; RETURNING does not keep the ORDER BY,
-    // so the rows are put back in priority order below.
-    let mut rows: Vec<ClaimRow> = conn
+    // The batch is read, then marked row by row. Not one `UPDATE …
+    // RETURNING`: SQLite runs RETURNING as a trigger, and inside our
+    // savepoints that keeps a statement journal, each page the claim touched
+    // copied first (the claim was a sixth of the writer in a fan-out).
+    let rows: Vec<ClaimRow> = conn
         .prepare_cached(
             // First attempts are always due: a wall-clock step back must not stall a new alert.
-            "UPDATE deliveries SET state = 'sending', updated_at = ?2
-             WHERE id IN (SELECT id FROM deliveries WHERE state = 'queued' AND channel = ?1 AND (next_attempt_at <= ?2 OR attempts = 0)
-                          ORDER BY priority, next_attempt_at, id LIMIT ?3)
-             RETURNING id, alert_id, recipient_id, address, attempts, provider, escalation, priority, next_attempt_at",
+            "SELECT id, alert_id, recipient_id, address, attempts, provider, escalation, priority
+             FROM deliveries WHERE state = 'queued' AND channel = ?1 AND (next_attempt_at <= ?2 OR attempts = 0)
+             ORDER BY priority, next_attempt_at, id LIMIT ?3",
         )?
         .query_map(params![channel.as_str(), now, limit], |r| {
             Ok(ClaimRow {
@@ -106,11 +106,14 @@ pub fn claim(
                 last_provider: r.get(5)?,
                 escalation: r.get(6)?,
                 priority: r.get(7)?,
-                due: r.get(8)?,
             })
         })?
         .collect::<Result<_, _>>()?;
-    rows.sort_by_key(|r| (r.priority, r.due, r.id));
+    let mut mark = conn
+        .prepare_cached("UPDATE deliveries SET state = 'sending', updated_at = ?2 WHERE id = ?1")?;
+    for row in &rows {
+        mark.execute(params![row.id, now])?;
+    }
     let mut alerts: std::collections::HashMap<i64, AlertPart> = std::collections::HashMap::new();
     let mut alert_q = conn.prepare_cached(
         "SELECT playbook, title, message, drill, ack_deadline, place, released_at, escalate_until,
