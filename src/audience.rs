@@ -1074,7 +1074,12 @@ mod tests {
         let runs: Vec<&[u32]> = key_runs(&keys).collect();
         assert_eq!(
             runs,
-            vec![&[1, 2, 3, 5, 8][..], &[40, 41], &[1000], &[5000, 5001, 5002]]
+            vec![
+                &[1, 2, 3, 5, 8][..],
+                &[40, 41],
+                &[1000],
+                &[5000, 5001, 5002]
+            ]
         );
         assert_eq!(key_runs(&[]).count(), 0);
     }
@@ -1109,9 +1114,17 @@ mod tests {
         for start in (0..plan.len()).step_by(37) {
             chunked.extend(plan.recipients(&conn, start..start + 37).unwrap());
         }
-        chunked.sort_by(|a, b| a.role.cmp(&b.role).then_with(|| a.person_id.cmp(&b.person_id)));
+        chunked.sort_by(|a, b| {
+            a.role
+                .cmp(&b.role)
+                .then_with(|| a.person_id.cmp(&b.person_id))
+        });
         assert_eq!(chunked.len(), whole.recipients.len());
-        assert!(chunked.iter().any(|r| !r.students.is_empty() && !r.addresses.is_empty()));
+        assert!(
+            chunked
+                .iter()
+                .any(|r| !r.students.is_empty() && !r.addresses.is_empty())
+        );
         assert_eq!(chunked, whole.recipients);
     }
 }
