@@ -68,10 +68,15 @@ en = "LOCKDOWN at {{ school }}. Confirm: {{ link }}"
 "#;
 
 async fn app_with(providers: &str, export: Option<&Path>) -> TestApp {
+    app_with_settings(providers, SMS_ONLY, export).await
+}
+
+/// `app_with`, with `settings` (delivery and playbooks) in place of `SMS_ONLY`.
+async fn app_with_settings(providers: &str, settings: &str, export: Option<&Path>) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("klaxon.toml"),
-        config_text(&format!("{providers}{SMS_ONLY}")),
+        config_text(&format!("{providers}{settings}")),
     )
     .unwrap();
     import(dir.path(), export.unwrap_or(Path::new(common::FIXTURE)));
@@ -336,7 +341,12 @@ async fn the_rate_limit_holds_in_every_one_second_window() {
     let secrets = tempfile::tempdir().unwrap();
     let tf = token_file(secrets.path(), "t", "tok");
     let rate = 25.0;
-    let app = app_with(
+    // A request that outlives `request_timeout` is retried, and the provider
+    // may already have taken it: a second text. The 1 s of the other tests
+    // can pass on a loaded two-core machine; this test is about the pace.
+    let settings = SMS_ONLY.replace("request_timeout = \"1s\"", "request_timeout = \"10s\"");
+    assert!(settings.contains("\"10s\""));
+    let app = app_with_settings(
         &twilio_section(
             "twilio-main",
             SID,
@@ -345,6 +355,7 @@ async fn the_rate_limit_holds_in_every_one_second_window() {
             "+15555550100",
             Some(rate),
         ),
+        &settings,
         Some(export.path()),
     )
     .await;
@@ -354,8 +365,8 @@ async fn the_rate_limit_holds_in_every_one_second_window() {
     assert!(sent > 60, "enough messages to measure: {s}");
     let requests = tw.requests();
     let times: Vec<_> = requests.iter().map(|r| r.at).collect();
-    // Seen once under a loaded full-suite run (121 requests, 120 sent):
-    // name what was sent more than once, and the rows behind it.
+    // Seen twice in loaded full-suite runs with a 1 s time-out (121
+    // requests, 120 sent): name what was sent more than once, and its rows.
     let mut per_to: std::collections::BTreeMap<String, usize> = Default::default();
     for r in &requests {
         *per_to
