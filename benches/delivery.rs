@@ -828,6 +828,33 @@ async fn fanout_db(d: &Daemon, http: &reqwest::Client) -> (i64, Vec<(String, Han
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
+    // The fan-out's shape, per half second after the trigger: rows written
+    // and emails handed over (is the writer the pace while it writes?).
+    let per_half = |col: &str| -> Vec<i64> {
+        let mut v = Vec::new();
+        let mut q = db
+            .prepare(&format!(
+                "SELECT ({col} - ?1) / 500, count(*) FROM deliveries WHERE channel = 'email' GROUP BY 1 ORDER BY 1"
+            ))
+            .unwrap();
+        let rows = q
+            .query_map([t0], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .unwrap();
+        for row in rows {
+            let (b, n) = row.unwrap();
+            let b = b.max(0) as usize;
+            if v.len() <= b {
+                v.resize(b + 1, 0);
+            }
+            v[b] += n;
+        }
+        v
+    };
+    println!(
+        "  per 0.5 s, emails written {:?}, handed over {:?}",
+        per_half("created_at"),
+        per_half("sent_at")
+    );
     (t0, per_channel)
 }
 

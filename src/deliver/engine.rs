@@ -39,7 +39,13 @@ type Limiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock>;
 const RECORD_WINDOW: Duration = Duration::from_millis(20);
 
 /// Most rows one claim takes.
-const MAX_CLAIM: usize = 500;
+const MAX_CLAIM: usize = 1_000;
+
+/// How much work a lane without rate limits claims ahead of its sends, at
+/// the rate its providers answer, and at most how many rows that is. A
+/// cancel stops rows still queued, not these.
+const AHEAD: Duration = Duration::from_millis(100);
+const MAX_AHEAD: usize = 4_096;
 
 /// Pace a little under the configured rate, so that network jitter between
 /// us and the provider never puts R+1 requests into one of its 1 s windows.
@@ -82,7 +88,7 @@ pub struct Slot {
     breaker: Mutex<Breaker>,
     /// Moving average of request latency, for the capacity estimate of a
     /// provider without a rate limit: in flight / latency.
-    latency_us: std::sync::atomic::AtomicU64,
+    latency: Latency,
 }
 
 impl Slot {
@@ -110,8 +116,32 @@ impl Slot {
             limiter,
             turn: tokio::sync::Mutex::new(()),
             breaker: Mutex::new(Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown.0)),
-            latency_us: std::sync::atomic::AtomicU64::new(INITIAL_LATENCY_US),
+            latency: Latency::new(INITIAL_LATENCY_US),
         }
+    }
+}
+
+/// A moving average of request latency in microseconds: each answer
+/// weighs an eighth, so about twenty answers replace the starting guess.
+struct Latency(std::sync::atomic::AtomicU64);
+
+impl Latency {
+    fn new(us: u64) -> Latency {
+        Latency(std::sync::atomic::AtomicU64::new(us))
+    }
+
+    fn observe(&self, took: Duration) {
+        let sample = took.as_micros().min(u64::MAX as u128) as u64;
+        let _ = self.0.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |old| Some(old - old / 8 + sample / 8),
+        );
+    }
+
+    /// The average, at least 100 µs (a rate from it stays finite).
+    fn seconds(&self) -> f64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed).max(100) as f64 / 1e6
     }
 }
 
@@ -324,14 +354,8 @@ impl Engine {
         self.slots_for(channel)
             .iter()
             .map(|s| {
-                s.rate.unwrap_or_else(|| {
-                    let lat = s
-                        .latency_us
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                        .max(100) as f64
-                        / 1e6;
-                    self.cfg.concurrency as f64 / lat
-                })
+                s.rate
+                    .unwrap_or_else(|| self.cfg.concurrency as f64 / s.latency.seconds())
             })
             .sum()
     }
@@ -354,14 +378,9 @@ impl Engine {
                 SlotCapacity {
                     name: s.name.clone(),
                     channels: s.channels.clone(),
-                    rate: s.rate.unwrap_or_else(|| {
-                        let lat = s
-                            .latency_us
-                            .load(std::sync::atomic::Ordering::Relaxed)
-                            .max(100) as f64
-                            / 1e6;
-                        self.cfg.concurrency as f64 / lat
-                    }),
+                    rate: s
+                        .rate
+                        .unwrap_or_else(|| self.cfg.concurrency as f64 / s.latency.seconds()),
                     limited: s.rate.is_some(),
                     transient_share: if all > 0.0 { transient / all } else { 0.0 },
                 }
@@ -454,22 +473,30 @@ impl Engine {
         // writer while these are sent: a lane that claimed only when its
         // permits came back sat idle for every claim's round trip, and
         // during a fan-out's materialization that round trip is long.
-        // At most `ahead` more rows than can be in flight are claimed: as
-        // many again on a channel without rate limits, none on a rate-limited
-        // one, whose limiter is its pace anyway (there, rows claimed ahead
-        // were only more work to go out after a cancel).
-        let ahead = if all_limited { 0 } else { concurrency };
-        let budget = concurrency + ahead;
-        let mut ready: VecDeque<Claimed> = VecDeque::with_capacity(budget);
+        // At most `ahead` more rows than can be in flight are claimed. None
+        // on a rate-limited channel, whose limiter is its pace anyway (there,
+        // rows claimed ahead were only more work to go out after a cancel).
+        // Without limits, `AHEAD` of work at the rate the provider answers:
+        // while an audience is written a claim waits behind its chunks, and
+        // with only one concurrency of rows ahead email went out at a third
+        // of its pace until the audience was written.
+        let mut ready: VecDeque<Claimed> = VecDeque::with_capacity(concurrency * 2);
         let mut claiming: Option<JoinHandle<Result<Vec<Claimed>, StoreError>>> = None;
         // The last claim found nothing due: wait for a kick or the next due row.
         let mut dry: Option<Instant> = None;
-        let batch = (budget / 4).max(1);
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             if *shutdown.borrow() {
                 break;
             }
+            let ahead = if all_limited {
+                0
+            } else {
+                ((self.channel_rate(channel) * AHEAD.as_secs_f64()) as usize)
+                    .clamp(concurrency, MAX_AHEAD.max(concurrency))
+            };
+            let budget = concurrency + ahead;
+            let batch = (budget / 4).max(1);
             let in_flight = concurrency - permits.available_permits();
             let room = budget.saturating_sub(in_flight + ready.len());
             // Claim in batches: a claim per returned permit was a writer
@@ -636,13 +663,19 @@ impl Engine {
             let _turn = slot.turn.lock().await;
             l.until_ready().await;
         }
+        let asked = Instant::now();
         let result = match tokio::time::timeout(
             self.cfg.request_timeout.0,
             slot.provider.send(&msg),
         )
         .await
         {
-            Ok(r) => r,
+            Ok(r) => {
+                if !matches!(r, Err(SendError::Transient { .. })) {
+                    slot.latency.observe(asked.elapsed());
+                }
+                r
+            }
             Err(_) => Err(SendError::Transient {
                 reason: format!("no answer within {}", self.cfg.request_timeout),
                 retry_after: None,
@@ -829,6 +862,26 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_moves_from_the_guess_to_what_the_provider_answers_in() {
+        let l = Latency::new(INITIAL_LATENCY_US);
+        assert_eq!(l.seconds(), 0.020);
+        l.observe(Duration::from_millis(4));
+        let one = l.seconds();
+        assert!(
+            one < 0.020 && one > 0.017,
+            "an answer weighs an eighth: {one}"
+        );
+        for _ in 0..60 {
+            l.observe(Duration::from_millis(4));
+        }
+        assert!((l.seconds() - 0.004).abs() < 0.0002, "{}", l.seconds());
+        for _ in 0..60 {
+            l.observe(Duration::ZERO);
+        }
+        assert_eq!(l.seconds(), 0.0001, "never zero: a rate stays finite");
+    }
 
     #[test]
     fn breaker_opens_after_threshold_and_lets_one_probe_through_after_the_pause() {
