@@ -266,6 +266,10 @@ pub struct Engine {
     cfg: DeliveryConfig,
     metrics: Arc<Metrics>,
     wake: HashMap<Channel, Arc<Notify>>,
+    /// Alerts cancelled since start: rows of theirs already claimed (waiting
+    /// for a permit, the limiter or a provider) are dropped before their
+    /// request leaves. A restart's recovery cancels them in the store.
+    cancelled: std::sync::RwLock<std::collections::HashSet<i64>>,
 }
 
 impl Engine {
@@ -293,7 +297,23 @@ impl Engine {
             cfg,
             metrics,
             wake,
+            cancelled: Default::default(),
         }
+    }
+
+    /// After an alert's cancel is committed: nothing of it that lanes hold
+    /// is sent any more.
+    pub fn stop_alert(&self, alert: i64) {
+        if let Ok(mut set) = self.cancelled.write() {
+            set.insert(alert);
+        }
+    }
+
+    fn is_stopped(&self, alert: i64) -> bool {
+        self.cancelled
+            .read()
+            .map(|set| set.contains(&alert))
+            .unwrap_or(false)
     }
 
     /// Tells every lane that new work may be due.
@@ -662,6 +682,11 @@ impl Engine {
         if let Some(l) = &slot.limiter {
             let _turn = slot.turn.lock().await;
             l.until_ready().await;
+        }
+        // Checked once the limiter let it through, the last moment before
+        // the request leaves: a cancel stops rows claimed ahead too.
+        if self.is_stopped(c.alert_id) {
+            return Outcome::Cancelled;
         }
         let asked = Instant::now();
         let result = match tokio::time::timeout(

@@ -243,6 +243,8 @@ pub enum Outcome {
     },
     /// Retries exhausted or the alert's window closed.
     GaveUp { provider: String, error: String },
+    /// The alert was cancelled after this row was claimed; never sent.
+    Cancelled,
 }
 
 /// Records a batch of outcomes; returns the alerts that just settled (their
@@ -283,6 +285,10 @@ pub fn record(
         "UPDATE deliveries SET state = ?6, provider = ?2, error_code = ?3, error = ?4, attempts = attempts + 1, updated_at = ?5
          WHERE id = ?1 AND state = 'sending'",
     )?;
+    let mut stopped = conn.prepare_cached(
+        "UPDATE deliveries SET state = 'cancelled', error = ?2, updated_at = ?3
+         WHERE id = ?1 AND state = 'sending'",
+    )?;
     for (id, outcome) in outcomes {
         let alert: Option<i64> = match outcome {
             Outcome::Sent {
@@ -313,6 +319,14 @@ pub fn record(
             }
             Outcome::GaveUp { provider, error } => took(
                 bad.execute(params![id, provider, "gave-up", error, now, "failed"])?,
+                *id,
+            )?,
+            Outcome::Cancelled => took(
+                stopped.execute(params![
+                    id,
+                    "the alert was cancelled before this was sent",
+                    now
+                ])?,
                 *id,
             )?,
         };

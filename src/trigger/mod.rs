@@ -860,6 +860,7 @@ pub async fn cancel(sv: &Services, id: AlertId, actor: &str) -> Result<i64, Trig
         .write(move |c| alerts::cancel(c, id, now, &actor))
         .await
         .map_err(conflict)?;
+    sv.engine.stop_alert(id.0);
     sv.metrics
         .inc("klaxon_alerts_closed_total", &[("reason", "cancelled")]);
     sv.tracker.notify_one();
