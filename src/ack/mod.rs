@@ -119,7 +119,7 @@ pub async fn record(
     let now = sv.now_ms();
     let (outcome, alert) = sv
         .store
-        .write(move |c| {
+        .write_urgent(move |c| {
             let o = alerts::acknowledge(c, recipient, &answer, via, now)?;
             let r = alerts::recipient(c, recipient)?;
             let a = alerts::get(c, crate::domain::AlertId(r.alert_id))?;
