@@ -359,6 +359,10 @@ async fn create_now(
         None => None,
     };
     let held = req.hold || (two_person && override_reason.is_none());
+    // Trigger → first wave committed, in phases (debug log): the pre-flight
+    // over the whole audience is most of a district's first-request time.
+    let t0 = std::time::Instant::now();
+    let ms = |t: std::time::Instant| t.duration_since(t0).as_secs_f64() * 1e3;
     let snapshot = freeze(&sv.config.store_dir())?;
     let first = async {
         // Pre-flight on the frozen copy: every name is checked, the whole
@@ -370,6 +374,7 @@ async fn create_now(
         })
         .await
         .map_err(|e| TriggerError::Audience(e.to_string()))??;
+        let preflight_done = std::time::Instant::now();
         if pre.summary.recipients == 0 && !req.allow_empty {
             return Err(TriggerError::BadRequest(format!(
                 "the audience ({}) reaches nobody in the SIS copy; check the schools, grades, classes and roles, or send \"allow_empty\": true to create it anyway",
@@ -408,6 +413,7 @@ async fn create_now(
             }
             None => Vec::new(),
         };
+        let first_wave_read = std::time::Instant::now();
         let (notify_ms, ack_ms, escalate_ms) = windows(&pb);
         let (message, messages) = stored_message(cleaned.text.as_ref());
         let new = NewAlert {
@@ -435,6 +441,13 @@ async fn create_now(
             estimate_ms: Some((capacity.seconds * 1000.0).round().min(i64::MAX as f64) as i64),
         };
         let id = start(sv, &pb, new, first).await?;
+        tracing::debug!(
+            alert = id.0,
+            preflight_ms = ms(preflight_done),
+            first_wave_read_ms = ms(first_wave_read),
+            first_wave_committed_ms = ms(std::time::Instant::now()),
+            "Trigger phases."
+        );
         Ok((id, pre.plan, capacity, untranslated))
     }
     .await;
