@@ -43,7 +43,7 @@ const MAX_CLAIM: usize = 1_000;
 
 /// How much work a lane without rate limits claims ahead of its sends, at
 /// the rate its providers answer, and at most how many rows that is. A
-/// cancel stops rows still queued, not these.
+/// cancel drops these too, before their request leaves (`stop_alert`).
 const AHEAD: Duration = Duration::from_millis(100);
 const MAX_AHEAD: usize = 4_096;
 
@@ -118,6 +118,13 @@ impl Slot {
             breaker: Mutex::new(Breaker::new(cfg.breaker_failures, cfg.breaker_cooldown.0)),
             latency: Latency::new(INITIAL_LATENCY_US),
         }
+    }
+
+    /// Messages per second: the rate limit, or without one what the
+    /// observed latency allows with `concurrency` requests in flight.
+    fn rate_at(&self, concurrency: usize) -> f64 {
+        self.rate
+            .unwrap_or_else(|| concurrency as f64 / self.latency.seconds())
     }
 }
 
@@ -373,10 +380,7 @@ impl Engine {
     pub fn channel_rate(&self, channel: Channel) -> f64 {
         self.slots_for(channel)
             .iter()
-            .map(|s| {
-                s.rate
-                    .unwrap_or_else(|| self.cfg.concurrency as f64 / s.latency.seconds())
-            })
+            .map(|s| s.rate_at(self.cfg.concurrency))
             .sum()
     }
 
@@ -398,9 +402,7 @@ impl Engine {
                 SlotCapacity {
                     name: s.name.clone(),
                     channels: s.channels.clone(),
-                    rate: s
-                        .rate
-                        .unwrap_or_else(|| self.cfg.concurrency as f64 / s.latency.seconds()),
+                    rate: s.rate_at(self.cfg.concurrency),
                     limited: s.rate.is_some(),
                     transient_share: if all > 0.0 { transient / all } else { 0.0 },
                 }

@@ -30,6 +30,7 @@ pub mod tally;
 pub mod timeline;
 pub mod tokens;
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -470,16 +471,15 @@ fn begin(conn: &mut Connection, behavior: TransactionBehavior) -> Result<Transac
 /// The writer thread: runs queued closures in batches, one transaction each.
 ///
 /// A batch takes the ordinary writes queued (up to `MAX_BATCH`); then one
-/// bulk write, if any, runs alone in a transaction of its own. Urgent
-/// writes (answers) go first, in a batch of their own, before the ordinary
-/// batch and again before the bulk write: during a district fan-out an
-/// answer otherwise waited for a batch of claims and outcomes as well as a
-/// chunk (p50 56 ms). Before, the
+/// bulk write, if any, runs alone in a transaction of its own. Before, the
 /// audience chunks of a fan-out filled every batch: each claim and outcome
 /// waited behind four chunks of 1,000 recipients, and sends ran at 500 a
 /// second until the whole audience was written. Chunk writes are idempotent
 /// and independent, so running them after later ordinary writes changes no
-/// result.
+/// result. Urgent writes (answers) go first, in a batch of their own,
+/// before the ordinary batch and again before the bulk write: during a
+/// district fan-out an answer otherwise waited for a batch of claims and
+/// outcomes as well as a chunk (p50 56 ms).
 ///
 /// Invariant: a caller hears `Ok` only if the transaction holding its change
 /// committed. SQLite rolls a whole transaction back on some errors (disk
@@ -487,52 +487,65 @@ fn begin(conn: &mut Connection, behavior: TransactionBehavior) -> Result<Transac
 /// `is_autocommit()` after every closure, fails everything the lost
 /// transaction held, and runs the closures not yet tried in a new one.
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, behavior: TransactionBehavior) {
-    use std::collections::VecDeque;
-    let mut urgent: VecDeque<JobFn> = VecDeque::new();
-    let mut ordinary: VecDeque<JobFn> = VecDeque::with_capacity(MAX_BATCH);
-    let mut bulk: VecDeque<JobFn> = VecDeque::new();
+    let mut q = Queues::default();
     let mut alone: VecDeque<JobFn> = VecDeque::with_capacity(1);
-    let take = |j: Job, q: [&mut VecDeque<JobFn>; 3]| {
-        let [urgent, ordinary, bulk] = q;
-        match j.class {
-            Class::Urgent => urgent.push_back(j.run),
-            Class::Ordinary => ordinary.push_back(j.run),
-            Class::Bulk => bulk.push_back(j.run),
-        }
-    };
-    // Takes what is queued now (ordinary writes up to MAX_BATCH).
-    let drain = |rx: &mut mpsc::Receiver<Job>, q: [&mut VecDeque<JobFn>; 3]| {
-        let [urgent, ordinary, bulk] = q;
-        while ordinary.len() < MAX_BATCH && urgent.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => take(j, [&mut *urgent, &mut *ordinary, &mut *bulk]),
-                Err(_) => break,
-            }
-        }
-    };
     loop {
-        if urgent.is_empty() && ordinary.is_empty() && bulk.is_empty() {
+        if q.is_empty() {
             match rx.blocking_recv() {
-                Some(j) => take(j, [&mut urgent, &mut ordinary, &mut bulk]),
+                Some(j) => q.take(j),
                 None => break,
             }
         }
-        drain(&mut rx, [&mut urgent, &mut ordinary, &mut bulk]);
-        while !urgent.is_empty() {
-            run_batch(&mut conn, &mut urgent, behavior, false);
-        }
+        q.drain(&mut rx);
+        q.run_urgent(&mut conn, behavior);
         // At most MAX_BATCH ordinary writes are ever queued here.
-        while !ordinary.is_empty() {
-            run_batch(&mut conn, &mut ordinary, behavior, false);
+        while !q.ordinary.is_empty() {
+            run_batch(&mut conn, &mut q.ordinary, behavior, false);
         }
         // Answers that came in during that batch go before the chunk.
-        drain(&mut rx, [&mut urgent, &mut ordinary, &mut bulk]);
-        while !urgent.is_empty() {
-            run_batch(&mut conn, &mut urgent, behavior, false);
-        }
-        alone.extend(bulk.pop_front());
+        q.drain(&mut rx);
+        q.run_urgent(&mut conn, behavior);
+        alone.extend(q.bulk.pop_front());
         while !alone.is_empty() {
             run_batch(&mut conn, &mut alone, behavior, true);
+        }
+    }
+}
+
+/// The writer's queued writes, by class.
+#[derive(Default)]
+struct Queues {
+    urgent: VecDeque<JobFn>,
+    ordinary: VecDeque<JobFn>,
+    bulk: VecDeque<JobFn>,
+}
+
+impl Queues {
+    fn is_empty(&self) -> bool {
+        self.urgent.is_empty() && self.ordinary.is_empty() && self.bulk.is_empty()
+    }
+
+    fn take(&mut self, j: Job) {
+        match j.class {
+            Class::Urgent => self.urgent.push_back(j.run),
+            Class::Ordinary => self.ordinary.push_back(j.run),
+            Class::Bulk => self.bulk.push_back(j.run),
+        }
+    }
+
+    /// Takes what is queued now (a batch's worth of each small class).
+    fn drain(&mut self, rx: &mut mpsc::Receiver<Job>) {
+        while self.ordinary.len() < MAX_BATCH && self.urgent.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => self.take(j),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn run_urgent(&mut self, conn: &mut Connection, behavior: TransactionBehavior) {
+        while !self.urgent.is_empty() {
+            run_batch(conn, &mut self.urgent, behavior, false);
         }
     }
 }
@@ -542,7 +555,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, behavior: Tran
 /// `alone`: one bulk write without a savepoint, rolled back if it fails.
 fn run_batch(
     conn: &mut Connection,
-    queue: &mut std::collections::VecDeque<JobFn>,
+    queue: &mut VecDeque<JobFn>,
     behavior: TransactionBehavior,
     alone: bool,
 ) {
